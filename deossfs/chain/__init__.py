@@ -1,0 +1,1 @@
+"""The chain: one interface (`ChainClient`), an embedded ledger, the real CESS backend."""

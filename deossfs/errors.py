@@ -1,0 +1,193 @@
+"""The one error taxonomy of deossfs.
+
+Every error raised across module boundaries is a `DeossError`. Each is either
+*temporary* (a retry with backoff may succeed: a node timed out, the chain is
+unreachable) or *permanent* (surfaced to the user: a bad name, no space, a
+missing key file). The CLI maps them to one-line messages (`cli_message`), the
+mount maps them to errnos (`to_errno`); both mappings live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class DeossError(Exception):
+    """Base of all deossfs errors."""
+
+    temporary: bool = False
+    errno: int = errno.EIO
+    #: what the user can do about it, appended to the CLI message
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class TemporaryError(DeossError):
+    """Worth retrying with backoff."""
+
+    temporary = True
+
+
+class PermanentError(DeossError):
+    """Retrying will not help; surface it."""
+
+
+# ---- permanent -------------------------------------------------------------
+
+
+class InvalidInput(PermanentError):
+    errno = errno.EINVAL
+
+
+class InvalidName(InvalidInput):
+    errno = errno.EINVAL
+
+
+class NameTooLong(InvalidName):
+    errno = errno.ENAMETOOLONG
+
+
+class NotFound(PermanentError):
+    errno = errno.ENOENT
+
+
+class AlreadyExists(PermanentError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(PermanentError):
+    errno = errno.ENOTEMPTY
+
+
+class NoSpace(PermanentError):
+    errno = errno.ENOSPC
+
+
+class AccessDenied(PermanentError):
+    errno = errno.EACCES
+
+
+class Unsupported(PermanentError):
+    errno = errno.ENOTSUP
+
+
+class ConfigError(PermanentError):
+    errno = errno.EINVAL
+
+
+class KeyFileError(PermanentError):
+    errno = errno.EACCES
+
+
+class IntegrityError(PermanentError):
+    """Bytes did not match their hash or failed authentication."""
+
+    errno = errno.EIO
+
+
+class NotEnoughNodes(PermanentError):
+    errno = errno.EIO
+
+
+class DataUnavailable(PermanentError):
+    """Fewer than 4 valid fragments of a segment could be had."""
+
+    errno = errno.EIO
+
+
+class ChainError(PermanentError):
+    """A call the chain refused; `name` is the CESS error name (e.g. `PurchasedSpace`)."""
+
+    def __init__(self, name: str, message: str | None = None, *, hint: str | None = None) -> None:
+        self.name = name
+        super().__init__(message or name, hint=hint)
+
+
+# ---- temporary -------------------------------------------------------------
+
+
+class NodeUnavailable(TemporaryError):
+    """A storage node or peer did not answer, timed out or answered 5xx."""
+
+
+class ChainUnavailable(TemporaryError):
+    """No chain endpoint answered."""
+
+
+# ---- CESS error names → exception classes ----------------------------------
+
+#: chain errors whose meaning maps onto a more specific class (and errno)
+_CHAIN_ERROR_KINDS: dict[str, type[DeossError]] = {
+    "InsufficientAvailableSpace": NoSpace,
+    "InsufficientStorage": NoSpace,
+    "InsufficientBalance": NoSpace,
+    "NotPurchasedSpace": NoSpace,
+    "NonExistent": NotFound,
+    "NotExist": NotFound,
+    "NotOwner": AccessDenied,
+    "NoPermission": AccessDenied,
+    "NotQualified": AccessDenied,
+    "Expired": NoSpace,
+    "SameBucketName": AlreadyExists,
+    "PurchasedSpace": AlreadyExists,
+    "LengthExceedsLimit": InvalidName,
+    "BucketNotEmpty": NotEmpty,
+}
+
+_CHAIN_HINTS: dict[str, str] = {
+    "InsufficientAvailableSpace": "expand the territory (deossfs territory expand) or delete files",
+    "PurchasedSpace": "a territory of that name exists already; use another name or `territory expand`",
+    "NonExistent": "check the name with `deossfs ls` / `deossfs bucket ls`",
+    "Expired": "renew the territory with `deossfs territory renew`",
+    "BucketNotEmpty": "delete its objects first",
+}
+
+
+def chain_error(name: str, message: str | None = None) -> ChainError:
+    """Build the exception for a CESS error name, with the right errno and hint."""
+    kind = _CHAIN_ERROR_KINDS.get(name)
+    cls: type = ChainError
+    if kind is not None:
+        cls = type(f"ChainError_{name}", (ChainError, kind), {})
+    return cls(name, message or name, hint=_CHAIN_HINTS.get(name))
+
+
+def to_errno(exc: BaseException) -> int:
+    """The errno the mount returns for an exception."""
+    if isinstance(exc, DeossError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def cli_message(exc: BaseException) -> str:
+    """The one line the CLI prints for an exception."""
+    if isinstance(exc, DeossError):
+        text = str(exc)
+        if isinstance(exc, ChainError) and exc.name not in text:
+            text = f"{text} ({exc.name})"
+        if exc.temporary:
+            text += " (temporary; try again later)"
+        if exc.hint:
+            text += f": {exc.hint}"
+        return text
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+class NodeRefused(PermanentError):
+    """A storage node or peer answered 4xx: it will not take (or give) this request."""
+
+    def __init__(self, message: str, *, status: int = 400, hint: str | None = None) -> None:
+        self.status = status
+        super().__init__(message, hint=hint)

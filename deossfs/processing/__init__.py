@@ -1,0 +1,1 @@
+"""Byte-exact CESS data layout: encryption, segmentation, erasure code, hashes."""
