@@ -1,0 +1,176 @@
+"""The segment pipeline: plaintext → (encrypt) → 32 MiB segment → RS 4+8 → hashes.
+
+A `SegmentWorkspace` is one 96 MiB allocation reused for every segment: the
+segment (the 4 data fragments, contiguous) followed by the 8 parity fragments.
+When encrypting, the plaintext is read into the parity area first (it is free
+until the RS encode), so a segment needs no memory beyond its workspace.
+
+Everything here is blocking and CPU-bound; the trio side runs it in worker
+threads. ISA-L and hashlib release the GIL, so two threads use both cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY, SegmentCipher
+from .erasure import get_coder
+from .hashes import merkle_root
+from .layout import DATA_SHARDS, FRAGMENT_SIZE, SEGMENT_SIZE, TOTAL_SHARDS, segment_count
+
+#: read `len(view)` bytes at `offset` into `view`; returns bytes read (short at EOF)
+ReadInto = Callable[[int, memoryview], int]
+
+_HASH_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="hash")
+
+
+class SegmentWorkspace:
+    """Reusable buffers for one segment: 4 data + 8 parity fragments, 96 MiB.
+
+    Readers only decode, so they ask for `with_parity=False` (32 MiB).
+    """
+
+    def __init__(self, with_parity: bool = True) -> None:
+        shards = TOTAL_SHARDS if with_parity else DATA_SHARDS
+        self.buffer = bytearray(shards * FRAGMENT_SIZE)
+        view = memoryview(self.buffer)
+        self.segment = view[:SEGMENT_SIZE]
+        self.parity_area = view[SEGMENT_SIZE:]
+        self.fragments = [view[i * FRAGMENT_SIZE : (i + 1) * FRAGMENT_SIZE] for i in range(shards)]
+        self.parity = self.fragments[DATA_SHARDS:]
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What pass 1 learns of a segment: enough to declare it and rebuild it identically."""
+
+    index: int
+    hash: str
+    fragment_hashes: tuple[str, ...]
+    salt: bytes | None
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    fid: str
+    size: int  # plaintext bytes (the chain's file_size)
+    encrypted: bool
+    segments: tuple[SegmentPlan, ...]
+
+
+def file_reader(fd: int) -> ReadInto:
+    """A ReadInto over an open file descriptor (pread, so threads can share it)."""
+
+    def read_into(offset: int, view: memoryview) -> int:
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                break
+            done += got
+        return done
+
+    return read_into
+
+
+def bytes_reader(data: bytes | bytearray | memoryview) -> ReadInto:
+    source = memoryview(data).cast("B")
+
+    def read_into(offset: int, view: memoryview) -> int:
+        chunk = source[offset : offset + len(view)]
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+    return read_into
+
+
+class SegmentCodec:
+    """Turns plaintext into CESS segments and back; encryption optional."""
+
+    def __init__(self, cipher: SegmentCipher | None) -> None:
+        self.cipher = cipher
+        self.coder = get_coder(FRAGMENT_SIZE)
+
+    @property
+    def capacity(self) -> int:
+        """Plaintext bytes per segment."""
+        return PLAINTEXT_CAPACITY if self.cipher else SEGMENT_SIZE
+
+    def segment_count(self, size: int) -> int:
+        return segment_count(size, self.capacity)
+
+    def segment_span(self, index: int, size: int) -> tuple[int, int]:
+        """(offset, length) of segment `index`'s plaintext in a file of `size` bytes."""
+        start = index * self.capacity
+        return start, max(0, min(self.capacity, size - start))
+
+    def load(self, ws: SegmentWorkspace, read_into: ReadInto, index: int, size: int, salt: bytes | None) -> None:
+        """Fill ws.segment with segment `index` as stored (encrypted or zero-padded)."""
+        offset, length = self.segment_span(index, size)
+        if self.cipher is None:
+            got = read_into(offset, ws.segment[:length]) if length else 0
+            if got != length:
+                raise OSError(f"file shrank while being read (segment {index})")
+            ws.segment[length:] = bytes(SEGMENT_SIZE - length)
+            return
+        assert salt is not None
+        scratch = ws.parity_area[:length]
+        got = read_into(offset, scratch) if length else 0
+        if got != length:
+            raise OSError(f"file shrank while being read (segment {index})")
+        self.cipher.encrypt_into(scratch, ws.segment, index, salt)
+
+    def encode(self, ws: SegmentWorkspace) -> None:
+        """RS-encode ws.segment into its 8 parity fragments."""
+        self.coder.encode(ws.segment, ws.parity)
+
+    @staticmethod
+    def hash_segment(ws: SegmentWorkspace) -> tuple[str, tuple[str, ...]]:
+        """The segment hash and the 12 fragment hashes, hashed on both cores."""
+        buffers: list[memoryview] = [ws.segment, *ws.fragments]
+        digests = list(_HASH_POOL.map(lambda b: hashlib.sha256(b).hexdigest(), buffers))
+        return digests[0], tuple(digests[1:])
+
+    def plan(
+        self, read_into: ReadInto, size: int, ws: SegmentWorkspace | None = None,
+        salts: Sequence[bytes | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> FilePlan:
+        """Pass 1: encrypt, encode and hash every segment; keep only hashes and salts."""
+        ws = ws or SegmentWorkspace()
+        segments = []
+        for index in range(self.segment_count(size)):
+            salt = None
+            if self.cipher is not None:
+                salt = salts[index] if salts and salts[index] else self.cipher.new_salt()
+            self.load(ws, read_into, index, size, salt)
+            self.encode(ws)
+            seg_hash, frag_hashes = self.hash_segment(ws)
+            segments.append(SegmentPlan(index, seg_hash, frag_hashes, salt))
+            if progress:
+                progress(self.segment_span(index, size)[1])
+        fid = merkle_root(s.hash for s in segments)
+        return FilePlan(fid=fid, size=size, encrypted=self.cipher is not None, segments=tuple(segments))
+
+    def rebuild(self, ws: SegmentWorkspace, read_into: ReadInto, plan: FilePlan, index: int) -> None:
+        """Pass 2: recreate segment `index` exactly as planned (same salt)."""
+        self.load(ws, read_into, index, plan.size, plan.segments[index].salt)
+        self.encode(ws)
+
+    def decode(self, fragments: Mapping[int, bytes | bytearray | memoryview], ws: SegmentWorkspace) -> None:
+        """Rebuild ws.segment from any 4 fragments (data ones are copied, not decoded)."""
+        self.coder.decode(fragments, ws.segment)
+
+    def plaintext(self, ws: SegmentWorkspace, index: int, size: int, out: bytearray | None = None) -> memoryview:
+        """The plaintext bytes of a decoded segment (a view into `out` or the workspace)."""
+        _, length = self.segment_span(index, size)
+        if self.cipher is None:
+            return ws.segment[:length]
+        if out is None or len(out) < DECRYPT_BUFFER_SIZE:
+            out = bytearray(DECRYPT_BUFFER_SIZE)
+        got = self.cipher.decrypt_into(ws.segment, index, out)
+        return memoryview(out)[: min(got, length)]
