@@ -1,0 +1,24 @@
+"""Open the chain backend a config names."""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..errors import ConfigError, Unsupported
+from ..keys import Account
+from .interface import ChainClient
+
+
+def open_chain(config: Config, account: Account | None) -> ChainClient:
+    backend = config.chain.backend
+    if backend == "embedded":
+        from .ledger import EmbeddedLedger
+
+        if config.chain.ledger is None:
+            raise ConfigError("config option chain.ledger is required for the embedded chain")
+        return EmbeddedLedger(config.chain.ledger, account)
+    if backend == "cess":
+        raise Unsupported(
+            "the CESS RPC backend is not available in this version",
+            hint="use chain.backend = \"embedded\" (a devnet) for now",
+        )
+    raise ConfigError(f"unknown chain backend {backend!r}")
