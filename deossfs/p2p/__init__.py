@@ -1,0 +1,1 @@
+"""Gateway <-> storage node transfers: signed requests, the node client, column transfer."""

@@ -1,0 +1,160 @@
+"""Moving fragments: whole columns to storage nodes, segments back from them.
+
+Upload: one column (fragment j of every segment) per node, the 12 columns sent
+concurrently; a node that fails has its column given to another node.
+Download: per segment, the 4 data fragments first (no decoding needed), then
+parity fragments as replacements for any that are missing or wrong; every
+fragment is checked against its hash from the chain before use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+import trio
+
+from ..chain.interface import SegmentInfo, StorageNode
+from ..errors import DataUnavailable, DeossError, IntegrityError, NodeRefused
+from ..processing.layout import DATA_SHARDS, TOTAL_SHARDS, ZERO_FRAGMENT_HASH
+from ..scheduling.selector import NodeSelector
+from .nodeclient import NodeClient
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (0.2, 0.8, 2.0)
+
+
+async def with_retries(attempt: Callable[[], Awaitable[object]], what: str) -> object:
+    """Run `attempt`, retrying temporary errors with backoff; permanent ones pass through."""
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return await attempt()
+        except DeossError as exc:
+            if not exc.temporary or delay is None:
+                raise
+            log.info("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await trio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def probe_nodes(client: NodeClient, selector: NodeSelector, nodes: Iterable[StorageNode]) -> None:
+    """Measure each node's round-trip time (GET /status) for the selector."""
+
+    async def probe(node: StorageNode) -> None:
+        start = time.monotonic()
+        try:
+            with trio.fail_after(2):
+                await client.status(node.endpoint)
+        except (DeossError, trio.TooSlowError):
+            selector.record_failure(node.account)
+            return
+        selector.record_rtt(node.account, time.monotonic() - start)
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(probe, node)
+
+
+class ColumnFailure(Exception):
+    def __init__(self, column: int, node: StorageNode, error: DeossError) -> None:
+        super().__init__(f"column {column} on {node.account}: {error}")
+        self.column, self.node, self.error = column, node, error
+
+
+async def send_segment(
+    client: NodeClient,
+    fid: str,
+    fragments: list[memoryview],
+    fragment_hashes: tuple[str, ...],
+    assignment: Mapping[int, StorageNode],
+    failed: dict[int, ColumnFailure],
+) -> None:
+    """Send this segment's fragment of every live column to its node, concurrently."""
+
+    async def send(column: int, node: StorageNode) -> None:
+        fragment_hash = fragment_hashes[column]
+        data = None if fragment_hash == ZERO_FRAGMENT_HASH else fragments[column]
+        try:
+            await with_retries(
+                lambda: client.put_fragment(node.endpoint, fid, fragment_hash, data),
+                f"fragment {column} to {node.endpoint}",
+            )
+        except DeossError as exc:
+            log.warning("node %s refused column %d of %s: %s", node.endpoint, column, fid, exc)
+            failed.setdefault(column, ColumnFailure(column, node, exc))
+
+    async with trio.open_nursery() as nursery:
+        for column, node in assignment.items():
+            if column not in failed:
+                nursery.start_soon(send, column, node)
+
+
+async def fetch_segment(
+    client: NodeClient,
+    fid: str,
+    segment: SegmentInfo,
+    endpoints: Mapping[str, str],
+    selector: NodeSelector | None = None,
+) -> dict[int, bytes]:
+    """Fetch 4 verified fragments of a segment: data first, parity as replacements."""
+    now = time.monotonic()
+
+    def penalized(index: int) -> bool:
+        if selector is None:
+            return False
+        health = selector.health.get(segment.fragments[index].miner)
+        return health is not None and health.failed_until > now
+
+    # data fragments first (no decode needed), healthy nodes before penalized ones
+    order = sorted(range(TOTAL_SHARDS), key=lambda i: (penalized(i), i >= DATA_SHARDS, i))
+    queue = list(reversed(order))
+    got: dict[int, bytes] = {}
+    errors: list[str] = []
+
+    async def worker() -> None:
+        while queue and len(got) < DATA_SHARDS:
+            index = queue.pop()
+            fragment = segment.fragments[index]
+            if fragment.hash == ZERO_FRAGMENT_HASH:
+                got[index] = await client.get_fragment("", fid, fragment.hash)
+                continue
+            endpoint = endpoints.get(fragment.miner)
+            if endpoint is None:
+                errors.append(f"fragment {index}: node {fragment.miner} not registered")
+                continue
+            try:
+                data = await with_retries(
+                    lambda e=endpoint, h=fragment.hash: client.get_fragment(e, fid, h),
+                    f"fragment {index} from {endpoint}",
+                )
+            except (DeossError, IntegrityError) as exc:
+                if selector is not None:
+                    selector.record_failure(fragment.miner)
+                errors.append(f"fragment {index} from {endpoint}: {exc}")
+                continue
+            if selector is not None:
+                selector.record_success(fragment.miner)
+            if len(got) < DATA_SHARDS:
+                got[index] = data  # type: ignore[assignment]
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(DATA_SHARDS):
+            nursery.start_soon(worker)
+    if len(got) < DATA_SHARDS:
+        detail = "; ".join(errors[:3])
+        raise DataUnavailable(
+            f"only {len(got)} of {TOTAL_SHARDS} fragments of a segment of {fid[:16]}… could be "
+            f"fetched, {DATA_SHARDS} are needed ({detail})",
+            hint="too many storage nodes are down; try again when they are back",
+        )
+    return got
+
+
+def refusal_message(failures: Iterable[ColumnFailure]) -> str:
+    parts = []
+    for failure in failures:
+        kind = "refused" if isinstance(failure.error, NodeRefused) else "failed"
+        parts.append(f"node {failure.node.endpoint} {kind} column {failure.column}: {failure.error}")
+    return "; ".join(parts)
