@@ -1,0 +1,49 @@
+# deossfs: `make run` starts a devnet and shows the main job; `make test` passes the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEVNET ?= .devnet
+APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install system-packages venv run test lint bench clean devnet-down
+
+install: system-packages venv
+
+# apt only when something is missing, so a second run is quick and offline
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/deossfs devnet up --dir $(DEVNET)
+	@bash contrib/demo.sh $(DEVNET)
+
+devnet-down:
+	-$(VENV)/bin/deossfs devnet down --dir $(DEVNET)
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check deossfs tests benchmarks
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean: devnet-down
+	rm -rf $(DEVNET) $(VENV) *.egg-info

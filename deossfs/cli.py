@@ -1,0 +1,496 @@
+"""The `deossfs` command line.
+
+Every error reaches the user as one line (`errors.cli_message`) and a non-zero
+exit; a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from .errors import DeossError, InvalidName, cli_message
+
+GIB = 1024**3
+
+
+class Context:
+    def __init__(self, config_path: str | None, debug: bool) -> None:
+        self.config_path = config_path
+        self.debug = debug
+
+    def config(self):  # noqa: ANN201 - imported lazily to keep `--help` fast
+        from .config import load_config
+
+        return load_config(self.config_path)
+
+    def account(self, config):  # noqa: ANN001, ANN201
+        from .keys import load_key_file
+
+        return load_key_file(config.require_key_file())
+
+    def chain(self, config, account):  # noqa: ANN001, ANN201
+        from .chain.factory import open_chain
+
+        return open_chain(config, account)
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"deossfs: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (DeossError, OSError) as exc:
+            if ctx and ctx.debug:
+                traceback.print_exc()
+            fail(cli_message(exc))
+        except Exception as exc:  # the promise is one line, never a traceback
+            if ctx and ctx.debug:
+                traceback.print_exc()
+            fail(f"{cli_message(exc)} (run with --debug for details)")
+
+    return wrapper
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="DEOSSFS_CONFIG", type=click.Path(dir_okay=False),
+              help="config file (default $DEOSSFS_CONFIG, then ~/.config/deossfs/config.toml)")
+@click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+@click.version_option(package_name="deossfs")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: int, debug: bool) -> None:
+    """deossfs: the CESS decentralized object store as a local filesystem."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config_path, debug)
+
+
+# ---- key ------------------------------------------------------------------
+
+
+@main.group()
+def key() -> None:
+    """Account key files."""
+
+
+@key.command("create")
+@click.argument("path", type=click.Path(dir_okay=False))
+@handle_errors
+def key_create(path: str) -> None:
+    """Create a new sr25519 key file (mode 0600)."""
+    from .keys import create_key_file
+
+    account = create_key_file(Path(path))
+    click.echo(account.address)
+
+
+@key.command("show")
+@click.pass_obj
+@handle_errors
+def key_show(obj: Context) -> None:
+    """Print the configured account's address."""
+    config = obj.config()
+    click.echo(obj.account(config).address)
+
+
+# ---- devnet ----------------------------------------------------------------
+
+
+@main.group()
+def devnet() -> None:
+    """A local network: embedded chain plus storage nodes on 127.0.0.1."""
+
+
+@devnet.command("up")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+@click.option("--nodes", default=12, show_default=True, help="storage node processes")
+@handle_errors
+def devnet_up_cmd(directory: str, nodes: int) -> None:
+    """Start the devnet (creates it on first use)."""
+    from .devnet import CONFIG_NAME, devnet_up
+
+    devnet_up(Path(directory), nodes)
+    config_path = Path(directory).resolve() / CONFIG_NAME
+    click.echo(f"devnet up: {nodes} storage nodes, territory 'default'")
+    click.echo(f"config: {config_path}")
+    click.echo(f"use it:  export DEOSSFS_CONFIG={config_path}")
+
+
+@devnet.command("down")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+@handle_errors
+def devnet_down_cmd(directory: str) -> None:
+    """Stop the devnet's node processes (data is kept)."""
+    from .devnet import devnet_down
+
+    click.echo(f"stopped {devnet_down(Path(directory))} storage nodes")
+
+
+@devnet.command("status")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def devnet_status_cmd(directory: str, as_json: bool) -> None:
+    """Show each storage node's process and what it holds."""
+    from .devnet import devnet_status
+
+    rows = devnet_status(Path(directory))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        fail(f"no devnet in {directory}; start one with `deossfs devnet up --dir {directory}`")
+    for row in rows:
+        state = "up" if row["alive"] is True else ("down" if not row["alive"] else row["alive"])
+        held = f"{row.get('fragments', '?')} fragments" if row["alive"] is True else ""
+        click.echo(f"node{row['node']:<3} {state:<14} {row.get('endpoint') or '-':<24} {held}")
+
+
+# ---- node ----------------------------------------------------------------
+
+
+@main.command("node")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="the node's data directory (holds key.json and fragments)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=15001, show_default=True)
+@click.option("--idle-space", default=256 * GIB, show_default=True, help="bytes offered")
+@click.pass_obj
+@handle_errors
+def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int) -> None:
+    """Run a storage node daemon (cess-miner fragment protocol over HTTP)."""
+    from .keys import create_key_file, load_key_file
+    from .node.server import run_node
+
+    node_dir = Path(directory)
+    key_path = node_dir / "key.json"
+    account = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
+    config = obj.config()
+    chain = obj.chain(config, account)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    run_node(node_dir, account, chain, host, port, idle_space)
+
+
+# ---- territory -------------------------------------------------------------
+
+
+@main.group()
+def territory() -> None:
+    """Territories: named, paid, expiring storage space."""
+
+
+def _chain_call(obj: Context, action: Callable[[Any, Any, Any], Any]) -> Any:
+    config = obj.config()
+    account = obj.account(config)
+    chain = obj.chain(config, account)
+    try:
+        return action(config, account, chain)
+    finally:
+        chain.close()
+
+
+def _show_territory(t: Any) -> None:
+    gib = 1024**3
+    click.echo(
+        f"{t.name}: {t.state.value}, {t.total_space / gib:.1f} GiB total, "
+        f"{t.used_space / gib:.2f} used, {t.locked_space / gib:.2f} locked, "
+        f"{t.remaining_space / gib:.2f} free, blocks {t.start}..{t.deadline}"
+    )
+
+
+@territory.command("mint")
+@click.argument("name")
+@click.option("--gib", type=int, required=True)
+@click.option("--days", type=int, default=30, show_default=True)
+@click.pass_obj
+@handle_errors
+def territory_mint(obj: Context, name: str, gib: int, days: int) -> None:
+    _chain_call(obj, lambda c, a, ch: ch.mint_territory(name, gib, days))
+    click.echo(f"territory {name} minted: {gib} GiB for {days} days")
+
+
+@territory.command("expand")
+@click.argument("name")
+@click.option("--gib", type=int, required=True)
+@click.pass_obj
+@handle_errors
+def territory_expand(obj: Context, name: str, gib: int) -> None:
+    _chain_call(obj, lambda c, a, ch: ch.expand_territory(name, gib))
+    click.echo(f"territory {name} expanded by {gib} GiB")
+
+
+@territory.command("renew")
+@click.argument("name")
+@click.option("--days", type=int, required=True)
+@click.pass_obj
+@handle_errors
+def territory_renew(obj: Context, name: str, days: int) -> None:
+    _chain_call(obj, lambda c, a, ch: ch.renew_territory(name, days))
+    click.echo(f"territory {name} renewed for {days} days")
+
+
+@territory.command("show")
+@click.argument("name", required=False)
+@click.pass_obj
+@handle_errors
+def territory_show(obj: Context, name: str | None) -> None:
+    def action(config: Any, account: Any, chain: Any) -> list:
+        if name:
+            found = chain.territory(account.address, name)
+            if found is None:
+                fail(f"territory {name!r} does not exist; mint it with `deossfs territory mint {name} --gib N`")
+            return [found]
+        return chain.territories(account.address)
+
+    found = _chain_call(obj, action)
+    if not found:
+        click.echo("no territories; mint one with `deossfs territory mint NAME --gib N`")
+    for t in found:
+        _show_territory(t)
+
+
+# ---- bucket ----------------------------------------------------------------
+
+
+@main.group()
+def bucket() -> None:
+    """Buckets: the top-level directories of the mount."""
+
+
+def _check_bucket_name(name: str) -> None:
+    from .chain.names import bucket_name_problem
+
+    problem = bucket_name_problem(name)
+    if problem:
+        raise InvalidName(f"bad bucket name {name!r}: {problem}")
+
+
+@bucket.command("create")
+@click.argument("name")
+@click.pass_obj
+@handle_errors
+def bucket_create(obj: Context, name: str) -> None:
+    _check_bucket_name(name)
+    _chain_call(obj, lambda c, a, ch: ch.create_bucket(a.address, name))
+    click.echo(f"bucket {name} created")
+
+
+@bucket.command("rm")
+@click.argument("name")
+@click.pass_obj
+@handle_errors
+def bucket_rm(obj: Context, name: str) -> None:
+    _chain_call(obj, lambda c, a, ch: ch.delete_bucket(a.address, name))
+    click.echo(f"bucket {name} deleted")
+
+
+@bucket.command("ls")
+@click.pass_obj
+@handle_errors
+def bucket_ls(obj: Context) -> None:
+    for name in _chain_call(obj, lambda c, a, ch: ch.buckets(a.address)):
+        click.echo(name)
+
+
+@bucket.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def bucket_info(obj: Context, name: str, as_json: bool) -> None:
+    info = _chain_call(obj, lambda c, a, ch: ch.bucket(a.address, name))
+    if info is None:
+        fail(f"bucket {name!r} does not exist; create it with `deossfs bucket create {name}`")
+    if as_json:
+        click.echo(json.dumps({"name": info.name, "owner": info.owner,
+                               "objects": list(info.object_list), "authority": list(info.authority)}))
+    else:
+        click.echo(f"{info.name}: {len(info.object_list)} objects, owner {info.owner}")
+
+
+# ---- objects ---------------------------------------------------------------
+
+
+def _run_store(obj: Context, action: Callable[[Any], Any]) -> Any:
+    from .store import ObjectStore
+
+    config = obj.config()
+    account = obj.account(config)
+    chain = obj.chain(config, account)
+
+    async def run() -> Any:
+        async with ObjectStore(config, account, chain) as store:
+            return await action(store)
+
+    try:
+        return trio.run(run)
+    finally:
+        chain.close()
+
+
+def _progress(total: int, label: str, enabled: bool):  # noqa: ANN202
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+    task = progress.add_task(label, total=total)
+    return progress, lambda n: progress.advance(task, n)
+
+
+@main.command("put")
+@click.option("--no-encrypt", is_flag=True, help="store the plain CESS layout")
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@click.argument("local", type=click.Path(dir_okay=False))
+@click.argument("target")
+@click.pass_obj
+@handle_errors
+def put_cmd(obj: Context, no_encrypt: bool, quiet: bool, local: str, target: str) -> None:
+    """Store LOCAL as BUCKET/KEY; returns once the file is durable (Active on the chain)."""
+    from .names import split_target
+
+    bucket_name, key_name = split_target(target)
+    path = Path(local)
+    size = path.stat().st_size
+    show = not quiet and sys.stderr.isatty() and size >= 32 * 1024**2
+    progress, advance = _progress(size, f"put {key_name}", show)
+    with progress:
+        plan = _run_store(obj, lambda s: s.put_file(path, bucket_name, key_name,
+                                                    encrypt=False if no_encrypt else None,
+                                                    progress=advance))
+    click.echo(f"{target} stored: fid {plan.fid}, {plan.size} bytes, {len(plan.segments)} segments"
+               f"{', encrypted' if plan.encrypted else ''}")
+
+
+@main.command("get")
+@click.option("--quiet", "-q", is_flag=True)
+@click.argument("target")
+@click.argument("local", type=click.Path(dir_okay=False))
+@click.pass_obj
+@handle_errors
+def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
+    """Fetch BUCKET/KEY into LOCAL (written atomically: no partial file on failure)."""
+    from .names import split_target
+
+    bucket_name, key_name = split_target(target)
+    dest = Path(local)
+    if dest.is_dir():
+        dest = dest / Path(key_name).name
+    if not dest.resolve().parent.is_dir():
+        fail(f"directory {dest.resolve().parent} does not exist")
+
+    async def action(store: Any) -> Any:
+        entry = await store.lookup(bucket_name, key_name)
+        show = not quiet and sys.stderr.isatty() and entry.size >= 32 * 1024**2
+        progress, advance = _progress(entry.size, f"get {key_name}", show)
+        with progress:
+            return await store.get_file(bucket_name, key_name, dest, progress=advance)
+
+    entry = _run_store(obj, action)
+    click.echo(f"{target} → {dest}: {entry.size} bytes")
+
+
+@main.command("rm")
+@click.argument("target")
+@click.pass_obj
+@handle_errors
+def rm_cmd(obj: Context, target: str) -> None:
+    """Delete BUCKET/KEY from the chain."""
+    from .names import split_target
+
+    bucket_name, key_name = split_target(target)
+    _run_store(obj, lambda s: s.delete(bucket_name, key_name))
+    click.echo(f"{target} deleted")
+
+
+@main.command("ls")
+@click.argument("target", required=False)
+@click.pass_obj
+@handle_errors
+def ls_cmd(obj: Context, target: str | None) -> None:
+    """List buckets, or the objects of BUCKET[/PREFIX]."""
+    if not target:
+        for name in _chain_call(obj, lambda c, a, ch: ch.buckets(a.address)):
+            click.echo(f"{name}/")
+        return
+    bucket_name, _, prefix = target.partition("/")
+    for entry in _run_store(obj, lambda s: s.list(bucket_name, prefix)):
+        click.echo(f"{entry.size:>14}  {entry.fid[:16]}…  {entry.key}")
+
+
+@main.command("stat")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("target")
+@click.pass_obj
+@handle_errors
+def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
+    """FID, size, state, and per segment its hash, fragment hashes and nodes."""
+    from .names import split_target
+
+    bucket_name, key_name = split_target(target)
+
+    async def action(store: Any) -> Any:
+        entry = await store.lookup(bucket_name, key_name)
+        return entry, await store.file_info(entry.fid), await store.endpoints()
+
+    entry, info, endpoints = _run_store(obj, action)
+    data = {
+        "bucket": bucket_name, "key": key_name, "fid": info.fid, "size": info.file_size,
+        "state": info.state.value, "completion": info.completion,
+        "segments": [
+            {"index": i, "hash": seg.hash,
+             "fragments": [{"index": j, "hash": f.hash, "miner": f.miner, "avail": f.avail,
+                            "endpoint": endpoints.get(f.miner)} for j, f in enumerate(seg.fragments)]}
+            for i, seg in enumerate(info.segments)
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{target}\n  fid    {info.fid}\n  size   {info.file_size}\n  state  {info.state.value}")
+    for seg in data["segments"]:
+        click.echo(f"  segment {seg['index']}: {seg['hash']}")
+        for frag in seg["fragments"]:
+            click.echo(f"    {frag['index']:>2} {frag['hash']}  {frag['endpoint'] or frag['miner']}")
+
+
+# ---- chain -----------------------------------------------------------------
+
+
+@main.group("chain")
+def chain_group() -> None:
+    """The chain itself."""
+
+
+@chain_group.command("verify")
+@click.pass_obj
+@handle_errors
+def chain_verify(obj: Context) -> None:
+    """Verify the embedded ledger's signed transaction log."""
+    count = _chain_call(obj, lambda c, a, ch: ch.verify_log())
+    click.echo(f"ledger log verified: {count} signed transactions")

@@ -1,0 +1,188 @@
+"""A one-machine network: the embedded chain plus N storage-node processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .chain.factory import open_chain
+from .config import Config, load_config, write_config
+from .errors import DeossError, InvalidInput, TemporaryError
+from .keys import Account, create_key_file, load_key_file
+
+CONFIG_NAME = "deossfs.toml"
+GIB = 1024**3
+NODE_IDLE_SPACE = 256 * GIB
+DEV_FUNDS = 10**6 * 10**18  # 1,000,000 TCESS (18 decimals)
+DEV_TERRITORY_GIB = 128
+DEV_TERRITORY_DAYS = 365
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    dir: Path
+    pid: int | None
+    port: int | None
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and _alive(self.pid)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def node_processes(devnet_dir: Path) -> list[NodeProcess]:
+    nodes = []
+    for path in sorted((devnet_dir / "nodes").glob("node*"), key=lambda p: int(p.name[4:] or 0)):
+        state = {}
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((path / "process.json").read_text())
+        nodes.append(NodeProcess(int(path.name[4:]), path, state.get("pid"), state.get("port")))
+    return nodes
+
+
+def start_node(config_path: Path, node: NodeProcess, port: int | None = None) -> NodeProcess:
+    port = port or node.port or _free_port()
+    log = open(node.dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deossfs", "--config", str(config_path), "node",
+         "--dir", str(node.dir), "--host", "127.0.0.1", "--port", str(port),
+         "--idle-space", str(NODE_IDLE_SPACE)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    log.close()
+    (node.dir / "process.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
+    return NodeProcess(node.index, node.dir, proc.pid, port)
+
+
+def stop_node(node: NodeProcess, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if node.pid is None or not _alive(node.pid):
+        return
+    os.kill(node.pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(node.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(node.pid):
+        os.kill(node.pid, signal.SIGKILL)
+
+
+def wait_ready(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    with httpx.Client(timeout=1.0) as client:
+        while pending:
+            for node in list(pending):
+                try:
+                    if client.get(f"{node.endpoint}/status").status_code == 200:
+                        pending.remove(node)
+                        continue
+                except httpx.HTTPError:
+                    pass
+                if not node.alive:
+                    log_tail = (node.dir / "node.log").read_text(errors="replace")[-600:]
+                    raise DeossError(f"storage node {node.index} exited at start: {log_tail.strip()}")
+            if pending and time.monotonic() > deadline:
+                raise TemporaryError(f"{len(pending)} storage nodes did not start within {timeout:.0f}s")
+            time.sleep(0.1)
+
+
+def devnet_up(devnet_dir: Path, node_count: int = 12) -> Config:
+    """Create (or restart) the devnet in `devnet_dir`; idempotent."""
+    if node_count < 1 or node_count > 64:
+        raise InvalidInput("--nodes must be between 1 and 64")
+    devnet_dir = devnet_dir.resolve()
+    devnet_dir.mkdir(parents=True, exist_ok=True)
+    config_path = devnet_dir / CONFIG_NAME
+    key_path = devnet_dir / "account.key"
+    if config_path.exists():
+        config = load_config(config_path)
+    else:
+        config = Config(key_file=key_path, workspace=devnet_dir / "workspace")
+        config.chain.ledger = devnet_dir / "ledger.sqlite"
+        config.cache.dir = devnet_dir / "cache"
+        write_config(config, config_path)
+    account = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
+    chain = open_chain(config, account)
+    try:
+        if chain.balance(account.address) == 0:  # type: ignore[attr-defined]
+            chain.fund(account.address, DEV_FUNDS)  # type: ignore[attr-defined]
+        nodes = []
+        for index in range(1, node_count + 1):
+            node_dir = devnet_dir / "nodes" / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            if not (node_dir / "key.json").exists():
+                create_key_file(node_dir / "key.json")
+            current = [n for n in node_processes(devnet_dir) if n.index == index]
+            node = current[0] if current else NodeProcess(index, node_dir, None, None)
+            if not node.alive:
+                node = start_node(config_path, node)
+            nodes.append(node)
+        wait_ready(nodes)
+        territory = config.storage.territory
+        if chain.territory(account.address, territory) is None:
+            chain.mint_territory(territory, DEV_TERRITORY_GIB, DEV_TERRITORY_DAYS)
+    finally:
+        chain.close()
+    return config
+
+
+def devnet_down(devnet_dir: Path) -> int:
+    stopped = 0
+    for node in node_processes(devnet_dir.resolve()):
+        if node.alive:
+            stop_node(node)
+            stopped += 1
+    return stopped
+
+
+def devnet_status(devnet_dir: Path) -> list[dict]:
+    rows = []
+    with httpx.Client(timeout=1.0) as client:
+        for node in node_processes(devnet_dir.resolve()):
+            row: dict = {"node": node.index, "pid": node.pid, "alive": node.alive,
+                         "endpoint": node.endpoint if node.port else None}
+            if node.alive:
+                try:
+                    row.update(client.get(f"{node.endpoint}/status").json())
+                except (httpx.HTTPError, ValueError):
+                    row["alive"] = "not answering"
+            rows.append(row)
+    return rows
+
+
+def load_account(config: Config) -> Account:
+    return load_key_file(config.require_key_file())

@@ -1,0 +1,1 @@
+"""Choosing storage nodes: preferred clusters first, then near and healthy ones."""

@@ -1,0 +1,94 @@
+"""Node choice for a storage order.
+
+Order of preference (as DeOSS's "shunt" plus what a serious client adds):
+1. preferred nodes from the config, shuffled; with 12 or more, only those;
+2. the rest by measured round-trip time, with randomness so load spreads;
+3. never blocked nodes, nodes not `positive`, or nodes that failed within the
+   penalty window (they are re-checked once it has passed).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..chain.interface import MinerState, StorageNode
+from ..errors import NotEnoughNodes
+from ..processing.layout import TOTAL_SHARDS
+
+
+@dataclass
+class NodeHealth:
+    rtt: float | None = None  # seconds; None = not measured
+    failed_until: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class NodeSelector:
+    preferred: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    penalty_seconds: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+    health: dict[str, NodeHealth] = field(default_factory=dict)
+
+    def _health(self, account: str) -> NodeHealth:
+        return self.health.setdefault(account, NodeHealth())
+
+    def record_rtt(self, account: str, seconds: float) -> None:
+        health = self._health(account)
+        # smooth so one slow probe does not reorder everything
+        health.rtt = seconds if health.rtt is None else 0.7 * health.rtt + 0.3 * seconds
+
+    def record_failure(self, account: str) -> None:
+        health = self._health(account)
+        health.failures += 1
+        health.failed_until = time.monotonic() + self.penalty_seconds
+
+    def record_success(self, account: str) -> None:
+        health = self._health(account)
+        health.failures = 0
+        health.failed_until = 0.0
+
+    def usable(self, nodes: Iterable[StorageNode]) -> list[StorageNode]:
+        now = time.monotonic()
+        blocked = set(self.blocked)
+        return [
+            node
+            for node in nodes
+            if node.state == MinerState.POSITIVE
+            and node.account not in blocked
+            and self._health(node.account).failed_until <= now
+        ]
+
+    def rank(self, nodes: Iterable[StorageNode]) -> list[StorageNode]:
+        """Usable nodes, best first."""
+        usable = self.usable(nodes)
+        preferred_set = set(self.preferred)
+        preferred = [n for n in usable if n.account in preferred_set]
+        self.rng.shuffle(preferred)
+        if len(preferred) >= TOTAL_SHARDS:
+            return preferred
+        others = [n for n in usable if n.account not in preferred_set]
+
+        def score(node: StorageNode) -> float:
+            rtt = self._health(node.account).rtt
+            base = rtt if rtt is not None else 0.05  # unmeasured: assume a typical LAN peer
+            return base * self.rng.uniform(1.0, 2.0)
+
+        others.sort(key=score)
+        return preferred + others
+
+    def choose(self, nodes: Iterable[StorageNode], count: int = TOTAL_SHARDS,
+               exclude: Iterable[str] = ()) -> list[StorageNode]:
+        """`count` distinct usable nodes, or NotEnoughNodes."""
+        excluded = set(exclude)
+        ranked = [n for n in self.rank(nodes) if n.account not in excluded]
+        if len(ranked) < count:
+            raise NotEnoughNodes(
+                f"only {len(ranked)} usable storage nodes, {count} needed",
+                hint="start more nodes (deossfs devnet up --nodes 12) or check blocked_nodes",
+            )
+        return ranked[:count]

@@ -1,0 +1,439 @@
+"""The object store: what the CLI and the mount use to put and get objects.
+
+It composes the layers in one direction: processing (encrypt, segment, erasure
+code, hash) → scheduling/p2p (choose nodes, move fragments) → chain (orders and
+metadata). Blocking work (CPU and the chain's blocking client) runs in worker
+threads through `trio.to_thread.run_sync`; everything else is trio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .chain.interface import (
+    ChainClient,
+    FileInfo,
+    SegmentSpec,
+    StorageNode,
+    Territory,
+    TerritoryState,
+    UserBrief,
+)
+from .config import Config
+from .errors import (
+    DataUnavailable,
+    DeossError,
+    IntegrityError,
+    InvalidInput,
+    NoSpace,
+    NotEnoughNodes,
+    NotFound,
+    TemporaryError,
+)
+from .keys import Account
+from .names import check_key
+from .p2p.nodeclient import NodeClient
+from .p2p.transfer import (
+    ColumnFailure,
+    fetch_segment,
+    probe_nodes,
+    refusal_message,
+    send_segment,
+)
+from .processing.encryption import DECRYPT_BUFFER_SIZE, SegmentCipher, looks_encrypted
+from .processing.layout import SEGMENT_SIZE, TOTAL_SHARDS, charged_space, segment_count
+from .processing.pipeline import FilePlan, ReadInto, SegmentCodec, SegmentWorkspace, file_reader
+from .scheduling.selector import NodeSelector
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+#: rounds of giving failed columns to other nodes before an upload fails
+REASSIGN_ROUNDS = 3
+#: seconds to wait for the 12 transfer reports once every fragment is sent
+REPORT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ObjectEntry:
+    bucket: str
+    key: str
+    fid: str
+    size: int
+
+
+class ObjectStore:
+    def __init__(self, config: Config, account: Account, chain: ChainClient) -> None:
+        self.config = config
+        self.account = account
+        self.chain = chain
+        storage = config.storage
+        self.selector = NodeSelector(
+            preferred=list(storage.preferred_nodes),
+            blocked=list(storage.blocked_nodes),
+            penalty_seconds=storage.node_penalty_seconds,
+        )
+        self.client = NodeClient(account, timeout=storage.request_timeout)
+        self.cipher = SegmentCipher(account.derive_key("deossfs encryption v1"))
+        self.encrypted_codec = SegmentCodec(self.cipher)
+        self.plain_codec = SegmentCodec(None)
+        self._probed = False
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> ObjectStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def owner(self) -> str:
+        return self.account.address
+
+    async def _chain(self, func: Callable, *args: object) -> object:
+        return await trio.to_thread.run_sync(func, *args)
+
+    # ---- territory and bucket checks ---------------------------------------
+
+    async def territory(self) -> Territory:
+        name = self.config.storage.territory
+        territory = await self._chain(self.chain.territory, self.owner, name)
+        if territory is None:
+            raise NotFound(
+                f"territory {name!r} does not exist",
+                hint=f"mint it with `deossfs territory mint {name} --gib N`",
+            )
+        return territory  # type: ignore[return-value]
+
+    async def check_space(self, segments: int) -> Territory:
+        territory = await self.territory()
+        if territory.state != TerritoryState.ACTIVE:
+            raise NoSpace(
+                f"territory {territory.name!r} is {territory.state.value.lower()}",
+                hint=f"renew it with `deossfs territory renew {territory.name} --days 30`",
+            )
+        need = charged_space(segments)
+        if territory.remaining_space < need:
+            raise NoSpace(
+                f"territory {territory.name!r} has {territory.remaining_space // 2**20} MiB free, "
+                f"this file needs {need // 2**20} MiB (12 x 8 MiB per segment)",
+                hint=f"expand it with `deossfs territory expand {territory.name} --gib N`",
+            )
+        return territory
+
+    async def require_bucket(self, bucket: str) -> None:
+        info = await self._chain(self.chain.bucket, self.owner, bucket)
+        if info is None:
+            raise NotFound(
+                f"bucket {bucket!r} does not exist",
+                hint=f"create it with `deossfs bucket create {bucket}`",
+            )
+
+    # ---- put ----------------------------------------------------------------
+
+    async def put_file(
+        self, path: Path, bucket: str, key: str, *, encrypt: bool | None = None,
+        progress: Progress | None = None,
+    ) -> FilePlan:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            return await self.put(file_reader(fd), size, bucket, key, encrypt=encrypt, progress=progress)
+        finally:
+            os.close(fd)
+
+    async def put(
+        self, read_into: ReadInto, size: int, bucket: str, key: str, *,
+        encrypt: bool | None = None, progress: Progress | None = None,
+    ) -> FilePlan:
+        """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain."""
+        check_key(key)
+        if size <= 0:
+            raise InvalidInput("empty files cannot be stored on CESS (the chain rejects them)")
+        if encrypt is None:
+            encrypt = self.config.storage.encryption
+        codec = self.encrypted_codec if encrypt else self.plain_codec
+        await self.require_bucket(bucket)
+        await self.check_space(codec.segment_count(size))
+        existing = await self.lookup(bucket, key, missing_ok=True)
+
+        workspaces = [SegmentWorkspace()]
+        # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
+        plan = await trio.to_thread.run_sync(
+            lambda: codec.plan(read_into, size, workspaces[0],
+                               progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
+                               if progress else None)
+        )
+        brief = UserBrief(self.owner, key, bucket, self.config.storage.territory)
+        specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
+        already = await self._chain(self.chain.file, plan.fid)
+        if already is not None and any(b == brief for b in already.owners):  # type: ignore[union-attr]
+            log.info("%s/%s is already stored as %s", bucket, key, plan.fid)
+        else:
+            await self._chain(self.chain.upload_declaration, plan.fid, specs, brief, size)
+        if already is None:
+            await self._upload_columns(codec, plan, read_into, workspaces, progress)
+        else:
+            log.info("FID %s already on the chain: added an owner, nothing to send", plan.fid)
+            if progress:
+                progress(size - size // 2)
+        if existing is not None and existing.fid != plan.fid:
+            # the key now names the new content; drop the old version
+            await self._chain(self.chain.delete_file, self.owner, existing.fid)
+        return plan
+
+    async def _nodes(self) -> list[StorageNode]:
+        nodes: list[StorageNode] = await self._chain(self.chain.storage_nodes)  # type: ignore[assignment]
+        if not self._probed:
+            await probe_nodes(self.client, self.selector, nodes)
+            self._probed = True
+        return nodes
+
+    async def _upload_columns(
+        self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,
+        workspaces: list[SegmentWorkspace], progress: Progress | None,
+    ) -> None:
+        nodes = await self._nodes()
+        chosen = self.selector.choose(nodes)
+        assignment = dict(enumerate(chosen))
+        used = {n.account for n in chosen}
+        columns = set(range(TOTAL_SHARDS))
+        report = progress
+        for round_ in range(REASSIGN_ROUNDS + 1):
+            failed = await self._send_pass(codec, plan, read_into, workspaces,
+                                           {c: assignment[c] for c in columns}, report)
+            report = None  # progress counts the first pass only
+            if not failed:
+                failed = await self._await_reports(plan, assignment, columns)
+                if not failed:
+                    return
+            for failure in failed.values():
+                self.selector.record_failure(failure.node.account)
+            if round_ == REASSIGN_ROUNDS:
+                raise NotEnoughNodes(f"upload of {plan.fid} failed: {refusal_message(failed.values())}")
+            try:
+                replacements = self.selector.choose(nodes, len(failed), exclude=used)
+            except NotEnoughNodes as exc:
+                raise NotEnoughNodes(
+                    f"upload of {plan.fid} failed and no other node can take its columns: "
+                    f"{refusal_message(failed.values())}",
+                    hint=exc.hint,
+                ) from None
+            columns = set(failed)
+            for column, node in zip(sorted(failed), replacements, strict=True):
+                log.warning("giving column %d of %s to %s", column, plan.fid, node.endpoint)
+                assignment[column] = node
+                used.add(node.account)
+
+    async def _send_pass(
+        self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,
+        workspaces: list[SegmentWorkspace], assignment: dict[int, StorageNode],
+        progress: Progress | None,
+    ) -> dict[int, ColumnFailure]:
+        """Rebuild every segment and send the given columns; pipelined two segments deep."""
+        failed: dict[int, ColumnFailure] = {}
+        while len(workspaces) < 2:
+            workspaces.append(SegmentWorkspace())
+        free_send, free_recv = trio.open_memory_channel[SegmentWorkspace](len(workspaces))
+        for ws in workspaces:
+            free_send.send_nowait(ws)
+
+        async def send(ws: SegmentWorkspace, index: int) -> None:
+            try:
+                await send_segment(self.client, plan.fid, ws.fragments,
+                                   plan.segments[index].fragment_hashes, assignment, failed)
+                if progress:
+                    progress(codec.segment_span(index, plan.size)[1] - codec.segment_span(index, plan.size)[1] // 2)
+            finally:
+                free_send.send_nowait(ws)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(plan.segments)):
+                if len(failed) == len(assignment):
+                    break
+                ws = await free_recv.receive()
+                await trio.to_thread.run_sync(codec.rebuild, ws, read_into, plan, index)
+                nursery.start_soon(send, ws, index)
+        return failed
+
+    async def _await_reports(
+        self, plan: FilePlan, assignment: dict[int, StorageNode], columns: set[int]
+    ) -> dict[int, ColumnFailure]:
+        """Wait for the file to become Active; columns whose node never reported fail."""
+        deadline = trio.current_time() + REPORT_TIMEOUT
+        delay = 0.05
+        while True:
+            info = await self._chain(self.chain.file, plan.fid)
+            if info is not None:
+                return {}
+            if trio.current_time() > deadline:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        deal = await self._chain(self.chain.deal, plan.fid)
+        reported = {c.index - 1 for c in deal.complete_list} if deal else set()  # type: ignore[union-attr]
+        missing = [c for c in columns if c not in reported]
+        error = TemporaryError("the node stored its column but did not report it to the chain")
+        return {c: ColumnFailure(c, assignment[c], error) for c in missing}
+
+    # ---- lookup, list, delete ------------------------------------------------
+
+    async def files_in_bucket(self, bucket: str) -> list[tuple[str, FileInfo]]:
+        """(key, file) for each object of the owner's bucket."""
+        info = await self._chain(self.chain.bucket, self.owner, bucket)
+        if info is None:
+            raise NotFound(f"bucket {bucket!r} does not exist",
+                           hint="list buckets with `deossfs bucket ls`")
+
+        def collect() -> list[tuple[str, FileInfo]]:
+            out = []
+            for fid in info.object_list:  # type: ignore[union-attr]
+                file = self.chain.file(fid)
+                if file is None:
+                    continue
+                for brief in file.owners:
+                    if brief.user == self.owner and brief.bucket_name == bucket:
+                        out.append((brief.file_name, file))
+            return sorted(out, key=lambda item: item[0])
+
+        return await trio.to_thread.run_sync(collect)
+
+    async def lookup(self, bucket: str, key: str, *, missing_ok: bool = False) -> ObjectEntry | None:
+        for name, file in await self.files_in_bucket(bucket):
+            if name == key:
+                return ObjectEntry(bucket, key, file.fid, file.file_size)
+        if missing_ok:
+            return None
+        raise NotFound(f"no object {bucket}/{key}", hint=f"list them with `deossfs ls {bucket}`")
+
+    async def list(self, bucket: str, prefix: str = "") -> list[ObjectEntry]:
+        return [ObjectEntry(bucket, key, f.fid, f.file_size)
+                for key, f in await self.files_in_bucket(bucket) if key.startswith(prefix)]
+
+    async def delete(self, bucket: str, key: str) -> str:
+        entry = await self.lookup(bucket, key)
+        assert entry is not None
+        await self._chain(self.chain.delete_file, self.owner, entry.fid)
+        return entry.fid
+
+    async def file_info(self, fid: str) -> FileInfo:
+        info = await self._chain(self.chain.file, fid)
+        if info is None:
+            raise NotFound(f"file {fid} is not stored on the chain")
+        return info  # type: ignore[return-value]
+
+    # ---- get ------------------------------------------------------------------
+
+    async def endpoints(self) -> dict[str, str]:
+        return {n.account: n.endpoint for n in await self._nodes()}
+
+    async def _fetch_decoded(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                             endpoints: dict[str, str]) -> None:
+        fragments = await fetch_segment(self.client, info.fid, info.segments[index], endpoints, self.selector)
+        await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
+
+    def codec_for(self, info: FileInfo, first_segment: memoryview) -> SegmentCodec:
+        """Which layout a file uses: deossfs-encrypted (by its authenticated header) or plain."""
+        plain_segments = segment_count(info.file_size, SEGMENT_SIZE)
+        if looks_encrypted(first_segment):
+            try:
+                self.cipher.decrypt_into(first_segment, 0, bytearray(DECRYPT_BUFFER_SIZE))
+                return self.encrypted_codec
+            except IntegrityError:
+                if len(info.segments) != plain_segments:
+                    raise IntegrityError(
+                        f"file {info.fid[:16]}… is encrypted under another key", hint="use the key that stored it"
+                    ) from None
+        return self.plain_codec
+
+    async def get_file(self, bucket: str, key: str, dest: Path, progress: Progress | None = None) -> ObjectEntry:
+        """Write BUCKET/KEY to `dest` atomically: a failed get leaves no file."""
+        entry = await self.lookup(bucket, key)
+        assert entry is not None
+        info = await self.file_info(entry.fid)
+        dest = dest.resolve()
+        tmp = dest.with_name(f".{dest.name}.deossfs-partial-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            await self.read_into_fd(info, fd, progress)
+            await trio.to_thread.run_sync(os.fsync, fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, dest)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return entry
+
+    async def read_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
+        """Fetch, decode and write every segment in order, two segments in flight."""
+        endpoints = await self.endpoints()
+        count = len(info.segments)
+        workspaces = [SegmentWorkspace(with_parity=False) for _ in range(min(count, 2))]
+        decrypt_buffer = bytearray(DECRYPT_BUFFER_SIZE)
+        first = workspaces[0]
+        await self._fetch_decoded(info, 0, first, endpoints)
+        codec = self.codec_for(info, first.segment)
+        ready: dict[int, trio.Event] = {0: trio.Event()}
+        ready[0].set()
+        failures: list[BaseException] = []
+
+        async def prefetch(index: int, ws: SegmentWorkspace) -> None:
+            try:
+                await self._fetch_decoded(info, index, ws, endpoints)
+            except BaseException as exc:  # handed to the writer, which raises it in order
+                failures.append(exc)
+            finally:
+                ready[index].set()
+
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                ws = workspaces[index % len(workspaces)]
+                await ready[index].wait()
+                if failures:
+                    raise failures[0]
+                if index + 1 < count:
+                    ready[index + 1] = trio.Event()
+                    nursery.start_soon(prefetch, index + 1, workspaces[(index + 1) % len(workspaces)])
+                data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size, decrypt_buffer)
+                offset = index * codec.capacity
+                await trio.to_thread.run_sync(_pwrite_all, fd, data, offset)
+                if progress:
+                    progress(len(data))
+        if failures:
+            raise failures[0]
+
+    async def read_segment(self, info: FileInfo, index: int, codec: SegmentCodec | None = None) -> bytes:
+        """The plaintext of one segment (for lazy reads)."""
+        endpoints = await self.endpoints()
+        ws = SegmentWorkspace(with_parity=False)
+        await self._fetch_decoded(info, index, ws, endpoints)
+        if codec is None:
+            if index == 0:
+                codec = self.codec_for(info, ws.segment)
+            else:
+                first = SegmentWorkspace(with_parity=False)
+                await self._fetch_decoded(info, 0, first, endpoints)
+                codec = self.codec_for(info, first.segment)
+        return bytes(await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size))
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+__all__ = ["ObjectStore", "ObjectEntry", "DataUnavailable", "DeossError"]
