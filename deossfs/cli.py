@@ -80,6 +80,9 @@ def main(ctx: click.Context, config_path: str | None, verbose: int, debug: bool)
     """deossfs: the CESS decentralized object store as a local filesystem."""
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one line per HTTP request drowns everything else; keep their warnings only
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     ctx.obj = Context(config_path, debug)
 
 
@@ -494,3 +497,120 @@ def chain_verify(obj: Context) -> None:
     """Verify the embedded ledger's signed transaction log."""
     count = _chain_call(obj, lambda c, a, ch: ch.verify_log())
     click.echo(f"ledger log verified: {count} signed transactions")
+
+
+# ---- mount -----------------------------------------------------------------
+
+
+@main.command("mount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--foreground", "-f", is_flag=True, help="stay in the foreground (systemd, debugging)")
+@click.option("--no-wait", is_flag=True,
+              help="at unmount, leave pending uploads in the journal instead of waiting for them")
+@click.option("--allow-other", is_flag=True, help="let other users access the mount")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="where a background mount logs")
+@click.pass_obj
+@handle_errors
+def mount_cmd(obj: Context, mountpoint: str, foreground: bool, no_wait: bool, allow_other: bool,
+              log_file: str | None) -> None:
+    """Mount the account's buckets at MOUNTPOINT."""
+    import os
+    import subprocess
+    import time
+
+    config = obj.config()
+    account = obj.account(config)
+    target = Path(mountpoint).resolve()
+    if not target.is_dir():
+        fail(f"mount point {target} is not a directory; create it with `mkdir -p {target}`")
+    if os.path.ismount(target):
+        fail(f"{target} is already a mount point; unmount it with `deossfs umount {target}`")
+    if not foreground:
+        from .fs.mount import workspace_for
+
+        log_path = Path(log_file) if log_file else workspace_for(config, account) / "mount.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "deossfs"]
+        if obj.config_path:
+            args += ["--config", obj.config_path]
+        args += ["-v", "mount", "--foreground", str(target)]
+        if no_wait:
+            args.append("--no-wait")
+        if allow_other:
+            args.append("--allow-other")
+        with open(log_path, "ab") as log_handle:
+            child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_handle,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(target):
+            if child.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+                fail(f"the mount exited at start: {tail[0] if tail else 'see ' + str(log_path)}")
+            if time.monotonic() > deadline:
+                fail(f"the mount did not come up within 30 s; see {log_path}")
+            time.sleep(0.05)
+        click.echo(f"mounted at {target} (pid {child.pid}, log {log_path})")
+        return
+    from .fs.mount import MountOptions, run_mount
+    from .store import ObjectStore
+
+    chain = obj.chain(config, account)
+    store = ObjectStore(config, account, chain)
+    try:
+        run_mount(config, account, store, MountOptions(target, wait_on_unmount=not no_wait,
+                                                       allow_other=allow_other))
+    finally:
+        chain.close()
+
+
+@main.command("umount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--wait/--no-wait", default=True, help="wait until the mount process has exited")
+@handle_errors
+def umount_cmd(mountpoint: str, wait: bool) -> None:
+    """Unmount; the mount process finishes pending uploads before it exits."""
+    import subprocess
+
+    target = Path(mountpoint).resolve()
+    result = subprocess.run(["fusermount3", "-u", str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(result.stderr.strip() or f"cannot unmount {target}")
+    click.echo(f"unmounted {target}")
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def status_cmd(obj: Context, as_json: bool) -> None:
+    """Pending and failed uploads of the mount (from its journal), with progress."""
+    import sqlite3
+    import time
+
+    from .fs.mount import DB_NAME, workspace_for
+
+    config = obj.config()
+    account = obj.account(config)
+    path = workspace_for(config, account) / DB_NAME
+    if not path.exists():
+        fail(f"no mount state at {path}; mount first with `deossfs mount MOUNTPOINT`")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    rows = conn.execute(
+        "SELECT u.path, u.total_bytes, u.done_bytes, u.attempts, u.error, u.next_try, i.state"
+        " FROM uploads u LEFT JOIN inodes i ON i.id = u.ino ORDER BY u.queued_at").fetchall()
+    conn.close()
+    items = [{"path": p, "size": total, "sent": done, "attempts": attempts, "error": error,
+              "state": state or "staged", "retry_in": max(0.0, round(next_try - time.time(), 1))}
+             for p, total, done, attempts, error, next_try, state in rows]
+    if as_json:
+        click.echo(json.dumps({"pending": items}, indent=2))
+        return
+    if not items:
+        click.echo("no pending uploads: everything closed is durable")
+        return
+    for item in items:
+        pct = 100 * item["sent"] // item["size"] if item["size"] else 100
+        line = f"{item['state']:<9} {pct:>3}%  {item['size']:>12}  {item['path']}"
+        if item["error"]:
+            line += f"  [{item['error']}; retry in {item['retry_in']:.0f}s]"
+        click.echo(line)

@@ -8,6 +8,7 @@ threads through `trio.to_thread.run_sync`; everything else is trio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -153,8 +154,13 @@ class ObjectStore:
     async def put(
         self, read_into: ReadInto, size: int, bucket: str, key: str, *,
         encrypt: bool | None = None, progress: Progress | None = None,
+        replace_existing: bool = True,
     ) -> FilePlan:
-        """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain."""
+        """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain.
+
+        With `replace_existing`, an object already named BUCKET/KEY is deleted once the
+        new content is durable (the mount tracks versions itself and passes False).
+        """
         check_key(key)
         if size <= 0:
             raise InvalidInput("empty files cannot be stored on CESS (the chain rejects them)")
@@ -163,7 +169,7 @@ class ObjectStore:
         codec = self.encrypted_codec if encrypt else self.plain_codec
         await self.require_bucket(bucket)
         await self.check_space(codec.segment_count(size))
-        existing = await self.lookup(bucket, key, missing_ok=True)
+        existing = await self.lookup(bucket, key, missing_ok=True) if replace_existing else None
 
         workspaces = [SegmentWorkspace()]
         # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
@@ -240,7 +246,7 @@ class ObjectStore:
     ) -> dict[int, ColumnFailure]:
         """Rebuild every segment and send the given columns; pipelined two segments deep."""
         failed: dict[int, ColumnFailure] = {}
-        while len(workspaces) < 2:
+        while len(workspaces) < min(2, len(plan.segments)):
             workspaces.append(SegmentWorkspace())
         free_send, free_recv = trio.open_memory_channel[SegmentWorkspace](len(workspaces))
         for ws in workspaces:
@@ -340,12 +346,12 @@ class ObjectStore:
         fragments = await fetch_segment(self.client, info.fid, info.segments[index], endpoints, self.selector)
         await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
 
-    def codec_for(self, info: FileInfo, first_segment: memoryview) -> SegmentCodec:
+    def codec_for(self, info: FileInfo, segment: memoryview, index: int = 0) -> SegmentCodec:
         """Which layout a file uses: deossfs-encrypted (by its authenticated header) or plain."""
         plain_segments = segment_count(info.file_size, SEGMENT_SIZE)
-        if looks_encrypted(first_segment):
+        if looks_encrypted(segment):
             try:
-                self.cipher.decrypt_into(first_segment, 0, bytearray(DECRYPT_BUFFER_SIZE))
+                self.cipher.decrypt_into(segment, index, bytearray(DECRYPT_BUFFER_SIZE))
                 return self.encrypted_codec
             except IntegrityError:
                 if len(info.segments) != plain_segments:
@@ -412,6 +418,40 @@ class ObjectStore:
                     progress(len(data))
         if failures:
             raise failures[0]
+
+    async def read_segment_detect(self, info: FileInfo, index: int) -> tuple[bytes, bool]:
+        """One segment's plaintext, and whether the file is deossfs-encrypted.
+
+        The layout is told by the segment itself (every encrypted segment carries an
+        authenticated header), so a lazy read fetches only the segment it needs.
+        """
+        endpoints = await self.endpoints()
+        ws = SegmentWorkspace(with_parity=False)
+        await self._fetch_decoded(info, index, ws, endpoints)
+        codec = await trio.to_thread.run_sync(self.codec_for, info, ws.segment, index)
+        data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size)
+        return bytes(data), codec is self.encrypted_codec
+
+    async def read_object(self, fid: str) -> bytes:
+        """A whole (small) object in memory."""
+        info = await self.file_info(fid)
+        parts = [(await self.read_segment_detect(info, i))[0] for i in range(len(info.segments))]
+        return b"".join(parts)[: info.file_size]
+
+    async def declare_name(self, fid: str, bucket: str, key: str) -> None:
+        """Record an existing FID under another name (rename without re-upload)."""
+        check_key(key)
+        info = await self.file_info(fid)
+        brief = UserBrief(self.owner, key, bucket, self.config.storage.territory)
+        if any(b == brief for b in info.owners):
+            return
+        specs = [SegmentSpec(seg.hash, tuple(f.hash for f in seg.fragments)) for seg in info.segments]
+        await self._chain(self.chain.upload_declaration, fid, specs, brief, info.file_size)
+
+    async def delete_fid(self, fid: str) -> None:
+        """Remove the owner's claim on a file (all its names); missing files are fine."""
+        with contextlib.suppress(NotFound):
+            await self._chain(self.chain.delete_file, self.owner, fid)
 
     async def read_segment(self, info: FileInfo, index: int, codec: SegmentCodec | None = None) -> bytes:
         """The plaintext of one segment (for lazy reads)."""

@@ -19,6 +19,7 @@ import secrets
 from collections.abc import AsyncIterator
 from types import TracebackType
 
+import httpcore
 import httpx
 import trio
 
@@ -55,6 +56,11 @@ def _node_message(response: httpx.Response) -> str:
             if isinstance(body.get(key), str):
                 return body[key]
     return str(body)[:200]
+
+
+# httpcore reads responses 64 KiB at a time; fragments are 8 MiB, and 1 MiB reads
+# cut the client's per-fragment Python work several-fold (see docs/PERFORMANCE.md).
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = 1024 * 1024
 
 
 class NodeClient:

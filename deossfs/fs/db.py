@@ -1,0 +1,265 @@
+"""The mount's local state: inodes, xattrs and the upload journal, in one SQLite file.
+
+Only the trio thread touches this connection (S3QL does the same): every query is
+local and short, so it runs inline between checkpoints. Other processes
+(`deossfs status`) open the file read-only; WAL lets them read while we write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_INODE = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inodes (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    kind TEXT NOT NULL,              -- dir | file | symlink
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    target BLOB,                     -- symlink target
+    fid TEXT,                        -- durable content on CESS (NULL: empty or never uploaded)
+    encrypted INTEGER NOT NULL DEFAULT 1,
+    staged INTEGER NOT NULL DEFAULT 0,   -- staging/<id> holds the whole current content
+    state TEXT NOT NULL DEFAULT 'stored',-- staged | uploading | stored | failed
+    error TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,        -- bumped by every content change
+    durable_generation INTEGER NOT NULL DEFAULT 0,-- the generation last made durable
+    foreign_object INTEGER NOT NULL DEFAULT 0,    -- stored by another CESS tool: defaults
+    UNIQUE (parent, name)
+);
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+);
+-- the journal: every closed-but-not-yet-durable file
+CREATE TABLE IF NOT EXISTS uploads (
+    ino INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    done_bytes INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    path TEXT NOT NULL DEFAULT ''
+);
+-- chain files to delete once nothing refers to them (replaced or unlinked)
+-- files whose FID must be declared again under their current name (after a rename)
+CREATE TABLE IF NOT EXISTS declares (ino INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS chain_deletes (fid TEXT PRIMARY KEY, queued_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY,
+    dirty INTEGER NOT NULL DEFAULT 0,     -- metadata changed since the last save
+    meta_fid TEXT,                         -- the metadata object last loaded or saved
+    refreshed_at REAL NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass
+class Row:
+    id: int
+    parent: int
+    name: bytes
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: bytes | None
+    fid: str | None
+    encrypted: int
+    staged: int
+    state: str
+    error: str | None
+    generation: int
+    durable_generation: int
+    foreign_object: int
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+
+COLUMNS = [f for f in Row.__dataclass_fields__]
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # durability of the journal matters (kill -9 must lose no closed file): FULL
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.executescript(SCHEMA)
+        if self.get(ROOT_INODE) is None:
+            t = now_ns()
+            self.conn.execute(
+                "INSERT INTO inodes (id, parent, name, kind, mode, uid, gid, atime_ns, mtime_ns,"
+                " ctime_ns) VALUES (?, ?, ?, 'dir', ?, 0, 0, ?, ?, ?)",
+                (ROOT_INODE, ROOT_INODE, b"", stat.S_IFDIR | 0o755, t, t, t),
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- inodes -----------------------------------------------------------
+
+    def _row(self, values: tuple | None) -> Row | None:
+        return Row(*values) if values else None
+
+    def get(self, ino: int) -> Row | None:
+        cur = self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM inodes WHERE id=?", (ino,))
+        return self._row(cur.fetchone())
+
+    def child(self, parent: int, name: bytes) -> Row | None:
+        cur = self.conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM inodes WHERE parent=? AND name=? AND id != ?",
+            (parent, name, ROOT_INODE),
+        )
+        return self._row(cur.fetchone())
+
+    def children(self, parent: int, after_id: int = 0) -> list[Row]:
+        cur = self.conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM inodes WHERE parent=? AND id > ? AND id != ?"
+            " ORDER BY id",
+            (parent, after_id, ROOT_INODE),
+        )
+        return [Row(*v) for v in cur.fetchall()]
+
+    def has_children(self, parent: int) -> bool:
+        cur = self.conn.execute("SELECT 1 FROM inodes WHERE parent=? AND id != ? LIMIT 1",
+                                (parent, ROOT_INODE))
+        return cur.fetchone() is not None
+
+    def insert(self, parent: int, name: bytes, kind: str, mode: int, uid: int, gid: int,
+               **extra: object) -> Row:
+        t = now_ns()
+        values = {"parent": parent, "name": name, "kind": kind, "mode": mode, "uid": uid,
+                  "gid": gid, "atime_ns": t, "mtime_ns": t, "ctime_ns": t, **extra}
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = self.conn.execute(f"INSERT INTO inodes ({cols}) VALUES ({marks})", tuple(values.values()))
+        row = self.get(cur.lastrowid)  # type: ignore[arg-type]
+        assert row is not None
+        return row
+
+    def update(self, ino: int, **values: object) -> None:
+        if not values:
+            return
+        sets = ", ".join(f"{k}=?" for k in values)
+        self.conn.execute(f"UPDATE inodes SET {sets} WHERE id=?", (*values.values(), ino))
+
+    def delete(self, ino: int) -> None:
+        self.conn.execute("DELETE FROM inodes WHERE id=?", (ino,))
+        self.conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+        self.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
+
+    def path_parts(self, ino: int) -> list[bytes]:
+        """Names from the root down to `ino` (the first is the bucket)."""
+        parts: list[bytes] = []
+        while ino != ROOT_INODE:
+            row = self.conn.execute("SELECT parent, name FROM inodes WHERE id=?", (ino,)).fetchone()
+            if row is None:
+                raise KeyError(ino)
+            parts.append(row[1])
+            ino = row[0]
+        return list(reversed(parts))
+
+    def files_with_fid(self, fid: str) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT id FROM inodes WHERE fid=?", (fid,))]
+
+    def descendants(self, ino: int) -> list[Row]:
+        """Every inode below `ino` (not `ino` itself)."""
+        out: list[Row] = []
+        stack = [ino]
+        while stack:
+            for row in self.children(stack.pop()):
+                out.append(row)
+                if row.is_dir:
+                    stack.append(row.id)
+        return out
+
+    # ---- xattrs ----------------------------------------------------------
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        row = self.conn.execute("SELECT value FROM xattrs WHERE ino=? AND name=?", (ino, name)).fetchone()
+        return row[0] if row else None
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return {n: v for n, v in self.conn.execute("SELECT name, value FROM xattrs WHERE ino=?", (ino,))}
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)", (ino, name, value))
+
+    def remove_xattr(self, ino: int, name: bytes) -> bool:
+        return self.conn.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name)).rowcount > 0
+
+    # ---- the upload journal ------------------------------------------------
+
+    def enqueue(self, ino: int, generation: int, total: int, path: str) -> None:
+        self.conn.execute(
+            "INSERT INTO uploads (ino, generation, queued_at, total_bytes, path) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(ino) DO UPDATE SET generation=excluded.generation, next_try=0,"
+            " total_bytes=excluded.total_bytes, done_bytes=0, path=excluded.path",
+            (ino, generation, time.time(), total, path),
+        )
+
+    def pending_uploads(self) -> list[tuple]:
+        return self.conn.execute(
+            "SELECT ino, generation, attempts, next_try, error, done_bytes, total_bytes, path"
+            " FROM uploads ORDER BY queued_at").fetchall()
+
+    def upload_progress(self, ino: int, done: int) -> None:
+        self.conn.execute("UPDATE uploads SET done_bytes=? WHERE ino=?", (done, ino))
+
+    def upload_failed(self, ino: int, error: str, retry_in: float) -> None:
+        self.conn.execute(
+            "UPDATE uploads SET attempts=attempts+1, error=?, next_try=? WHERE ino=?",
+            (error, time.time() + retry_in, ino))
+
+    def upload_done(self, ino: int, generation: int) -> None:
+        self.conn.execute("DELETE FROM uploads WHERE ino=? AND generation=?", (ino, generation))
+
+    # ---- chain deletes and buckets -------------------------------------------
+
+    def queue_chain_delete(self, fid: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO chain_deletes (fid, queued_at) VALUES (?, ?)", (fid, time.time()))
+
+    def chain_deletes(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT fid FROM chain_deletes")]
+
+    def chain_delete_done(self, fid: str) -> None:
+        self.conn.execute("DELETE FROM chain_deletes WHERE fid=?", (fid,))
+
+    def bucket_state(self, name: str) -> tuple[int, str | None, float]:
+        row = self.conn.execute("SELECT dirty, meta_fid, refreshed_at FROM buckets WHERE name=?", (name,)).fetchone()
+        return (row[0], row[1], row[2]) if row else (0, None, 0.0)
+
+    def set_bucket_state(self, name: str, **values: object) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO buckets (name) VALUES (?)", (name,))
+        sets = ", ".join(f"{k}=?" for k in values)
+        self.conn.execute(f"UPDATE buckets SET {sets} WHERE name=?", (*values.values(), name))
+
+    def dirty_buckets(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM buckets WHERE dirty=1")]

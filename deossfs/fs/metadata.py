@@ -1,0 +1,284 @@
+"""Bucket listings from the chain, and each bucket's metadata object on CESS.
+
+What POSIX needs beyond object names — modes, owners, times, symlinks, xattrs,
+empty files and empty directories — is kept per bucket in one object,
+`.deossfs/metadata.json` (zlib-compressed JSON, stored encrypted like any file),
+so another machine with the same key sees the same tree. It is saved a few
+seconds after a change, on fsync of a file and at unmount.
+
+Reconciling (on lookup/readdir, at most every REFRESH_SECONDS per bucket):
+- the metadata object, when its FID changed (another mount saved it), is applied
+  to every entry without local unsaved changes;
+- chain objects unknown locally appear with defaults (objects stored by other
+  CESS tools: mode 0644, the mounting user, discovery time);
+- stored files whose FID left the chain (deleted elsewhere) disappear.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import stat
+import time
+import zlib
+
+import trio
+
+from ..errors import DeossError
+from ..processing.pipeline import bytes_reader
+from .db import ROOT_INODE, Row, now_ns
+from .operations import META_DIR, REFRESH_SECONDS, Operations
+
+log = logging.getLogger(__name__)
+
+META_KEY = f"{META_DIR}/metadata.json"
+SAVE_DELAY = 5.0
+FORMAT = 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class BucketSync:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self.db = ops.db
+        self.store = ops.store
+        self._refreshed: dict[str, float] = {}
+        self._buckets_refreshed = 0.0
+        self._locks: dict[str, trio.Lock] = {}
+        self._saving: set[str] = set()
+        ops.hooks.refresh_bucket = self.refresh_bucket
+        ops.hooks.refresh_buckets = self.refresh_buckets
+        ops.hooks.bucket_changed = self.mark_dirty
+
+    def mark_dirty(self, bucket: str) -> None:
+        self.db.set_bucket_state(bucket, dirty=1)
+
+    def _lock(self, bucket: str) -> trio.Lock:
+        return self._locks.setdefault(bucket, trio.Lock())
+
+    # ---- the bucket list ------------------------------------------------------
+
+    async def refresh_buckets(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._buckets_refreshed < REFRESH_SECONDS:
+            return
+        self._buckets_refreshed = time.monotonic()
+        try:
+            names = await self.store._chain(self.store.chain.buckets, self.store.owner)
+        except DeossError as exc:
+            log.warning("cannot list buckets: %s", exc)
+            return
+        local = {row.name.decode(): row for row in self.db.children(ROOT_INODE)}
+        for name in names:  # type: ignore[union-attr]
+            if name not in local:
+                self.db.insert(ROOT_INODE, name.encode(), "dir", stat.S_IFDIR | 0o755,
+                               self.ops.uid, self.ops.gid)
+        for name, row in local.items():
+            if name not in names and not self._has_pending(row.id):  # type: ignore[operator]
+                self._remove_tree(row)
+
+    def _has_pending(self, ino: int) -> bool:
+        pending = {u[0] for u in self.db.pending_uploads()}
+        return any(r.id in pending for r in self.db.descendants(ino))
+
+    def _remove_tree(self, row: Row) -> None:
+        for item in self.db.descendants(row.id):
+            self.ops._remove_inode(item.id)
+        self.ops._remove_inode(row.id)
+
+    # ---- one bucket -----------------------------------------------------------
+
+    def _ensure_path(self, bucket_ino: int, parts: list[str]) -> int:
+        """The inode of directory `parts` below the bucket, creating missing ones."""
+        ino = bucket_ino
+        for part in parts:
+            row = self.db.child(ino, part.encode())
+            if row is None:
+                row = self.db.insert(ino, part.encode(), "dir", stat.S_IFDIR | 0o755, self.ops.uid, self.ops.gid)
+            elif not row.is_dir:
+                raise ValueError(f"{part} is a file and a directory")
+            ino = row.id
+        return ino
+
+    def _find(self, bucket_ino: int, path: str) -> Row | None:
+        ino = bucket_ino
+        row = None
+        for part in path.split("/"):
+            row = self.db.child(ino, part.encode())
+            if row is None:
+                return None
+            ino = row.id
+        return row
+
+    async def refresh_bucket(self, bucket: str, force: bool = False) -> None:
+        if not force and time.monotonic() - self._refreshed.get(bucket, 0.0) < REFRESH_SECONDS:
+            return
+        async with self._lock(bucket):
+            if not force and time.monotonic() - self._refreshed.get(bucket, 0.0) < REFRESH_SECONDS:
+                return
+            bucket_row = self.db.child(ROOT_INODE, bucket.encode())
+            if bucket_row is None:
+                return
+            try:
+                objects = await self.store.files_in_bucket(bucket)
+            except DeossError as exc:
+                log.warning("cannot list bucket %s: %s", bucket, exc)
+                return
+            self._refreshed[bucket] = time.monotonic()
+            dirty, meta_fid, _ = self.db.bucket_state(bucket)
+            chain_fids = set()
+            remote_meta = None
+            for key, info in objects:
+                if key == META_KEY:
+                    remote_meta = info.fid
+                else:
+                    chain_fids.add(info.fid)
+            if remote_meta and remote_meta != meta_fid:
+                try:
+                    blob = await self.store.read_object(remote_meta)
+                    self._apply(bucket_row.id, json.loads(zlib.decompress(blob)), allow_deletes=not dirty)
+                    self.db.set_bucket_state(bucket, meta_fid=remote_meta)
+                except (DeossError, ValueError, zlib.error) as exc:
+                    log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
+            pending = {u[0] for u in self.db.pending_uploads()}
+            known = {r.fid for r in self.db.descendants(bucket_row.id) if r.fid}
+            for key, info in objects:
+                if key == META_KEY or key.startswith(META_DIR + "/") or info.fid in known:
+                    continue
+                parts = key.split("/")
+                try:
+                    parent = self._ensure_path(bucket_row.id, parts[:-1])
+                except ValueError:
+                    continue
+                existing = self.db.child(parent, parts[-1].encode())
+                if existing is None:
+                    self.db.insert(parent, parts[-1].encode(), "file", stat.S_IFREG | 0o644,
+                                   self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
+                                   foreign_object=1, durable_generation=0)
+                elif existing.kind == "file" and existing.id not in pending and not existing.staged \
+                        and existing.id not in self.ops.open_states:
+                    self.ops.reader.forget(existing.fid or "")
+                    self.db.update(existing.id, fid=info.fid, size=info.file_size)
+            # stored files deleted elsewhere
+            for row in self.db.descendants(bucket_row.id):
+                if (row.kind == "file" and row.fid and row.fid not in chain_fids
+                        and row.id not in pending and row.id not in self.ops.open_states
+                        and not self.db.conn.execute("SELECT 1 FROM declares WHERE ino=?", (row.id,)).fetchone()):
+                    self.ops._remove_inode(row.id)
+
+    def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"unknown metadata format {meta.get('format')}")
+        pending = {u[0] for u in self.db.pending_uploads()}
+        seen: set[int] = set()
+        for entry in meta["entries"]:
+            parts = entry["p"].split("/")
+            parent = self._ensure_path(bucket_ino, parts[:-1])
+            seen.update(self._ancestors(parent, bucket_ino))
+            row = self.db.child(parent, parts[-1].encode())
+            values = {"mode": entry["m"], "uid": entry["u"], "gid": entry["g"],
+                      "atime_ns": entry["a"], "mtime_ns": entry["t"], "ctime_ns": entry["c"]}
+            if entry["k"] == "file":
+                values.update(fid=entry.get("f"), size=entry["s"], encrypted=entry.get("e", 1),
+                              foreign_object=0, durable_generation=0)
+            if entry["k"] == "symlink":
+                values["target"] = base64.b64decode(entry["l"])
+            if row is None:
+                row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
+            elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"]:
+                seen.add(row.id)
+                continue
+            else:
+                if row.fid != values.get("fid", row.fid) and row.fid:
+                    self.ops.reader.forget(row.fid)
+                self.db.update(row.id, **values)
+            seen.add(row.id)
+            self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
+            for name, value in entry.get("x", {}).items():
+                self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
+        if allow_deletes:
+            for row in self.db.descendants(bucket_ino):
+                if row.id not in seen and row.id not in pending and row.id not in self.ops.open_states \
+                        and not row.fid and not self.db.has_children(row.id):
+                    self.ops._remove_inode(row.id)
+
+    def _ancestors(self, ino: int, stop: int) -> list[int]:
+        out = []
+        while ino != stop and ino != ROOT_INODE:
+            out.append(ino)
+            ino = self.db.get(ino).parent  # type: ignore[union-attr]
+        return out
+
+    def snapshot(self, bucket: str) -> dict | None:
+        bucket_row = self.db.child(ROOT_INODE, bucket.encode())
+        if bucket_row is None:
+            return None
+        entries = []
+        stack = [(bucket_row.id, "")]
+        while stack:
+            ino, prefix = stack.pop()
+            for row in self.db.children(ino):
+                path = f"{prefix}{row.name.decode()}"
+                entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
+                               "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
+                if row.kind == "file":
+                    if row.size and not row.fid:
+                        continue  # content not durable yet: published by the save after its upload
+                    size = row.size
+                    if row.durable_generation < row.generation and row.fid:
+                        # the durable content is an older version; publish what is durable
+                        info = self.ops.reader._infos.get(row.fid)
+                        size = info.file_size if info else row.size
+                    entry.update(s=size if row.fid else 0, f=row.fid, e=row.encrypted)
+                elif row.kind == "symlink":
+                    entry["l"] = _b64(row.target or b"")
+                xattrs = self.db.xattrs(row.id)
+                if xattrs:
+                    entry["x"] = {_b64(k): _b64(v) for k, v in xattrs.items()}
+                entries.append(entry)
+                if row.is_dir:
+                    stack.append((row.id, path + "/"))
+        return {"format": FORMAT, "saved_ns": now_ns(), "entries": entries}
+
+    async def save(self, bucket: str) -> None:
+        """Store the bucket's metadata object (replacing the previous one)."""
+        async with self._lock(bucket):
+            dirty, old_fid, _ = self.db.bucket_state(bucket)
+            if not dirty:
+                return
+            snapshot = self.snapshot(bucket)
+            if snapshot is None:
+                return
+            self.db.set_bucket_state(bucket, dirty=0)
+            blob = zlib.compress(json.dumps(snapshot, separators=(",", ":")).encode(), 6)
+            try:
+                plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
+                                            encrypt=True, replace_existing=False)
+            except DeossError as exc:
+                self.db.set_bucket_state(bucket, dirty=1)
+                log.warning("saving the metadata of bucket %s failed: %s", bucket, exc)
+                raise
+            self.db.set_bucket_state(bucket, meta_fid=plan.fid)
+            if old_fid and old_fid != plan.fid:
+                try:
+                    await self.store.delete_fid(old_fid)
+                except DeossError as exc:
+                    log.warning("deleting old metadata %s failed: %s", old_fid[:16], exc)
+
+    async def save_all(self) -> None:
+        for bucket in self.db.dirty_buckets():
+            if self.db.child(ROOT_INODE, bucket.encode()) is None:
+                self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+                continue
+            with contextlib.suppress(DeossError):
+                await self.save(bucket)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(SAVE_DELAY)
+            await self.save_all()

@@ -1,0 +1,113 @@
+"""Running a mount: pyfuse3 + trio, the uploader and the metadata saver beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..config import Config
+from ..errors import ConfigError, InvalidInput
+from ..keys import Account
+from ..store import ObjectStore
+from .db import Database
+from .metadata import BucketSync
+from .operations import Operations
+from .uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "mount.sqlite"
+
+
+def workspace_for(config: Config, account: Account) -> Path:
+    if config.workspace is not None:
+        return config.workspace
+    return Path("~/.cache/deossfs").expanduser() / account.address
+
+
+@dataclass
+class MountOptions:
+    mountpoint: Path
+    wait_on_unmount: bool = True
+    allow_other: bool = False
+    debug_fuse: bool = False
+
+
+class Mount:
+    def __init__(self, config: Config, account: Account, store: ObjectStore, options: MountOptions) -> None:
+        self.options = options
+        workspace = workspace_for(config, account)
+        self.db = Database(workspace / DB_NAME)
+        self.ops = Operations(store, self.db, workspace, os.getuid(), os.getgid())
+        self.uploader = Uploader(self.ops)
+        self.sync = BucketSync(self.ops)
+        self.store = store
+        self.closed = False
+
+    def fuse_options(self) -> set[str]:
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=deossfs", "subtype=deossfs"}
+        if self.options.allow_other:
+            options.add("allow_other")
+        if self.options.debug_fuse:
+            options.add("debug")
+        return options
+
+    async def _signals(self, cancel: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.warning("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+    async def serve(self) -> None:
+        pending = self.uploader.pending()
+        if pending:
+            log.warning("resuming %d journaled uploads", pending)
+        async with trio.open_nursery() as nursery:
+            self.ops.reader.nursery = nursery
+            await nursery.start(self.uploader.run)
+            await nursery.start(self.sync.run)
+            nursery.start_soon(self._signals, nursery.cancel_scope)
+            await self.sync.refresh_buckets(force=True)
+            await pyfuse3.main()
+            # unmount at once: the kernel must not wait on us while uploads drain
+            self.closed = True
+            with contextlib.suppress(Exception):  # unmounted from outside already
+                pyfuse3.close(unmount=True)
+            log.info("unmounted")
+            if self.options.wait_on_unmount:
+                await self.uploader.drain()
+                await self.sync.save_all()
+            else:
+                left = self.uploader.pending()
+                if left:
+                    log.warning("%d uploads left in the journal; they resume at the next mount", left)
+            nursery.cancel_scope.cancel()
+        await self.store.aclose()
+
+
+def run_mount(config: Config, account: Account, store: ObjectStore, options: MountOptions) -> None:
+    mountpoint = options.mountpoint.resolve()
+    if not mountpoint.is_dir():
+        raise InvalidInput(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise InvalidInput(f"{mountpoint} is already a mount point", hint=f"unmount it first: fusermount3 -u {mountpoint}")
+    if not Path("/dev/fuse").exists():
+        raise ConfigError("/dev/fuse is missing: this system cannot mount FUSE file systems")
+    mount = Mount(config, account, store, options)
+    pyfuse3.init(mount.ops, str(mountpoint), mount.fuse_options())
+    try:
+        trio.run(mount.serve)
+    finally:
+        if not mount.closed:
+            with contextlib.suppress(Exception):
+                pyfuse3.close(unmount=True)
+        mount.db.close()

@@ -1,0 +1,706 @@
+"""The FUSE operations: what each POSIX call does on deossfs (docs/semantics.md).
+
+The namespace lives in the local database (fs/db.py) and, per bucket, in an
+encrypted metadata object on CESS (fs/metadata.py). File content is either staged
+(a whole local copy in the workspace, being or waiting to be uploaded) or stored
+(read lazily per segment through fs/reader.py). Writes never touch the network:
+close queues the file in the journal and the uploader (fs/uploader.py) makes it
+durable in the background.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+
+from ..chain.interface import TerritoryState
+from ..chain.names import bucket_name_problem
+from ..errors import DeossError, to_errno
+from ..names import MAX_KEY_BYTES
+from ..processing.encryption import PLAINTEXT_CAPACITY
+from ..processing.layout import charged_space, segment_count
+from ..store import ObjectStore
+from .db import ROOT_INODE, Database, Row, now_ns
+from .reader import SegmentReader
+
+log = logging.getLogger(__name__)
+
+#: seconds the kernel may cache names and attributes (short: close-to-open between mounts)
+ATTR_TIMEOUT = 1.0
+#: seconds a bucket's listing from the chain is trusted before it is read again
+REFRESH_SECONDS = 2.0
+META_DIR = ".deossfs"
+XATTR_PREFIX = b"user.deossfs."
+READONLY_XATTRS = (b"user.deossfs.fid", b"user.deossfs.state", b"user.deossfs.locations")
+
+
+def fuse_error(code: int, message: str | None = None, *args: object) -> pyfuse3.FUSEError:
+    if message:
+        log.warning(message, *args)
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass
+class Handle:
+    ino: int
+    fd: int | None  # staging file, when the content is local
+    writable: bool
+    dirty: bool = False
+    next_offset: int = 0  # for sequential-read detection
+
+
+@dataclass
+class OpenState:
+    """In-memory attributes of an inode with open handles (saved to the DB on close)."""
+
+    handles: int = 0
+    size: int | None = None
+    mtime_ns: int | None = None
+    unlinked: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class TerritoryCache:
+    remaining: int = 0
+    total: int = 0
+    state: str = "Active"
+    name: str = ""
+    fetched: float = 0.0
+
+
+@dataclass
+class Hooks:
+    """Set by the mount: wake the uploader, mark a bucket's metadata dirty, wait for uploads."""
+
+    wake_uploader: Callable[[], None] = lambda: None
+    bucket_changed: Callable[[str], None] = lambda bucket: None
+    wait_durable: Callable[[int, int], Awaitable[None]] | None = None
+    refresh_bucket: Callable[[str], Awaitable[None]] | None = None
+    refresh_buckets: Callable[[], Awaitable[None]] | None = None
+    pending_charge: Callable[[], int] = lambda: 0
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = True
+
+    def __init__(self, store: ObjectStore, db: Database, workspace: Path, uid: int, gid: int) -> None:
+        super().__init__()
+        self.store = store
+        self.db = db
+        self.staging = workspace / "staging"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.uid, self.gid = uid, gid
+        self.reader = SegmentReader(store)
+        self.handles: dict[int, Handle] = {}
+        self.open_states: dict[int, OpenState] = {}
+        self._next_fh = 1
+        self.hooks = Hooks()
+        self.territory = TerritoryCache()
+        #: (fid, generation) last served per inode: unchanged -> the kernel may keep its cache
+        self._cache_tokens: dict[int, tuple[str | None, int]] = {}
+
+    # ---- helpers -------------------------------------------------------------
+
+    def staging_path(self, ino: int) -> Path:
+        return self.staging / str(ino)
+
+    def row(self, ino: int) -> Row:
+        row = self.db.get(ino)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return row
+
+    def bucket_of(self, ino: int) -> str | None:
+        parts = self.db.path_parts(ino)
+        return parts[0].decode() if parts else None
+
+    def key_of(self, ino: int) -> tuple[str, str]:
+        parts = self.db.path_parts(ino)
+        return parts[0].decode(), b"/".join(parts[1:]).decode()
+
+    def changed(self, ino: int) -> None:
+        bucket = self.bucket_of(ino)
+        if bucket:
+            self.hooks.bucket_changed(bucket)
+
+    def attrs(self, row: Row) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        state = self.open_states.get(row.id)
+        size = row.size
+        mtime = row.mtime_ns
+        if state is not None:
+            size = state.size if state.size is not None else size
+            mtime = state.mtime_ns if state.mtime_ns is not None else mtime
+        entry.st_ino = row.id
+        entry.generation = 0
+        entry.entry_timeout = ATTR_TIMEOUT
+        entry.attr_timeout = ATTR_TIMEOUT
+        entry.st_mode = row.mode
+        entry.st_nlink = 2 if row.is_dir else 1
+        entry.st_uid = row.uid
+        entry.st_gid = row.gid
+        entry.st_rdev = 0
+        entry.st_size = len(row.target or b"") if row.kind == "symlink" else (4096 if row.is_dir else size)
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = -(-entry.st_size // 512)
+        entry.st_atime_ns = row.atime_ns
+        entry.st_mtime_ns = mtime
+        entry.st_ctime_ns = row.ctime_ns
+        return entry
+
+    def _check_name(self, parent: int, name: bytes) -> None:
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise fuse_error(errno.EINVAL, "refused a name that is not UTF-8: %r", name) from None
+        if parent == ROOT_INODE:
+            return
+        parts = self.db.path_parts(parent)
+        if parent != ROOT_INODE and len(parts) == 1 and name == META_DIR.encode():
+            raise fuse_error(errno.EPERM, "%s is reserved for deossfs metadata", META_DIR)
+        key_len = sum(len(p) + 1 for p in parts[1:]) + len(name)
+        if key_len > MAX_KEY_BYTES:
+            raise fuse_error(errno.ENAMETOOLONG, "object key longer than %d bytes refused", MAX_KEY_BYTES)
+
+    async def _refresh_for(self, parent: int) -> None:
+        if parent == ROOT_INODE:
+            if self.hooks.refresh_buckets:
+                await self.hooks.refresh_buckets()
+            return
+        bucket = self.bucket_of(parent)
+        if bucket and self.hooks.refresh_bucket:
+            await self.hooks.refresh_bucket(bucket)
+
+    async def _territory(self) -> TerritoryCache:
+        if time.monotonic() - self.territory.fetched > 2.0:
+            try:
+                t = await self.store.territory()
+                self.territory = TerritoryCache(t.remaining_space, t.total_space, t.state.value,
+                                                t.name, time.monotonic())
+            except DeossError as exc:
+                log.warning("cannot read the territory: %s", exc)
+        return self.territory
+
+    async def _check_writable_territory(self) -> None:
+        territory = await self._territory()
+        if territory.state != TerritoryState.ACTIVE.value and territory.fetched:
+            raise fuse_error(errno.EROFS, "territory %r is %s: writes refused until it is renewed "
+                             "(deossfs territory renew %s --days 30)", territory.name,
+                             territory.state, territory.name)
+
+    # ---- lookups and attributes ------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self.attrs(self.row(parent_inode))
+        if name == b"..":
+            row = self.row(parent_inode)
+            return self.attrs(self.row(row.parent))
+        row = self.db.child(parent_inode, name)
+        if row is None:
+            await self._refresh_for(parent_inode)
+            row = self.db.child(parent_inode, name)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attrs(row)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.row(inode))
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        row = self.row(inode)
+        values: dict[str, object] = {}
+        t = now_ns()
+        if fields.update_size:
+            if row.kind != "file":
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            await self._truncate(row, attr.st_size, fh)
+        if fields.update_mode:
+            values["mode"] = (row.mode & ~0o7777) | (attr.st_mode & 0o7777)
+        if fields.update_uid:
+            values["uid"] = attr.st_uid
+        if fields.update_gid:
+            values["gid"] = attr.st_gid
+        if fields.update_atime:
+            values["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            values["mtime_ns"] = attr.st_mtime_ns
+            state = self.open_states.get(inode)
+            if state is not None:
+                state.mtime_ns = attr.st_mtime_ns
+        values["ctime_ns"] = attr.st_ctime_ns if fields.update_ctime else t
+        self.db.update(inode, **values)
+        self.changed(inode)
+        return self.attrs(self.row(inode))
+
+    async def _truncate(self, row: Row, size: int, fh: int | None) -> None:
+        await self._check_writable_territory()
+        await self._ensure_staged(row, truncate=(size == 0))
+        handle = self.handles.get(fh) if fh is not None else None
+        if handle is not None and handle.fd is not None:
+            os.ftruncate(handle.fd, size)
+            handle.dirty = True
+            state = self.open_states.setdefault(row.id, OpenState())
+            state.size, state.mtime_ns, state.dirty = size, now_ns(), True
+            return
+        fd = os.open(self.staging_path(row.id), os.O_RDWR)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        state = self.open_states.get(row.id)
+        if state is not None and state.handles:
+            state.size, state.mtime_ns, state.dirty = size, now_ns(), True
+            return
+        self._commit_content(row.id, size, now_ns())
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        row = self.row(inode)
+        if row.kind != "symlink":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return row.target or b""
+
+    # ---- directories ---------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        row = self.row(inode)
+        if not row.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        await self._refresh_for(inode)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for row in self.db.children(fh, after_id=start_id):
+            if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), row.id):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(parent_inode, name)
+        if self.db.child(parent_inode, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent_inode == ROOT_INODE:
+            bucket = name.decode()
+            problem = bucket_name_problem(bucket)
+            if problem:
+                raise fuse_error(errno.EINVAL, "mkdir %r refused: a bucket name %s", bucket, problem)
+            try:
+                await self.store._chain(self.store.chain.create_bucket, self.store.owner, bucket)
+            except DeossError as exc:
+                raise fuse_error(to_errno(exc), "mkdir %r: creating the bucket failed: %s", bucket, exc) from None
+        row = self.db.insert(parent_inode, name, "dir", stat.S_IFDIR | (mode & 0o7777), ctx.uid, ctx.gid)
+        self.changed(row.id)
+        return self.attrs(row)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        row = self.db.child(parent_inode, name)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not row.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.db.has_children(row.id):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        if parent_inode == ROOT_INODE:
+            bucket = name.decode()
+            if self.hooks.refresh_bucket:
+                await self.hooks.refresh_bucket(bucket)
+            if self.db.has_children(row.id):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            if any(u[7].startswith(f"{bucket}/") for u in self.db.pending_uploads()):
+                raise fuse_error(errno.EBUSY, "rmdir %s: uploads into it are still pending", bucket)
+            try:
+                await self._delete_bucket(bucket)
+            except DeossError as exc:
+                raise fuse_error(to_errno(exc), "rmdir %r: deleting the bucket failed: %s", bucket, exc) from None
+            self.db.delete(row.id)
+            self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+            return
+        self.db.delete(row.id)
+        self.changed(parent_inode)
+
+    async def _delete_bucket(self, bucket: str) -> None:
+        # the bucket's metadata object is ours: remove it first, then the bucket
+        for entry in await self.store.list(bucket):
+            if entry.key.startswith(META_DIR + "/"):
+                await self.store.delete_fid(entry.fid)
+        await self.store._chain(self.store.chain.delete_bucket, self.store.owner, bucket)
+
+    # ---- creating and removing entries ---------------------------------------------
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_INODE:
+            raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
+        self._check_name(parent_inode, name)
+        if self.db.child(parent_inode, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        row = self.db.insert(parent_inode, name, "symlink", stat.S_IFLNK | 0o777, ctx.uid, ctx.gid,
+                             target=target)
+        self.changed(row.id)
+        return self.attrs(row)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise fuse_error(errno.ENOTSUP, "hard links are not supported on deossfs")
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise fuse_error(errno.ENOTSUP, "special files (devices, fifos, sockets) are not supported")
+        fi, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
+        await self.release(fi.fh)
+        return entry
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        row = self.db.child(parent_inode, name)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if row.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self._drop_content(row)
+        state = self.open_states.get(row.id)
+        if state is not None and state.handles:
+            # POSIX: an open file stays usable after unlink; forget it on the last close
+            state.unlinked = True
+            self.db.update(row.id, parent=0, name=f"unlinked-{row.id}".encode())
+        else:
+            self._remove_inode(row.id)
+        self.changed(parent_inode)
+
+    def _drop_content(self, row: Row) -> None:
+        """The chain copy of a removed or replaced file is deleted once nothing refers to it."""
+        if row.fid and all(i == row.id for i in self.db.files_with_fid(row.fid)):
+            self.db.queue_chain_delete(row.fid)
+            self.reader.forget(row.fid)
+            self.hooks.wake_uploader()
+
+    def _remove_inode(self, ino: int) -> None:
+        self.db.delete(ino)
+        self.staging_path(ino).unlink(missing_ok=True)
+        self._cache_tokens.pop(ino, None)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise fuse_error(errno.EINVAL, "rename: RENAME_EXCHANGE is not supported")
+        row = self.db.child(parent_inode_old, name_old)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if ROOT_INODE in (parent_inode_old, parent_inode_new):
+            # buckets cannot be renamed on CESS; EXDEV makes mv copy and delete instead
+            raise fuse_error(errno.EXDEV, "rename of a bucket is not possible on CESS; mv copies instead")
+        self._check_name(parent_inode_new, name_new)
+        target = self.db.child(parent_inode_new, name_new)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if target.id == row.id:
+                return
+            if target.is_dir:
+                if not row.is_dir:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if self.db.has_children(target.id):
+                    raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            elif row.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self._drop_content(target)
+            self._remove_inode(target.id)
+        # a directory must not move into itself
+        probe = parent_inode_new
+        while probe != ROOT_INODE:
+            if probe == row.id:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            probe = self.row(probe).parent
+        old_bucket = self.bucket_of(row.id)
+        self.db.update(row.id, parent=parent_inode_new, name=name_new, ctime_ns=now_ns())
+        moved = [row] + (self.db.descendants(row.id) if row.is_dir else [])
+        # stored files keep their FID: declare it again under the new name (no re-upload)
+        for item in moved:
+            if item.kind == "file" and item.fid:
+                self.db.conn.execute("INSERT OR IGNORE INTO declares (ino) VALUES (?)", (item.id,))
+        if any(i.kind == "file" and i.fid for i in moved):
+            self.hooks.wake_uploader()
+        if old_bucket:
+            self.hooks.bucket_changed(old_bucket)
+        self.changed(row.id)
+
+    # ---- files -----------------------------------------------------------------
+
+    async def _ensure_staged(self, row: Row, truncate: bool = False) -> None:
+        """Make staging/<ino> hold the file's whole current content."""
+        if row.staged:
+            return
+        path = self.staging_path(row.id)
+        tmp = path.with_suffix(".fetch")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if row.fid and not truncate:
+                info = await self.store.file_info(row.fid)
+                await self.store.read_into_fd(info, fd)
+                os.ftruncate(fd, row.size)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        self.db.update(row.id, staged=1)
+
+    def _new_handle(self, ino: int, fd: int | None, writable: bool) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(ino, fd, writable)
+        self.open_states.setdefault(ino, OpenState()).handles += 1
+        return fh
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        row = self.row(inode)
+        if row.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        truncate = bool(flags & os.O_TRUNC)
+        if writable or truncate:
+            await self._check_writable_territory()
+            try:
+                await self._ensure_staged(row, truncate=truncate)
+            except DeossError as exc:
+                raise fuse_error(to_errno(exc), "open %d for writing: fetching its content failed: %s",
+                                 inode, exc) from None
+            row = self.row(inode)
+        fd = None
+        if row.staged:
+            fd = os.open(self.staging_path(inode), os.O_RDWR)
+        fh = self._new_handle(inode, fd, writable)
+        if truncate and fd is not None and (row.size or row.fid):
+            os.ftruncate(fd, 0)
+            handle = self.handles[fh]
+            handle.dirty = True
+            state = self.open_states[inode]
+            state.size, state.mtime_ns, state.dirty = 0, now_ns(), True
+        token = (row.fid, row.generation)
+        keep = self._cache_tokens.get(inode) == token
+        self._cache_tokens[inode] = token
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if parent_inode == ROOT_INODE:
+            raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
+        self._check_name(parent_inode, name)
+        if self.db.child(parent_inode, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        await self._check_writable_territory()
+        row = self.db.insert(parent_inode, name, "file", stat.S_IFREG | (mode & 0o7777), ctx.uid,
+                             ctx.gid, staged=1, state="staged",
+                             encrypted=1 if self.store.config.storage.encryption else 0)
+        fd = os.open(self.staging_path(row.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fh = self._new_handle(row.id, fd, True)
+        self.handles[fh].dirty = True  # even an empty new file must be recorded
+        self.open_states[row.id].dirty = True
+        self._cache_tokens[row.id] = (None, 0)
+        self.changed(row.id)
+        return pyfuse3.FileInfo(fh=fh), self.attrs(row)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        if handle.fd is not None:
+            return os.pread(handle.fd, size, off)
+        row = self.row(handle.ino)
+        if not row.fid or off >= row.size:
+            return b""
+        sequential = off == handle.next_offset
+        handle.next_offset = off + size
+        try:
+            return await self.reader.read(row.fid, row.size, off, size,
+                                          None if row.foreign_object else bool(row.encrypted),
+                                          sequential=sequential)
+        except DeossError as exc:
+            raise fuse_error(to_errno(exc), "read of %s failed: %s", "/".join(self.key_of(row.id)), exc) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        if handle.fd is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        state = self.open_states[handle.ino]
+        end = off + len(buf)
+        current = state.size if state.size is not None else os.fstat(handle.fd).st_size
+        if end > current:
+            await self._reserve_space(current, end)
+        written = os.pwrite(handle.fd, buf, off)
+        handle.dirty = True
+        state.dirty = True
+        state.size = max(current, off + written)
+        state.mtime_ns = now_ns()
+        return written
+
+    async def _reserve_space(self, old_size: int, new_size: int) -> None:
+        """ENOSPC when the territory cannot take this file (12 x 8 MiB per segment)."""
+        old_segments = segment_count(old_size, PLAINTEXT_CAPACITY) if old_size else 0
+        new_segments = segment_count(new_size, PLAINTEXT_CAPACITY)
+        if new_segments == old_segments:
+            return
+        territory = await self._territory()
+        if not territory.fetched:
+            return
+        if territory.state != TerritoryState.ACTIVE.value:
+            raise fuse_error(errno.EROFS, "territory %r is %s: writes refused", territory.name, territory.state)
+        need = charged_space(new_segments) + self.hooks.pending_charge()
+        if need > territory.remaining:
+            raise fuse_error(errno.ENOSPC, "territory %r is full: %d MiB free, writes need %d MiB "
+                             "(deossfs territory expand %s --gib N)", territory.name,
+                             territory.remaining // 2**20, need // 2**20, territory.name)
+
+    def _commit_content(self, ino: int, size: int, mtime_ns: int) -> int:
+        """A new version of the content is complete: journal it for upload."""
+        row = self.row(ino)
+        generation = row.generation + 1
+        self.db.update(ino, size=size, mtime_ns=mtime_ns, ctime_ns=now_ns(), generation=generation,
+                       state="staged", error=None, staged=1)
+        bucket, key = self.key_of(ino)
+        self.db.enqueue(ino, generation, size, f"{bucket}/{key}")
+        self.hooks.wake_uploader()
+        self.changed(ino)
+        return generation
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        state = self.open_states[handle.ino]
+        state.handles -= 1
+        if handle.fd is not None:
+            os.close(handle.fd)
+        if state.handles > 0:
+            return
+        del self.open_states[handle.ino]
+        if state.unlinked:
+            self._remove_inode(handle.ino)
+            return
+        if state.dirty:
+            row = self.row(handle.ino)
+            size = state.size if state.size is not None else self.staging_path(handle.ino).stat().st_size
+            self._commit_content(handle.ino, size, state.mtime_ns or row.mtime_ns)
+            self._cache_tokens[handle.ino] = (row.fid, row.generation + 1)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.handles[fh]
+        state = self.open_states[handle.ino]
+        if handle.fd is not None:
+            os.fsync(handle.fd)
+        target = self.row(handle.ino).generation
+        if state.dirty:
+            size = state.size if state.size is not None else os.fstat(handle.fd).st_size  # type: ignore[arg-type]
+            target = self._commit_content(handle.ino, size, state.mtime_ns or now_ns())
+            state.dirty = False
+            for other in self.handles.values():
+                if other.ino == handle.ino:
+                    other.dirty = False
+        if self.hooks.wait_durable is not None:
+            try:
+                await self.hooks.wait_durable(handle.ino, target)
+            except DeossError as exc:
+                raise fuse_error(to_errno(exc), "fsync: upload failed: %s", exc) from None
+
+    # ---- xattrs -----------------------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        row = self.row(inode)
+        if name in READONLY_XATTRS:
+            if row.kind != "file":
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return await self._deossfs_xattr(row, name)
+        value = self.db.xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def _deossfs_xattr(self, row: Row, name: bytes) -> bytes:
+        if name == b"user.deossfs.fid":
+            if not row.fid:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return row.fid.encode()
+        if name == b"user.deossfs.state":
+            pending = row.generation > row.durable_generation and row.size > 0
+            state = row.state
+            if state == "stored" and pending:
+                state = "staged"
+            if any(u[0] == row.id for u in self.db.pending_uploads()) and state == "stored":
+                state = "uploading"
+            return state.encode()
+        if not row.fid:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        try:
+            info = await self.reader.info(row.fid)
+            endpoints = await self.store.endpoints()
+        except DeossError as exc:
+            raise fuse_error(to_errno(exc), "locations of %s: %s", row.fid, exc) from None
+        lines = []
+        for i, seg in enumerate(info.segments):
+            for j, frag in enumerate(seg.fragments):
+                lines.append(f"{i} {j} {frag.hash} {frag.miner} {endpoints.get(frag.miner, '-')}")
+        return ("\n".join(lines) + "\n").encode()
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.row(inode)
+        if name.startswith(XATTR_PREFIX):
+            raise fuse_error(errno.EPERM, "%s is read-only", name.decode(errors="replace"))
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if len(value) > 64 * 1024:
+            raise pyfuse3.FUSEError(errno.E2BIG)
+        self.db.set_xattr(inode, name, value)
+        self.db.update(inode, ctime_ns=now_ns())
+        self.changed(inode)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        row = self.row(inode)
+        names = list(self.db.xattrs(inode))
+        if row.kind == "file":
+            names.append(b"user.deossfs.state")
+            if row.fid:
+                names += [b"user.deossfs.fid", b"user.deossfs.locations"]
+        return names
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if not self.db.remove_xattr(inode, name):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        self.changed(inode)
+
+    # ---- the file system as a whole -------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        territory = await self._territory()
+        data = pyfuse3.StatvfsData()
+        block = 4096
+        data.f_bsize = block
+        data.f_frsize = block
+        # a user byte costs 3 territory bytes (12 fragments for 4 of data): show user bytes
+        data.f_blocks = territory.total // 3 // block
+        data.f_bfree = max(0, territory.remaining - self.hooks.pending_charge()) // 3 // block
+        data.f_bavail = data.f_bfree
+        files = self.db.conn.execute("SELECT COUNT(*) FROM inodes").fetchone()[0]
+        data.f_files = files + 1_000_000
+        data.f_ffree = 1_000_000
+        data.f_favail = data.f_ffree
+        data.f_namemax = 255
+        return data
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True  # the kernel checks permissions (default_permissions)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        return None
+

@@ -1,0 +1,236 @@
+"""The background uploader: makes journaled files durable, then tidies the chain.
+
+It works through three journals in the mount's database:
+- `uploads`: closed files not yet durable (staged content → store.put);
+- `declares`: renamed files whose FID must be declared under the new name;
+- `chain_deletes`: replaced or unlinked versions to delete from the chain.
+A temporary error is retried with exponential backoff; a permanent one marks the
+file `failed`, keeps its data staged, and is retried every minute (the cause, e.g.
+a full territory, may be fixed meanwhile). After a crash the journal is simply
+read again: nothing closed is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import trio
+
+from ..errors import DeossError, NotFound
+from ..processing.encryption import PLAINTEXT_CAPACITY
+from ..processing.layout import charged_space, segment_count
+from ..processing.pipeline import file_reader
+from .operations import Operations
+
+log = logging.getLogger(__name__)
+
+#: files uploaded at once (each holds up to two 96 MiB workspaces)
+CONCURRENT_UPLOADS = 2
+PERMANENT_RETRY_SECONDS = 60.0
+
+
+class UploadFailed(DeossError):
+    pass
+
+
+class Uploader:
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
+        self.db = ops.db
+        self.store = ops.store
+        self._wake = trio.Event()
+        self._changed = trio.Event()  # set whenever an upload finishes or fails
+        self._active: set[int] = set()
+        self._limiter = trio.Semaphore(CONCURRENT_UPLOADS)
+        self.completed = 0
+        ops.hooks.wake_uploader = self.wake
+        ops.hooks.wait_durable = self.wait_durable
+        ops.hooks.pending_charge = self.pending_charge
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _signal_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def pending_charge(self) -> int:
+        """Territory space the journaled-but-not-durable files will take."""
+        total = 0
+        for row in self.db.pending_uploads():
+            if row[6]:
+                total += charged_space(segment_count(row[6], PLAINTEXT_CAPACITY))
+        return total
+
+    def pending(self) -> int:
+        return len(self.db.pending_uploads())
+
+    async def wait_durable(self, ino: int, generation: int) -> None:
+        """Until `ino`'s content of `generation` (or newer) is durable; raise if it failed."""
+        self.wake()
+        while True:
+            row = self.db.get(ino)
+            if row is None or row.durable_generation >= generation:
+                return
+            pending = [u for u in self.db.pending_uploads() if u[0] == ino]
+            if not pending:
+                return
+            if row.state == "failed" and pending[0][4]:
+                raise UploadFailed(pending[0][4])
+            changed = self._changed
+            with trio.move_on_after(1.0):
+                await changed.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                await self._declares()
+                await self._chain_deletes()
+                next_try = self._start_due(nursery)
+                delay = min(max(next_try - time.time(), 0.05), 5.0) if next_try else 5.0
+                with trio.move_on_after(delay):
+                    await self._wake.wait()
+
+    def _start_due(self, nursery: trio.Nursery) -> float | None:
+        soonest: float | None = None
+        now = time.time()
+        for ino, generation, _attempts, next_try, *_ in self.db.pending_uploads():
+            if ino in self._active:
+                continue
+            if next_try > now:
+                soonest = next_try if soonest is None else min(soonest, next_try)
+                continue
+            self._active.add(ino)
+            nursery.start_soon(self._upload, ino, generation)
+        return soonest
+
+    async def _upload(self, ino: int, generation: int) -> None:
+        try:
+            async with self._limiter:
+                await self._upload_one(ino, generation)
+        finally:
+            self._active.discard(ino)
+            self._signal_change()
+            self.wake()
+
+    async def _upload_one(self, ino: int, generation: int) -> None:
+        row = self.db.get(ino)
+        if row is None:
+            self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
+            return
+        bucket, key = self.ops.key_of(ino)
+        size = row.size
+        if size == 0:
+            # CESS refuses empty files: an empty file lives in the bucket's metadata only
+            self._finish(ino, generation, None, key, bucket)
+            return
+        self.db.update(ino, state="uploading")
+        path = self.ops.staging_path(ino)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
+            return
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            self.db.upload_progress(ino, done)
+
+        try:
+            plan = await self.store.put(file_reader(fd), size, bucket, key,
+                                        encrypt=bool(row.encrypted), progress=progress,
+                                        replace_existing=False)
+        except DeossError as exc:
+            attempts = next((u[2] for u in self.db.pending_uploads() if u[0] == ino), 0)
+            if exc.temporary:
+                retry = min(2.0 ** attempts, 60.0)
+                state = "staged"
+            else:
+                retry = PERMANENT_RETRY_SECONDS
+                state = "failed"
+            log.warning("upload of %s/%s failed (%s); retrying in %.0fs", bucket, key, exc, retry)
+            self.db.upload_failed(ino, str(exc), retry)
+            if self.db.get(ino) is not None:
+                self.db.update(ino, state=state, error=str(exc))
+            return
+        finally:
+            os.close(fd)
+        self._finish(ino, generation, plan.fid, key, bucket)
+        log.info("%s/%s is durable: %s", bucket, key, plan.fid)
+
+    def _finish(self, ino: int, generation: int, fid: str | None, key: str, bucket: str) -> None:
+        row = self.db.get(ino)
+        if row is None:
+            # unlinked while uploading: the new version has no name left
+            if fid:
+                self.db.queue_chain_delete(fid)
+            return
+        old = row.fid
+        current = row.generation == generation
+        values: dict[str, object] = {"durable_generation": max(row.durable_generation, generation)}
+        if current:
+            values.update(fid=fid, state="stored", error=None)
+            if old and old != fid and all(i == ino for i in self.db.files_with_fid(old)):
+                self.db.queue_chain_delete(old)
+            if old and old != fid:
+                self.ops.reader.forget(old)
+        elif fid:
+            # a newer version is already journaled; this one is superseded
+            self.db.queue_chain_delete(fid)
+        self.db.update(ino, **values)
+        self.db.upload_done(ino, generation)
+        if current and self.ops.key_of(ino) != (bucket, key) and fid:
+            self.db.conn.execute("INSERT OR IGNORE INTO declares (ino) VALUES (?)", (ino,))
+        self.completed += 1
+        self.ops.changed(ino)
+
+    async def _declares(self) -> None:
+        for (ino,) in self.db.conn.execute("SELECT ino FROM declares").fetchall():
+            row = self.db.get(ino)
+            if row is None or not row.fid or row.parent == 0:
+                self.db.conn.execute("DELETE FROM declares WHERE ino=?", (ino,))
+                continue
+            bucket, key = self.ops.key_of(ino)
+            try:
+                await self.store.declare_name(row.fid, bucket, key)
+            except DeossError as exc:
+                log.warning("declaring %s under %s/%s failed: %s", row.fid[:16], bucket, key, exc)
+                if exc.temporary:
+                    continue
+            self.db.conn.execute("DELETE FROM declares WHERE ino=?", (ino,))
+
+    async def _chain_deletes(self) -> None:
+        for fid in self.db.chain_deletes():
+            if self.db.files_with_fid(fid):
+                self.db.chain_delete_done(fid)  # referenced again (e.g. identical content)
+                continue
+            try:
+                await self.store.delete_fid(fid)
+            except NotFound:
+                pass
+            except DeossError as exc:
+                log.warning("deleting old version %s failed: %s", fid[:16], exc)
+                if exc.temporary:
+                    continue
+            self.db.chain_delete_done(fid)
+
+    async def drain(self, report_every: float = 5.0) -> None:
+        """Wait until the journal is empty, logging progress."""
+        last = 0.0
+        while True:
+            pending = self.db.pending_uploads()
+            if not pending and not self._active:
+                return
+            if time.monotonic() - last > report_every:
+                log.warning("waiting for %d pending uploads before exiting", len(pending))
+                last = time.monotonic()
+            self.wake()
+            changed = self._changed
+            with trio.move_on_after(1.0):
+                await changed.wait()
