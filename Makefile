@@ -3,10 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEVNET ?= .devnet
-APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv
+APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install system-packages venv run test lint bench clean devnet-down
+.PHONY: install system-packages venv devchain run test lint bench clean devnet-down
 
 install: system-packages venv
 
@@ -29,15 +29,26 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# the real CESS runtime for tests/conformance (chopsticks + node 22 from npm), installed
+# once into ~/.cache/deossfs/cess-devchain; a second run does nothing
+devchain: venv
+	@command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; }
+	@$(PY) -m deossfs.devnet_cess install
+
 run: install
 	$(VENV)/bin/deossfs devnet up --dir $(DEVNET)
 	@bash contrib/demo.sh $(DEVNET)
 
+# unmount first (waits for the mount's pending uploads; nothing mounted is fine), then the nodes
 devnet-down:
+	-@test ! -x $(VENV)/bin/deossfs || $(VENV)/bin/deossfs umount $(DEVNET)/mnt 2>&1 | grep -v 'is not mounted'; true
 	-$(VENV)/bin/deossfs devnet down --dir $(DEVNET)
 
-test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# DEOSSFS_REQUIRE_CESS=1: the conformance suite fails rather than skips without the runtime
+test: install devchain
+	DEOSSFS_REQUIRE_CESS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check deossfs tests benchmarks
@@ -46,4 +57,6 @@ bench: install
 	$(PY) benchmarks/run.py
 
 clean: devnet-down
+	@! grep -qs " $(abspath $(DEVNET))/mnt " /proc/self/mounts || \
+	  { echo "$(DEVNET)/mnt is still mounted; not deleting through it"; exit 1; }
 	rm -rf $(DEVNET) $(VENV) *.egg-info

@@ -134,8 +134,20 @@ _CHAIN_ERROR_KINDS: dict[str, type[DeossError]] = {
     "Expired": NoSpace,
     "SameBucketName": AlreadyExists,
     "PurchasedSpace": AlreadyExists,
+    "Existed": AlreadyExists,
     "LengthExceedsLimit": InvalidName,
+    "LessMinLength": InvalidName,
+    "SpecError": InvalidName,
     "BucketNotEmpty": NotEmpty,
+    "NotEmpty": NotEmpty,
+    "NotHaveTerritory": NotFound,
+    "NoAuthorization": NotFound,
+    "NotActive": NoSpace,
+    "LeaseExpired": NoSpace,
+    "BoundariesNotMet": InvalidInput,
+    "ParamError": InvalidInput,
+    "NotMiner": AccessDenied,
+    "MinerStateError": AccessDenied,
 }
 
 _CHAIN_HINTS: dict[str, str] = {
@@ -144,6 +156,12 @@ _CHAIN_HINTS: dict[str, str] = {
     "NonExistent": "check the name with `deossfs ls` / `deossfs bucket ls`",
     "Expired": "renew the territory with `deossfs territory renew`",
     "BucketNotEmpty": "delete its objects first",
+    "NotEmpty": "delete its objects first",
+    "NotHaveTerritory": "mint one with `deossfs territory mint NAME --gib N`",
+    "NotActive": "the territory expired; renew it with `deossfs territory renew NAME --days 30`",
+    "LeaseExpired": "the territory expired; renew it with `deossfs territory renew NAME --days 30`",
+    "BoundariesNotMet": "territories are bought for at least 30 days",
+    "Existed": "it exists already",
 }
 
 

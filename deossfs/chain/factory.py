@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
-from ..errors import ConfigError, Unsupported
+from ..errors import ConfigError
 from ..keys import Account
 from .interface import ChainClient
 
@@ -17,8 +17,8 @@ def open_chain(config: Config, account: Account | None) -> ChainClient:
             raise ConfigError("config option chain.ledger is required for the embedded chain")
         return EmbeddedLedger(config.chain.ledger, account)
     if backend == "cess":
-        raise Unsupported(
-            "the CESS RPC backend is not available in this version",
-            hint="use chain.backend = \"embedded\" (a devnet) for now",
-        )
+        from .cess import CessChain
+
+        # connects lazily: the first call opens the one connection this client reuses
+        return CessChain(config.chain.endpoints, account)
     raise ConfigError(f"unknown chain backend {backend!r}")

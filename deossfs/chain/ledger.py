@@ -13,48 +13,51 @@ WAL mode, a 30 s busy timeout and one connection per thread.
 Time: block = floor((now + offset - genesis) / 6 s), as CESS has 6-second blocks;
 the dev call `advance_time` moves the offset forward (expiry tests).
 
-CESS error names used, per call. Names marked [read] were read in the CESS
-runtime sources (pallets file-bank, storage-handler, oss; runtime constants);
-[guess] ones are our choice and must be aligned by the real-runtime
-conformance suite.
-- StorageHandler.mint_territory: PurchasedSpace [read], InsufficientAvailableSpace [read]
-  (network: idle+service space of positive nodes minus unexpired territories),
-  InsufficientBalance [read], ParamError [guess] (gib_count < 1, days < 30),
-  LengthExceedsLimit / SpecError [guess] (name longer than 63 bytes / empty).
-- expanding_territory: NotHaveTerritory [read], LeaseExpired [read] (expired),
-  ParamError [guess], InsufficientAvailableSpace [read], InsufficientBalance [read],
-  Overflow [read].
-- renewal_territory: NotHaveTerritory [read], ParamError [guess] (days < 1),
-  InsufficientBalance [read]. On an expired territory the real runtime refuses
-  (LeaseExpired) and wants `reactivate_territory`; here renew reactivates it
-  (new start = now), which needs InsufficientAvailableSpace [read] to pass.
-- FileBank.create_bucket: NoPermission [read], LessMinLength [read] / SpecError [read] /
-  LengthExceedsLimit [guess] (names, see chain/names.py), SameBucketName [guess: the
-  runtime version we read raises Existed], LengthExceedsLimit [read] (> 1000 buckets).
-- delete_bucket: NoPermission [read], NonExistent [read], NotEmpty [read]
-  (errors.py expects "BucketNotEmpty"; the runtime says NotEmpty).
-- upload_declaration: NoPermission [read], SpecError [read] (0 or > 1000 segments, not 12
-  fragments, hash not 64 lowercase hex [guess: the runtime takes any 64 bytes], empty file
-  [guess]), file name bounds (chain/names.py, FLAGGED: runtime bound is 3..63 bytes),
-  bucket name rules as create_bucket, NotHaveTerritory [read], NotActive [read] (expired),
-  InsufficientAvailableSpace [read] (remaining < 12 x 8 MiB per segment; the runtime
-  wants remaining strictly greater), Existed [read] (the user already holds this fid in
-  that territory; the brief suggested IsOwned for an identical brief), DealExists
-  [guess, embedded-only: the runtime silently overwrites a pending deal]. Declaring
-  the same deal again with the identical brief is accepted as a no-op (a retry).
-- transfer_report: NotMiner [guess] (signer not a storage node), MinerStateError [read]
-  (node not positive), NonExistent [read] (no deal), SpecError [read] (index not 1..12),
-  Existed [read] (column already reported, or this miner already reported).
-- delete_file: NoPermission [read], NonExistent [read], NotOwner [read] (the runtime
-  silently does nothing for a non-owner). A pending deal of the owner is cancelled.
+CESS error names and rules, per call. Names marked [checked] were measured on the
+real runtime (spec 100 under chopsticks) by tests/conformance, which runs the same
+tests against this ledger; [read] ones were read in the CESS sources only; [ours] are
+deossfs' own (embedded-only calls or values the runtime cannot even encode).
+docs/cess.md lists every alignment the conformance suite forced.
+- StorageHandler.mint_territory: PurchasedSpace [checked] (checked first),
+  BoundariesNotMet [checked] (days < 30), InsufficientAvailableSpace [checked] (network:
+  idle+service space of positive nodes minus unexpired territories; on CESS
+  TotalIdleSpace), InsufficientBalance [read], LengthExceedsLimit [ours] (name > 63
+  bytes). 0 GiB and an empty name are accepted [checked].
+- expanding_territory: NotHaveTerritory [checked], LeaseExpired [read],
+  InsufficientAvailableSpace [read], InsufficientBalance [read], Overflow [read];
+  0 GiB accepted [checked].
+- renewal_territory: NotHaveTerritory [checked], InsufficientBalance [read]; 0 days
+  accepted [checked]. On an expired territory CessChain sends `reactivate_territory`;
+  here renew reactivates it (new start = now), needing InsufficientAvailableSpace.
+- FileBank.create_bucket: NoPermission [checked], LessMinLength [checked] / SpecError
+  [checked] (chain/names.py: the runtime's character table, no 'j'), Existed [checked]
+  (a second bucket of the same name), LengthExceedsLimit [read] (> 1000 buckets).
+- delete_bucket: NoPermission [checked], NonExistent [checked], NotEmpty [checked].
+- upload_declaration: NoPermission [checked], SpecError (0 or > 1000 segments, not 12
+  fragments, a hash not 64 bytes [read]; file name < 3 bytes [checked]; bucket name
+  < 3 bytes [checked]), LengthExceedsLimit [ours] (names > 63 bytes), NotHaveTerritory
+  [checked], NotActive [read] (expired), InsufficientAvailableSpace [checked] (remaining <
+  12 x 8 MiB per segment), Existed [checked] (the user holds this stored fid already).
+  A stored fid declared by another user only adds an owner, charged 48 MiB per segment
+  [checked]. A pending order declared again is overwritten: new brief, reports
+  forgotten, space locked once more [checked]. The bucket is created at completion.
+- transfer_report: NotMiner [checked], MinerStateError [read] (node not positive),
+  NonExistent [checked] (no deal), SpecError [checked] (index not 1..12; or the brief's
+  bucket name breaks the bucket rules, at completion), Existed [checked] (column
+  already reported, or this miner already reported).
+- delete_file: NoPermission [checked], NonExistent [checked] (no stored file; a pending
+  order cannot be deleted), Overflow [checked] (the territory's used space is below
+  the 12 x 8 MiB per segment a delete takes back). A non-owner's delete is accepted and
+  changes nothing [checked].
 - Oss.authorize: BoundedVecError [read] (more than 20 gateways); authorizing twice is
-  accepted [read]. cancel_authorize: NoAuthorization [read] (nothing authorized).
-  register (register_gateway): LengthExceedsLimit [guess] (endpoint > 200 bytes,
-  domain > 50 bytes); registering again updates (the runtime has a separate `update`).
-- Sminer (register_storage_node, dev): LengthExceedsLimit / SpecError [guess] for the
-  endpoint (1..100 bytes), ParamError [guess].
+  accepted [checked]. cancel_authorize: NoAuthorization [checked] (nothing authorized).
+  register (register_gateway): LengthExceedsLimit [ours] (endpoint > 38 bytes, the
+  spec-100 peer id; domain > 50 bytes); registering again updates (CessChain sends
+  `Oss.update`).
+- Sminer (register_storage_node, dev): LengthExceedsLimit [ours] (endpoint > 38 bytes),
+  SpecError / ParamError [ours].
 - dev calls: fund (Balances), advance_time and set_node_state (Sudo): ParamError,
-  NotMiner [guess].
+  NotMiner [ours].
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import sqlite3
 import threading
 import time
@@ -114,14 +118,17 @@ MIN_TERRITORY_DAYS = 30
 MAX_SEGMENTS = 1000  # runtime SEGMENT_COUNT
 BUCKET_LIMIT = 1000  # runtime BucketLimit
 AUTHOR_LIMIT = 20  # Oss AuthorLimit
-NODE_ENDPOINT_MAX = 100
-GATEWAY_ENDPOINT_MAX = 200  # Oss P2PLength
+#: spec 100 carries endpoints in a 38-byte peer id (Sminer.MinerItems, Oss.register)
+NODE_ENDPOINT_MAX = 38
+GATEWAY_ENDPOINT_MAX = 38
 GATEWAY_DOMAIN_MAX = 50
 MAX_SQL_INT = 2**63 - 1
+#: what a second owner of an already stored file is charged per segment: the runtime
+#: charges 1.5 x 32 MiB (checked), not the 12 x 8 MiB of a storage order
+DEDUP_SEGMENT_SPACE = 48 * 1024 * 1024
 BUSY_TIMEOUT_S = 30.0
 GENESIS_HASH = "0" * 64
 
-_HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -261,7 +268,8 @@ def _int_arg(value: Any, what: str, low: int = 0, high: int = MAX_SQL_INT) -> in
 
 
 def _is_hash(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+    """The runtime's `Hash` is any 64 bytes; deossfs sends lowercase hex (checked)."""
+    return isinstance(value, str) and len(value) == 64 and value.isascii()
 
 
 def _balance_of(ctx: _Ctx, address: str) -> int:
@@ -368,10 +376,13 @@ def _adjust_territory(ctx: _Ctx, owner: str, name: str, *, used: int = 0, locked
 def _mint_territory(ctx: _Ctx, args: dict) -> None:
     name = args["territory_name"]
     check_territory_name(name)
-    gib = _int_arg(args["gib_count"], "gib_count", 1, 2**32 - 1)
-    days = _int_arg(args["days"], "days", MIN_TERRITORY_DAYS, 2**32 - 1)
+    # the runtime takes 0 GiB; the name check comes before the days check (checked)
+    gib = _int_arg(args["gib_count"], "gib_count", 0, 2**32 - 1)
+    days = _int_arg(args["days"], "days", 0, 2**32 - 1)
     if ctx.one("SELECT 1 FROM territories WHERE owner = ? AND name = ?", (ctx.signer, name)):
         _refuse("PurchasedSpace", f"territory {name!r} exists already")
+    if days < MIN_TERRITORY_DAYS:
+        _refuse("BoundariesNotMet", f"a territory is minted for at least {MIN_TERRITORY_DAYS} days")
     space = gib * GIB
     _require_network_space(ctx, space)
     price = territory_price(gib, days)
@@ -391,7 +402,7 @@ def _expanding_territory(ctx: _Ctx, args: dict) -> None:
     row = _territory_row(ctx, ctx.signer, name)
     if _expired(row, ctx.block):
         _refuse("LeaseExpired", f"territory {name!r} has expired; renew it first")
-    gib = _int_arg(args["gib_count"], "gib_count", 1, 2**32 - 1)
+    gib = _int_arg(args["gib_count"], "gib_count", 0, 2**32 - 1)  # 0 is accepted (checked)
     space = gib * GIB
     if row["total_space"] + space > MAX_SQL_INT:
         _refuse("Overflow", "territory too large")
@@ -412,7 +423,7 @@ def _expanding_territory(ctx: _Ctx, args: dict) -> None:
 def _renewal_territory(ctx: _Ctx, args: dict) -> None:
     name = args["territory_name"]
     row = _territory_row(ctx, ctx.signer, name)
-    days = _int_arg(args["days"], "days", 1, 2**32 - 1)
+    days = _int_arg(args["days"], "days", 0, 2**32 - 1)  # 0 is accepted (checked)
     price = territory_price(row["total_space"] // GIB, days)
     if _expired(row, ctx.block):
         # reactivation: the space was released to the network when it expired
@@ -443,7 +454,7 @@ def _create_bucket(ctx: _Ctx, args: dict) -> None:
     _require_permission(ctx, owner)
     check_bucket_name(name)
     if ctx.one("SELECT 1 FROM buckets WHERE owner = ? AND name = ?", (owner, name)):
-        _refuse("SameBucketName", f"bucket {name!r} exists already")
+        _refuse("Existed", f"bucket {name!r} exists already")
     _ensure_bucket(ctx, owner, name)
     ctx.emit("FileBank", "CreateBucket", operator=ctx.signer, owner=owner, bucket_name=name)
 
@@ -465,7 +476,7 @@ def _delete_bucket(ctx: _Ctx, args: dict) -> None:
 
 def _check_deal_info(fid: Any, deal_info: Any) -> None:
     if not _is_hash(fid):
-        _refuse("SpecError", "the file hash must be 64 lowercase hex characters")
+        _refuse("SpecError", "the file hash must be 64 ASCII characters")
     if not isinstance(deal_info, list) or not 1 <= len(deal_info) <= MAX_SEGMENTS:
         _refuse("SpecError", f"a storage order has 1..{MAX_SEGMENTS} segments")
     for number, segment in enumerate(deal_info):
@@ -473,7 +484,17 @@ def _check_deal_info(fid: Any, deal_info: Any) -> None:
         if not isinstance(fragments, list) or len(fragments) != TOTAL_SHARDS:
             _refuse("SpecError", f"segment {number} must list exactly {TOTAL_SHARDS} fragments")
         if not _is_hash(segment.get("hash")) or not all(_is_hash(h) for h in fragments):
-            _refuse("SpecError", f"segment {number} has a hash that is not 64 lowercase hex")
+            _refuse("SpecError", f"segment {number} has a hash that is not 64 ASCII characters")
+
+
+def _check_brief_bucket(name: Any) -> None:
+    """At declaration the runtime checks only the bucket name's length (checked); its
+    character rules are applied when the bucket is created, at completion."""
+    size = len(name.encode("utf-8")) if isinstance(name, str) else -1
+    if size < 3:
+        _refuse("SpecError", f"bucket name {name!r} refused: at least 3 bytes")
+    if size > 63:
+        _refuse("LengthExceedsLimit", f"bucket name {name!r} refused: at most 63 bytes")
 
 
 @_handler("FileBank", "upload_declaration")
@@ -483,11 +504,10 @@ def _upload_declaration(ctx: _Ctx, args: dict) -> None:
     file_name, bucket, territory = brief["file_name"], brief["bucket_name"], brief["territory_name"]
     _require_permission(ctx, user)
     _check_deal_info(fid, deal_info)
+    # the runtime declares a 0-byte file (checked); deossfs itself never does
     file_size = _int_arg(args["file_size"], "file_size", 0)
-    if file_size < 1:
-        _refuse("SpecError", "the chain does not store empty files")
     check_file_name(file_name)
-    check_bucket_name(bucket)
+    _check_brief_bucket(bucket)
     row = _territory_row(ctx, user, territory)
     if _expired(row, ctx.block):
         _refuse("NotActive", f"territory {territory!r} has expired")
@@ -501,10 +521,12 @@ def _upload_declaration(ctx: _Ctx, args: dict) -> None:
         )
         if held:
             _refuse("Existed", f"{user} holds this file in territory {territory!r} already")
-        needed = charged_space(len(json.loads(stored["segments"])))
+        # charged as the runtime does: 1.5 x 32 MiB per segment, used at once
+        needed = DEDUP_SEGMENT_SPACE * len(json.loads(stored["segments"]))
         if _remaining(row) < needed:
             _refuse("InsufficientAvailableSpace",
                     f"territory {territory!r} has {_remaining(row)} bytes free; {needed} needed")
+        check_bucket_name(bucket)
         _adjust_territory(ctx, user, territory, used=needed)
         ctx.run(
             "INSERT INTO file_owners (fid, user, file_name, bucket_name, territory_name)"
@@ -519,31 +541,21 @@ def _upload_declaration(ctx: _Ctx, args: dict) -> None:
         ctx.emit("FileBank", "UploadDeclaration", operator=ctx.signer, owner=user, fid=fid)
         return
 
-    segments_json = canonical_json(deal_info)
-    deal = ctx.one("SELECT * FROM deals WHERE fid = ?", (fid,))
-    if deal is not None:
-        same = (
-            (deal["user"], deal["file_name"], deal["bucket_name"], deal["territory_name"])
-            == (user, file_name, bucket, territory)
-            and deal["segments"] == segments_json
-            and deal["file_size"] == file_size
-        )
-        if not same:
-            _refuse("DealExists", "a storage order for this file is pending already")
-        # the identical order again (a retry): nothing changes
-        ctx.emit("FileBank", "UploadDeclaration", operator=ctx.signer, owner=user, fid=fid)
-        return
-
     needed = charged_space(len(deal_info))
     if _remaining(row) < needed:
         _refuse("InsufficientAvailableSpace",
                 f"territory {territory!r} has {_remaining(row)} bytes free; {needed} needed")
-    _ensure_bucket(ctx, user, bucket)
+    # A pending order declared again is overwritten as the runtime does (checked): the
+    # new brief replaces the old, reports made so far are forgotten, and the space is
+    # locked once more (the first lock is not released: a runtime quirk kept here so
+    # the devnet accounts like the chain). The bucket is created at completion.
+    ctx.run("DELETE FROM deal_reports WHERE fid = ?", (fid,))
+    ctx.run("DELETE FROM deals WHERE fid = ?", (fid,))
     _adjust_territory(ctx, user, territory, locked=needed)
     ctx.run(
         "INSERT INTO deals (fid, file_size, segments, user, file_name, bucket_name,"
         " territory_name, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (fid, file_size, segments_json, user, file_name, bucket, territory, ctx.block),
+        (fid, file_size, canonical_json(deal_info), user, file_name, bucket, territory, ctx.block),
     )
     ctx.emit("FileBank", "UploadDeclaration", operator=ctx.signer, owner=user, fid=fid)
 
@@ -574,8 +586,13 @@ def _transfer_report(ctx: _Ctx, args: dict) -> None:
 
 
 def _complete_deal(ctx: _Ctx, deal: sqlite3.Row) -> None:
-    """All 12 columns are held: the order becomes `File[fid]`."""
+    """All 12 columns are held: the order becomes `File[fid]`.
+
+    The bucket is created here; a bucket name the runtime refuses makes the 12th
+    report fail with SpecError (checked), so such an order can never complete.
+    """
     fid = deal["fid"]
+    check_bucket_name(deal["bucket_name"])
     reports = ctx.all("SELECT idx, miner FROM deal_reports WHERE fid = ?", (fid,))
     miners = {r["idx"]: r["miner"] for r in reports}
     spec = json.loads(deal["segments"])
@@ -625,23 +642,21 @@ def _delete_file(ctx: _Ctx, args: dict) -> None:
     _require_permission(ctx, owner)
     stored = ctx.one("SELECT segments FROM files WHERE fid = ?", (fid,))
     if stored is None:
-        deal = ctx.one("SELECT * FROM deals WHERE fid = ?", (fid,))
-        if deal is None:
-            _refuse("NonExistent", "no such file")
-        if deal["user"] != owner:
-            _refuse("NotOwner", f"{owner} does not own this storage order")
-        # cancelling a pending order releases its locked space
-        needed = charged_space(len(json.loads(deal["segments"])))
-        _adjust_territory(ctx, owner, deal["territory_name"], locked=-needed)
-        ctx.run("DELETE FROM deal_reports WHERE fid = ?", (fid,))
-        ctx.run("DELETE FROM deals WHERE fid = ?", (fid,))
-        ctx.emit("FileBank", "DeleteFile", operator=ctx.signer, owner=owner, fid=fid)
-        return
+        # the runtime deletes stored files only: a pending order cannot be cancelled
+        _refuse("NonExistent", "no such file")
     briefs = ctx.all("SELECT * FROM file_owners WHERE fid = ? AND user = ?", (fid, owner))
     if not briefs:
-        _refuse("NotOwner", f"{owner} does not own this file")
+        return  # the runtime accepts a delete by a non-owner and changes nothing (checked)
     segments = json.loads(stored["segments"])
     needed = charged_space(len(segments))
+    for brief in briefs:
+        # the runtime takes back the full 12 x 8 MiB per segment with a checked
+        # subtraction: a second owner charged 48 MiB gets Overflow (checked)
+        row = ctx.one("SELECT used_space FROM territories WHERE owner = ? AND name = ?",
+                      (owner, brief["territory_name"]))
+        if row is not None and row["used_space"] < needed:
+            _refuse("Overflow", f"territory {brief['territory_name']!r} holds less used space "
+                                "than this file is released with")
     for brief in briefs:
         _adjust_territory(ctx, owner, brief["territory_name"], used=-needed)
     ctx.run("DELETE FROM file_owners WHERE fid = ? AND user = ?", (fid, owner))
@@ -787,7 +802,8 @@ def _init_schema(conn: sqlite3.Connection, genesis_time: float | None = None) ->
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     if version != SCHEMA_VERSION:
         raise ChainUnavailable(
@@ -841,6 +857,32 @@ def _connect(target: str) -> sqlite3.Connection:
     return conn
 
 
+def _open_ledger(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL and create the schema, riding out first-open races.
+
+    When several processes create the file at once, SQLite answers the journal-mode
+    switch (and reads during it) with an immediate "database is locked" that the
+    busy timeout does not cover, so those are retried here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise sqlite3.OperationalError("database is locked (journal mode stays "
+                                                   f"{mode})")
+            _init_schema(conn)
+            return
+        except sqlite3.OperationalError as exc:
+            transient = "locked" in str(exc) or "busy" in str(exc)
+            if not transient or time.monotonic() > deadline:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        time.sleep(0.005 + random.random() * 0.02)
+
+
 @contextmanager
 def _db_errors(path: Path) -> Iterator[None]:
     """SQLite failures (locked past the timeout, unreadable file) as ChainUnavailable."""
@@ -865,10 +907,7 @@ class EmbeddedLedger(ChainClient):
         self._generation = 0
         with _db_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            # switching to WAL takes a short exclusive lock; the busy timeout covers races
-            conn.execute("PRAGMA journal_mode = WAL")
-            _init_schema(conn)
+            _open_ledger(self._conn())
 
     # ---- connections --------------------------------------------------------
 
