@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -125,12 +126,20 @@ def devnet() -> None:
 @devnet.command("up")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @click.option("--nodes", default=12, show_default=True, help="storage node processes")
+@click.option("--chain", "chain_kind", type=click.Choice(["embedded", "cess"]),
+              default="embedded", show_default=True,
+              help="the embedded ledger, or the real CESS runtime (chopsticks; `make devchain`)")
 @handle_errors
-def devnet_up_cmd(directory: str, nodes: int) -> None:
+def devnet_up_cmd(directory: str, nodes: int, chain_kind: str) -> None:
     """Start the devnet (creates it on first use)."""
     from .devnet import CONFIG_NAME, devnet_up
 
-    devnet_up(Path(directory), nodes)
+    if chain_kind == "cess":
+        from .devnet_cess import devnet_up_cess
+
+        devnet_up_cess(Path(directory), nodes)
+    else:
+        devnet_up(Path(directory), nodes)
     config_path = Path(directory).resolve() / CONFIG_NAME
     click.echo(f"devnet up: {nodes} storage nodes, territory 'default'")
     click.echo(f"config: {config_path}")
@@ -143,8 +152,10 @@ def devnet_up_cmd(directory: str, nodes: int) -> None:
 def devnet_down_cmd(directory: str) -> None:
     """Stop the devnet's node processes (data is kept)."""
     from .devnet import devnet_down
+    from .devnet_cess import stop_chain
 
     click.echo(f"stopped {devnet_down(Path(directory))} storage nodes")
+    stop_chain(Path(directory).resolve() / "chain")
 
 
 @devnet.command("status")
@@ -521,6 +532,10 @@ def mount_cmd(obj: Context, mountpoint: str, foreground: bool, no_wait: bool, al
     config = obj.config()
     account = obj.account(config)
     target = Path(mountpoint).resolve()
+    if _fuse_mount_type(target) and _is_dead_mount(target):
+        # the mount process was killed (kill -9, a crash): nobody serves this mount any more
+        click.echo(f"{target}: clearing the dead mount of a killed deossfs process", err=True)
+        _fusermount_unmount(target)
     if not target.is_dir():
         fail(f"mount point {target} is not a directory; create it with `mkdir -p {target}`")
     if os.path.ismount(target):
@@ -563,19 +578,103 @@ def mount_cmd(obj: Context, mountpoint: str, foreground: bool, no_wait: bool, al
         chain.close()
 
 
-@main.command("umount")
-@click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--wait/--no-wait", default=True, help="wait until the mount process has exited")
-@handle_errors
-def umount_cmd(mountpoint: str, wait: bool) -> None:
-    """Unmount; the mount process finishes pending uploads before it exits."""
+def _unescape_mount_field(field: str) -> str:
+    """/proc/self/mounts escapes space, tab, newline and backslash as octal (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _fuse_mount_type(target: Path) -> str | None:
+    """The file system type mounted at `target` if it is a FUSE mount (e.g. fuse.deossfs)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) >= 3 and _unescape_mount_field(fields[1]) == str(target):
+            found = fields[2]  # the last entry for a path is the visible one
+    return found if found and found.startswith("fuse") else None
+
+
+def _is_dead_mount(target: Path) -> bool:
+    """A FUSE mount whose process is gone answers every call with ENOTCONN."""
+    import errno
+    import os
+
+    try:
+        os.stat(target)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _fusermount_unmount(target: Path) -> None:
     import subprocess
 
-    target = Path(mountpoint).resolve()
     result = subprocess.run(["fusermount3", "-u", str(target)], capture_output=True, text=True)
     if result.returncode != 0:
         fail(result.stderr.strip() or f"cannot unmount {target}")
-    click.echo(f"unmounted {target}")
+
+
+def _mount_processes(target: Path) -> list[int]:
+    """Pids of running `deossfs ... mount ... TARGET` processes (from /proc)."""
+    import os
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if "mount" not in args or not any(Path(a).name == "deossfs" for a in args[: args.index("mount")]):
+            continue
+        after = args[args.index("mount") + 1 :]
+        if any(not a.startswith("-") and Path(os.path.normpath(os.path.join(cwd, a))) == target
+               for a in after):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@main.command("umount")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="wait until the mount process has finished its pending uploads and exited")
+@handle_errors
+def umount_cmd(mountpoint: str, wait: bool) -> None:
+    """Unmount; the mount process finishes pending uploads before it exits."""
+    import time
+
+    target = Path(mountpoint).resolve()
+    pids = _mount_processes(target)
+    if _fuse_mount_type(target):
+        _fusermount_unmount(target)
+        click.echo(f"unmounted {target}")
+    elif not pids:
+        fail(f"{target} is not mounted")
+    if not wait:
+        if pids:
+            click.echo(f"the mount process (pid {', '.join(map(str, pids))}) finishes its pending "
+                       "uploads in the background")
+        return
+    pids = [p for p in pids if _alive(p)]
+    if pids:
+        click.echo(f"waiting for the mount process (pid {', '.join(map(str, pids))}) to finish "
+                   "its pending uploads (`deossfs status` shows them)…")
+    while pids:
+        time.sleep(0.2)
+        pids = [p for p in pids if _alive(p)]
 
 
 @main.command("status")

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from .errors import InvalidName, NameTooLong
+
+#: the chain's bounds on a storage order's file_name (checked on the runtime)
+CHAIN_NAME_MIN_BYTES = 3
+CHAIN_NAME_MAX_BYTES = 63
+#: marks a chain file_name derived from a key that does not fit the chain's bounds
+HASHED_NAME_PREFIX = "~k"
+
+
+def chain_file_name(key: str) -> str:
+    """The file_name a key is declared under on the chain.
+
+    CESS takes 3..63 bytes. Keys that fit are used as they are, so other CESS tools
+    see the real name; others (`a`, deep paths) get `~k` + 48 hex digits of their
+    SHA-256 — the mount's metadata object maps them back to the real path.
+    """
+    raw = key.encode()
+    if CHAIN_NAME_MIN_BYTES <= len(raw) <= CHAIN_NAME_MAX_BYTES and not key.startswith(HASHED_NAME_PREFIX):
+        return key
+    return HASHED_NAME_PREFIX + hashlib.sha256(raw).hexdigest()[:48]
 
 #: longest object key deossfs accepts (the chain's file_name bound)
 MAX_KEY_BYTES = 1024

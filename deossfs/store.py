@@ -38,7 +38,7 @@ from .errors import (
     TemporaryError,
 )
 from .keys import Account
-from .names import check_key
+from .names import chain_file_name, check_key
 from .p2p.nodeclient import NodeClient
 from .p2p.transfer import (
     ColumnFailure,
@@ -178,11 +178,16 @@ class ObjectStore:
                                progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
                                if progress else None)
         )
-        brief = UserBrief(self.owner, key, bucket, self.config.storage.territory)
+        brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
         specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
         already = await self._chain(self.chain.file, plan.fid)
-        if already is not None and any(b == brief for b in already.owners):  # type: ignore[union-attr]
+        pending = await self._chain(self.chain.deal, plan.fid) if already is None else None
+        if already is not None and any(b.user == self.owner for b in already.owners):  # type: ignore[union-attr]
+            # CESS refuses a second declaration by an owner (`Existed`)
             log.info("%s/%s is already stored as %s", bucket, key, plan.fid)
+        elif pending is not None and pending.user == brief:  # type: ignore[union-attr]
+            # a retry: declaring again would make the runtime lock the space a second time
+            log.info("storage order for %s is pending already; not declaring it again", plan.fid)
         else:
             await self._chain(self.chain.upload_declaration, plan.fid, specs, brief, size)
         if already is None:
@@ -274,7 +279,9 @@ class ObjectStore:
         self, plan: FilePlan, assignment: dict[int, StorageNode], columns: set[int]
     ) -> dict[int, ColumnFailure]:
         """Wait for the file to become Active; columns whose node never reported fail."""
-        deadline = trio.current_time() + REPORT_TIMEOUT
+        # 12 reports take 12 blocks on a real chain (6 s each on the testnet)
+        timeout = REPORT_TIMEOUT * 3 if self.config.chain.backend == "cess" else REPORT_TIMEOUT
+        deadline = trio.current_time() + timeout
         delay = 0.05
         while True:
             info = await self._chain(self.chain.file, plan.fid)
@@ -313,8 +320,9 @@ class ObjectStore:
         return await trio.to_thread.run_sync(collect)
 
     async def lookup(self, bucket: str, key: str, *, missing_ok: bool = False) -> ObjectEntry | None:
+        chain_name = chain_file_name(key)
         for name, file in await self.files_in_bucket(bucket):
-            if name == key:
+            if name == chain_name:
                 return ObjectEntry(bucket, key, file.fid, file.file_size)
         if missing_ok:
             return None
@@ -442,8 +450,11 @@ class ObjectStore:
         """Record an existing FID under another name (rename without re-upload)."""
         check_key(key)
         info = await self.file_info(fid)
-        brief = UserBrief(self.owner, key, bucket, self.config.storage.territory)
-        if any(b == brief for b in info.owners):
+        brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
+        if any(b.user == self.owner for b in info.owners):
+            # CESS refuses a second declaration by an owner (`Existed`): the chain keeps
+            # the name the file was stored under; the mount's metadata has the new one
+            log.debug("%s is ours already; its chain name stays", fid[:16])
             return
         specs = [SegmentSpec(seg.hash, tuple(f.hash for f in seg.fragments)) for seg in info.segments]
         await self._chain(self.chain.upload_declaration, fid, specs, brief, info.file_size)

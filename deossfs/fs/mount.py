@@ -67,6 +67,12 @@ class Mount:
                 pyfuse3.terminate()
                 return
 
+    async def _tune_read_ahead(self) -> None:
+        # the kernel sets the mount's read-ahead when it handles FUSE's INIT reply,
+        # which happens once the loop runs: adjust it after that
+        await trio.sleep(0.5)
+        await trio.to_thread.run_sync(raise_read_ahead, self.options.mountpoint.resolve())
+
     async def serve(self) -> None:
         pending = self.uploader.pending()
         if pending:
@@ -76,6 +82,7 @@ class Mount:
             await nursery.start(self.uploader.run)
             await nursery.start(self.sync.run)
             nursery.start_soon(self._signals, nursery.cancel_scope)
+            nursery.start_soon(self._tune_read_ahead)
             await self.sync.refresh_buckets(force=True)
             await pyfuse3.main()
             # unmount at once: the kernel must not wait on us while uploads drain
@@ -92,6 +99,31 @@ class Mount:
                     log.warning("%d uploads left in the journal; they resume at the next mount", left)
             nursery.cancel_scope.cancel()
         await self.store.aclose()
+
+
+#: kernel read-ahead for the mount, KiB (the default 128 KiB halves sequential reads)
+READ_AHEAD_KB = 4096
+
+
+def raise_read_ahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead in large steps (needs root; best effort).
+
+    The device number comes from /proc/self/mountinfo: stat() of the mount point
+    would wait for this very process, which does not serve requests yet.
+    """
+    device = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == str(mountpoint):
+                device = fields[2]
+    if device is None:
+        return
+    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+    try:
+        path.write_text(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.info("kernel read-ahead left at its default (%s)", exc)
 
 
 def run_mount(config: Config, account: Account, store: ObjectStore, options: MountOptions) -> None:

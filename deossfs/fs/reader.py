@@ -20,6 +20,9 @@ from ..store import ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: segments fetched ahead of a sequential reader
+READ_AHEAD_SEGMENTS = 2
+
 
 @dataclass
 class _Flight:
@@ -131,5 +134,8 @@ class SegmentReader:
             out.append(piece)
             pos += len(piece)
         if sequential:
-            self.prefetch(fid, (end - 1) // capacity + 1, count)
+            # two segments ahead: one decodes while the next is on the wire
+            following = (end - 1) // capacity + 1
+            for ahead in range(READ_AHEAD_SEGMENTS):
+                self.prefetch(fid, following + ahead, count)
         return b"".join(out)
