@@ -48,7 +48,7 @@ from .p2p.transfer import (
     send_segment,
 )
 from .processing.encryption import DECRYPT_BUFFER_SIZE, SegmentCipher, looks_encrypted
-from .processing.layout import SEGMENT_SIZE, TOTAL_SHARDS, charged_space, segment_count
+from .processing.layout import DATA_SHARDS, SEGMENT_SIZE, TOTAL_SHARDS, charged_space, segment_count
 from .processing.pipeline import FilePlan, ReadInto, SegmentCodec, SegmentWorkspace, file_reader
 from .scheduling.selector import NodeSelector
 
@@ -351,7 +351,13 @@ class ObjectStore:
 
     async def _fetch_decoded(self, info: FileInfo, index: int, ws: SegmentWorkspace,
                              endpoints: dict[str, str]) -> None:
-        fragments = await fetch_segment(self.client, info.fid, info.segments[index], endpoints, self.selector)
+        """ws.segment = segment `index` as stored; data fragments land in place."""
+        fragments = await fetch_segment(
+            self.client, info.fid, info.segments[index], endpoints, self.selector,
+            into=lambda i: ws.fragments[i] if i < DATA_SHARDS else None,
+        )
+        if all(i in fragments for i in range(DATA_SHARDS)):
+            return  # all four data fragments arrived in their places: nothing to decode
         await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
 
     def codec_for(self, info: FileInfo, segment: memoryview, index: int = 0) -> SegmentCodec:
@@ -426,6 +432,31 @@ class ObjectStore:
                     progress(len(data))
         if failures:
             raise failures[0]
+
+    async def read_segment_into(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                                out: bytearray) -> tuple[int, bool]:
+        """Segment `index`'s plaintext into `out` (DECRYPT_BUFFER_SIZE or more bytes).
+
+        Returns (plaintext length, whether the file is deossfs-encrypted); `ws` is
+        scratch. Nothing is allocated per segment, so a reader can recycle buffers.
+        """
+        endpoints = await self.endpoints()
+        await self._fetch_decoded(info, index, ws, endpoints)
+
+        def finish() -> tuple[int, bool]:
+            if looks_encrypted(ws.segment):
+                try:
+                    return self.cipher.decrypt_into(ws.segment, index, out), True
+                except IntegrityError:
+                    if len(info.segments) != segment_count(info.file_size, SEGMENT_SIZE):
+                        raise IntegrityError(
+                            f"file {info.fid[:16]}… is encrypted under another key",
+                            hint="use the key that stored it") from None
+            _, length = self.plain_codec.segment_span(index, info.file_size)
+            out[:length] = ws.segment[:length]
+            return length, False
+
+        return await trio.to_thread.run_sync(finish)
 
     async def read_segment_detect(self, info: FileInfo, index: int) -> tuple[bytes, bool]:
         """One segment's plaintext, and whether the file is deossfs-encrypted.

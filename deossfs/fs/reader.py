@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import trio
 
 from ..chain.interface import FileInfo
-from ..processing.encryption import PLAINTEXT_CAPACITY
+from ..processing.encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY
 from ..processing.layout import SEGMENT_SIZE
+from ..processing.pipeline import SegmentWorkspace
 from ..store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,29 @@ log = logging.getLogger(__name__)
 READ_AHEAD_SEGMENTS = 2
 
 
+#: buffer big enough for a segment's plaintext, plain or decrypted
+_BUFFER_SIZE = max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE)
+#: segment fetches in flight at once (each holds a 32 MiB scratch workspace)
+_FETCHES = 3
+
+
 @dataclass
 class _Flight:
     done: trio.Event
-    data: bytes | None = None
+    data: memoryview | None = None
     error: BaseException | None = None
 
 
 class SegmentReader:
-    def __init__(self, store: ObjectStore, memory_segments: int = 6) -> None:
+    """An LRU of decoded plaintext segments, and recycled scratch workspaces for the
+    fetches in flight (data fragments are received in place: no joins, no decode)."""
+
+    def __init__(self, store: ObjectStore, memory_segments: int = 4) -> None:
         self.store = store
         self.memory_segments = memory_segments
-        self._lru: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lru: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
+        self._fetch_slots = trio.Semaphore(_FETCHES)
+        self._idle_workspaces: list[SegmentWorkspace] = []
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._infos: dict[str, FileInfo] = {}
         #: fid -> True (deossfs-encrypted) / False (plain CESS layout)
@@ -59,14 +71,25 @@ class SegmentReader:
         encrypted = self._encrypted.get(fid, hint)
         return PLAINTEXT_CAPACITY if encrypted in (True, None) else SEGMENT_SIZE
 
-    async def _fetch(self, fid: str, index: int) -> bytes:
+    def _evict(self) -> None:
+        # evicted buffers are not recycled: a waiter of that fetch may still hold the view
+        while len(self._lru) > self.memory_segments:
+            self._lru.popitem(last=False)
+
+    async def _fetch(self, fid: str, index: int) -> memoryview:
         info = await self.info(fid)
-        plaintext, encrypted = await self.store.read_segment_detect(info, index)
+        async with self._fetch_slots:
+            ws = self._idle_workspaces.pop() if self._idle_workspaces else SegmentWorkspace(with_parity=False)
+            out = bytearray(_BUFFER_SIZE)
+            try:
+                length, encrypted = await self.store.read_segment_into(info, index, ws, out)
+            finally:
+                self._idle_workspaces.append(ws)
         self._encrypted[fid] = encrypted
         self.fetched_segments += 1
-        return plaintext
+        return memoryview(out)[:length]
 
-    async def segment(self, fid: str, index: int) -> bytes:
+    async def segment(self, fid: str, index: int) -> memoryview:
         key = (fid, index)
         data = self._lru.get(key)
         if data is not None:
@@ -79,8 +102,7 @@ class SegmentReader:
             try:
                 flight.data = await self._fetch(fid, index)
                 self._lru[key] = flight.data
-                while len(self._lru) > self.memory_segments:
-                    self._lru.popitem(last=False)
+                self._evict()
             except BaseException as exc:
                 flight.error = exc
                 raise
@@ -128,7 +150,7 @@ class SegmentReader:
             index = pos // capacity
             data = await self.segment(fid, index)
             start = pos - index * capacity
-            piece = data[start : start + (end - pos)]
+            piece = bytes(data[start : start + (end - pos)])
             if not piece:
                 break
             out.append(piece)

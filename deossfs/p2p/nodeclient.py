@@ -155,8 +155,13 @@ class NodeClient:
         fid: str,
         fragment_hash: str,
         byte_range: tuple[int, int] | None = None,
-    ) -> bytes:
+        *,
+        into: memoryview | None = None,
+    ) -> bytes | memoryview:
         """Fetch a fragment, or bytes [start, end) of it (end exclusive, like a slice).
+
+        With `into` (an 8 MiB writable buffer; whole fragments only) the bytes are
+        received in place and `into` is returned: no joining, no copy.
 
         A whole fragment is verified (8 MiB, SHA-256 = `fragment_hash`) before it
         is returned. A range cannot be checked against the hash and is returned
@@ -167,8 +172,13 @@ class NodeClient:
             start, end = byte_range
             if not 0 <= start < end <= FRAGMENT_SIZE:
                 raise InvalidInput(f"bad fragment byte range [{start}, {end})")
+        if into is not None and (byte_range is not None or len(into) != FRAGMENT_SIZE):
+            raise InvalidInput("receiving in place needs a whole fragment and an 8 MiB buffer")
         if fragment_hash == ZERO_FRAGMENT_HASH:
             if byte_range is None:
+                if into is not None:
+                    into[:] = _ZERO_FRAGMENT
+                    return into
                 return _ZERO_FRAGMENT
             return bytes(byte_range[1] - byte_range[0])
 
@@ -192,15 +202,18 @@ class NodeClient:
                 chunks: list[bytes] = []
                 received = 0
                 async for chunk in response.aiter_raw():
-                    received += len(chunk)
-                    if received > limit:
+                    if received + len(chunk) > limit:
                         raise IntegrityError(f"node {endpoint} sent more than {limit} bytes")
-                    chunks.append(chunk)
+                    if into is not None and response.status_code == 200:
+                        into[received : received + len(chunk)] = chunk
+                    else:
+                        chunks.append(chunk)
+                    received += len(chunk)
                 status = response.status_code
         except httpx.TransportError as exc:
             raise NodeUnavailable(f"node {endpoint} did not send the fragment: {exc!r}") from None
         # one join: the chunks are dropped right after, and the result is immutable
-        data = b"".join(chunks)
+        data: bytes | memoryview = into[:received] if into is not None and status == 200 else b"".join(chunks)
         del chunks
 
         if status == 206:
@@ -219,7 +232,7 @@ class NodeClient:
                 f"fragment {fragment_hash[:16]}… from {endpoint} does not match its hash"
             )
         if byte_range is not None:
-            return data[byte_range[0] : byte_range[1]]
+            return bytes(data[byte_range[0] : byte_range[1]])
         return data
 
     async def status(self, endpoint: str) -> dict:

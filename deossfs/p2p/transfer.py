@@ -97,8 +97,14 @@ async def fetch_segment(
     segment: SegmentInfo,
     endpoints: Mapping[str, str],
     selector: NodeSelector | None = None,
-) -> dict[int, bytes]:
-    """Fetch 4 verified fragments of a segment: data first, parity as replacements."""
+    into: Callable[[int], memoryview | None] | None = None,
+) -> dict[int, bytes | memoryview]:
+    """Fetch 4 verified fragments of a segment: data first, parity as replacements.
+
+    `into(index)` may give a buffer to receive fragment `index` in place (the
+    reader passes the segment's own slots for data fragments, so the common case
+    needs no decoding and no copy).
+    """
     now = time.monotonic()
 
     def penalized(index: int) -> bool:
@@ -110,15 +116,16 @@ async def fetch_segment(
     # data fragments first (no decode needed), healthy nodes before penalized ones
     order = sorted(range(TOTAL_SHARDS), key=lambda i: (penalized(i), i >= DATA_SHARDS, i))
     queue = list(reversed(order))
-    got: dict[int, bytes] = {}
+    got: dict[int, bytes | memoryview] = {}
     errors: list[str] = []
 
     async def worker() -> None:
         while queue and len(got) < DATA_SHARDS:
             index = queue.pop()
             fragment = segment.fragments[index]
+            target = into(index) if into is not None else None
             if fragment.hash == ZERO_FRAGMENT_HASH:
-                got[index] = await client.get_fragment("", fid, fragment.hash)
+                got[index] = await client.get_fragment("", fid, fragment.hash, into=target)
                 continue
             endpoint = endpoints.get(fragment.miner)
             if endpoint is None:
@@ -126,7 +133,7 @@ async def fetch_segment(
                 continue
             try:
                 data = await with_retries(
-                    lambda e=endpoint, h=fragment.hash: client.get_fragment(e, fid, h),
+                    lambda e=endpoint, h=fragment.hash, t=target: client.get_fragment(e, fid, h, into=t),
                     f"fragment {index} from {endpoint}",
                 )
             except (DeossError, IntegrityError) as exc:
