@@ -55,6 +55,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/mount.py
 
 clean: devnet-down
 	@! grep -qs " $(abspath $(DEVNET))/mnt " /proc/self/mounts || \

@@ -1,11 +1,33 @@
 #!/usr/bin/env bash
-# The main job on the devnet: store a file and read it back, byte for byte.
+# The main job on the devnet: store a file and read it back, byte for byte, first with the
+# CLI, then through the FUSE mount, which is left mounted at DEVNET/mnt.
+# Idempotent: a second run reuses the bucket and the mount.
+#   usage: contrib/demo.sh [DEVNET_DIR]   (after `deossfs devnet up --dir DEVNET_DIR`)
 set -euo pipefail
-DEVNET=${1:-.devnet}
-export DEOSSFS_CONFIG="$(cd "$DEVNET" && pwd)/deossfs.toml"
-DEOSSFS=.venv/bin/deossfs
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEVNET_ARG=${1:-.devnet}
+DEVNET=$(cd "$DEVNET_ARG" && pwd)
+export DEOSSFS_CONFIG="$DEVNET/deossfs.toml"
+DEOSSFS=$ROOT/.venv/bin/deossfs
+PY=$ROOT/.venv/bin/python
+MNT=$DEVNET/mnt
+READER_MNT=$DEVNET/mnt-reader
+DURABLE_TIMEOUT=${DURABLE_TIMEOUT:-300}
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+
+mounted() {  # a live deossfs mount at $1
+  grep -qs " $1 fuse.deossfs " /proc/self/mounts && ls "$1" >/dev/null 2>&1
+}
+cleanup() {
+  if grep -qs " $READER_MNT fuse.deossfs " /proc/self/mounts; then
+    "$DEOSSFS" umount "$READER_MNT" >/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+millis() { date +%s%3N; }
+xattr() { "$PY" -c 'import os, sys; print(os.getxattr(sys.argv[1], sys.argv[2]).decode())' "$@"; }
+
 $DEOSSFS bucket info demo >/dev/null 2>&1 || $DEOSSFS bucket create demo
 head -c 100000000 /dev/urandom > "$WORK/sample.bin"
 echo "== put 100 MB (encrypted, 12 fragments per segment on 12 nodes)"
@@ -14,4 +36,68 @@ echo "== get it back"
 $DEOSSFS get demo/sample.bin "$WORK/back.bin"
 cmp "$WORK/sample.bin" "$WORK/back.bin" && echo "== identical: $(sha256sum < "$WORK/back.bin" | cut -c1-16)…"
 $DEOSSFS ls demo
-echo "devnet still running; stop it with: .venv/bin/deossfs devnet down --dir $DEVNET"
+
+echo
+if mounted "$MNT"; then
+  echo "== $DEVNET_ARG/mnt is mounted already: reusing it"
+else
+  # a dead mount left by a killed mount process is cleared by `deossfs mount` itself
+  grep -qs " $MNT " /proc/self/mounts || mkdir -p "$MNT"
+  echo "== mount the devnet at $DEVNET_ARG/mnt (buckets are directories, objects are files)"
+  $DEOSSFS mount "$MNT"
+fi
+ls -l "$MNT"
+df -h "$MNT" | sed 's/^/   /'
+
+head -c 100000000 /dev/urandom > "$WORK/mounted.bin"
+echo "== cp a 100 MB file into $DEVNET_ARG/mnt/demo/"
+start=$(millis)
+cp "$WORK/mounted.bin" "$MNT/demo/mounted.bin"
+echo "   cp returned after $(( $(millis) - start )) ms: journaled, state $(xattr "$MNT/demo/mounted.bin" user.deossfs.state); the upload runs in the background"
+$DEOSSFS status | sed 's/^/   /'
+
+echo "== wait until deossfs status shows nothing pending (at most ${DURABLE_TIMEOUT}s)"
+deadline=$(( $(date +%s) + DURABLE_TIMEOUT ))
+# (the output is captured first: with pipefail, grep -q closing the pipe early could fail it)
+until status=$($DEOSSFS status) && grep -q "^no pending uploads" <<<"$status"; do
+  if (( $(date +%s) > deadline )); then
+    echo "uploads still pending after ${DURABLE_TIMEOUT}s:" >&2
+    $DEOSSFS status >&2
+    echo "see $DEVNET/workspace/mount.log" >&2
+    exit 1
+  fi
+  sleep 1
+done
+echo "   durable after $(( $(millis) - start )) ms: state $(xattr "$MNT/demo/mounted.bin" user.deossfs.state), fid $(xattr "$MNT/demo/mounted.bin" user.deossfs.fid | cut -c1-16)…"
+
+echo "== read it back through the mount"
+cmp "$WORK/mounted.bin" "$MNT/demo/mounted.bin"
+echo "   identical: $(sha256sum < "$MNT/demo/mounted.bin" | cut -c1-16)… (this mount still holds the staged copy, so this read is local)"
+
+# The same key on another machine: a second mount with an empty workspace and cache reads
+# the file lazily from the network, segment by segment.
+echo "== read it as another machine would: a second mount with an empty workspace and cache"
+rm -rf "$DEVNET/workspace-reader"
+"$PY" - "$DEOSSFS_CONFIG" "$DEVNET/reader.toml" "$DEVNET/workspace-reader" <<'EOF'
+import sys
+from pathlib import Path
+
+from deossfs.config import load_config, write_config
+
+config = load_config(sys.argv[1])
+config.workspace = Path(sys.argv[3])
+config.cache.dir = Path(sys.argv[3]) / "cache"
+write_config(config, Path(sys.argv[2]))
+EOF
+mkdir -p "$READER_MNT"
+$DEOSSFS --config "$DEVNET/reader.toml" mount "$READER_MNT" >/dev/null
+start=$(millis)
+cmp "$WORK/mounted.bin" "$READER_MNT/demo/mounted.bin"
+echo "   identical, read cold from the network in $(( $(millis) - start )) ms"
+$DEOSSFS umount "$READER_MNT" >/dev/null
+rmdir "$READER_MNT"
+
+echo
+echo "devnet running, mounted at $DEVNET_ARG/mnt (log: $DEVNET_ARG/workspace/mount.log)"
+echo "unmount with: .venv/bin/deossfs umount $DEVNET_ARG/mnt   (waits for pending uploads)"
+echo "stop everything with: make devnet-down   (unmounts, then stops the nodes)"
