@@ -25,14 +25,16 @@ GIB = 1024**3
 
 
 class Context:
-    def __init__(self, config_path: str | None, debug: bool) -> None:
+    def __init__(self, config_path: str | None, debug: bool, overrides: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
         self.debug = debug
+        #: -o SECTION.OPTION=VALUE, applied over the file and the environment
+        self.overrides = overrides
 
     def config(self):  # noqa: ANN201 - imported lazily to keep `--help` fast
         from .config import load_config
 
-        return load_config(self.config_path)
+        return load_config(self.config_path, overrides=self.overrides)
 
     def account(self, config):  # noqa: ANN001, ANN201
         from .keys import load_key_file
@@ -73,18 +75,22 @@ def handle_errors(func: Callable) -> Callable:
 @click.group()
 @click.option("--config", "config_path", envvar="DEOSSFS_CONFIG", type=click.Path(dir_okay=False),
               help="config file (default $DEOSSFS_CONFIG, then ~/.config/deossfs/config.toml)")
+@click.option("-o", "--option", "overrides", multiple=True, metavar="SECTION.OPTION=VALUE",
+              help="override a config option (over the file and DEOSSFS_<SECTION>_<OPTION>); "
+                   "repeatable, e.g. -o cache.enabled=false -o cache.size=2GiB")
 @click.option("-v", "--verbose", count=True, help="log more (-vv for debug)")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.version_option(package_name="deossfs")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, verbose: int, debug: bool) -> None:
+def main(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...], verbose: int,
+         debug: bool) -> None:
     """deossfs: the CESS decentralized object store as a local filesystem."""
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # one line per HTTP request drowns everything else; keep their warnings only
     for noisy in ("httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    ctx.obj = Context(config_path, debug)
+    ctx.obj = Context(config_path, debug, overrides)
 
 
 # ---- key ------------------------------------------------------------------
@@ -493,6 +499,48 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
             click.echo(f"    {frag['index']:>2} {frag['hash']}  {frag['endpoint'] or frag['miner']}")
 
 
+@main.command("verify")
+@click.option("--repair", is_flag=True,
+              help="rebuild missing, corrupt or unreachable fragments on healthy nodes")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("target", required=False)
+@click.pass_obj
+@handle_errors
+def verify_cmd(obj: Context, repair: bool, as_json: bool, target: str | None) -> None:
+    """Check every fragment of BUCKET[/KEY] (default: every object) against its hash.
+
+    Exits non-zero while a bad fragment is left (not repaired, or without --repair).
+    """
+    from .repair import describe, verify
+
+    def show(file_report: Any, endpoints: dict[str, str]) -> None:
+        if as_json or not file_report.problems:
+            return
+        click.echo(f"{file_report.name} ({file_report.fid[:16]}…)")
+        for problem in file_report.problems:
+            click.echo(f"  {describe(problem, endpoints)}")
+
+    async def action(store: Any) -> Any:
+        endpoints = await store.endpoints()
+        return await verify(store, target, repair=repair,
+                            progress=lambda file_report: show(file_report, endpoints))
+
+    report = _run_store(obj, action)
+    if as_json:
+        click.echo(json.dumps({
+            "files": [{"name": f.name, "fid": f.fid, "fragments": f.fragments,
+                       "problems": [vars(p) for p in f.problems]} for f in report.files],
+            "fragments": report.fragments, "problems": len(report.problems),
+            "repaired": len(report.repaired), "unresolved": len(report.unresolved)}, indent=2))
+    else:
+        click.echo(f"checked {report.fragments} fragments of {len(report.files)} files: "
+                   f"{len(report.problems)} bad, {len(report.repaired)} repaired")
+    left = report.unresolved
+    if left:
+        what = "could not be repaired" if repair else "need repair (run `deossfs verify --repair`)"
+        fail(f"{len(left)} fragments {what}")
+
+
 # ---- chain -----------------------------------------------------------------
 
 
@@ -548,6 +596,8 @@ def mount_cmd(obj: Context, mountpoint: str, foreground: bool, no_wait: bool, al
         args = [sys.executable, "-m", "deossfs"]
         if obj.config_path:
             args += ["--config", obj.config_path]
+        for override in obj.overrides:
+            args += ["-o", override]
         args += ["-v", "mount", "--foreground", str(target)]
         if no_wait:
             args.append("--no-wait")
@@ -682,7 +732,7 @@ def umount_cmd(mountpoint: str, wait: bool) -> None:
 @click.pass_obj
 @handle_errors
 def status_cmd(obj: Context, as_json: bool) -> None:
-    """Pending and failed uploads of the mount (from its journal), with progress."""
+    """Pending and failed uploads of the mount (from its journal), and the cache counters."""
     import sqlite3
     import time
 
@@ -691,25 +741,116 @@ def status_cmd(obj: Context, as_json: bool) -> None:
     config = obj.config()
     account = obj.account(config)
     path = workspace_for(config, account) / DB_NAME
-    if not path.exists():
+    cache = _cache_status(config, account)
+    if not path.exists() and cache is None:
         fail(f"no mount state at {path}; mount first with `deossfs mount MOUNTPOINT`")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    rows = conn.execute(
-        "SELECT u.path, u.total_bytes, u.done_bytes, u.attempts, u.error, u.next_try, i.state"
-        " FROM uploads u LEFT JOIN inodes i ON i.id = u.ino ORDER BY u.queued_at").fetchall()
-    conn.close()
-    items = [{"path": p, "size": total, "sent": done, "attempts": attempts, "error": error,
-              "state": state or "staged", "retry_in": max(0.0, round(next_try - time.time(), 1))}
-             for p, total, done, attempts, error, next_try, state in rows]
+    items = []
+    if path.exists():
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = conn.execute(
+            "SELECT u.path, u.total_bytes, u.done_bytes, u.attempts, u.error, u.next_try, i.state"
+            " FROM uploads u LEFT JOIN inodes i ON i.id = u.ino ORDER BY u.queued_at").fetchall()
+        conn.close()
+        items = [{"path": p, "size": total, "sent": done, "attempts": attempts, "error": error,
+                  "state": state or "staged", "retry_in": max(0.0, round(next_try - time.time(), 1))}
+                 for p, total, done, attempts, error, next_try, state in rows]
     if as_json:
-        click.echo(json.dumps({"pending": items}, indent=2))
+        click.echo(json.dumps({"pending": items, "cache": cache}, indent=2))
         return
-    if not items:
+    if path.exists() and not items:
         click.echo("no pending uploads: everything closed is durable")
-        return
     for item in items:
         pct = 100 * item["sent"] // item["size"] if item["size"] else 100
         line = f"{item['state']:<9} {pct:>3}%  {item['size']:>12}  {item['path']}"
         if item["error"]:
             line += f"  [{item['error']}; retry in {item['retry_in']:.0f}s]"
         click.echo(line)
+    if cache is not None:
+        _show_cache_status(cache)
+
+
+def _cache_status(config: Any, account: Any) -> dict | None:
+    """The cache's use and the read/serve counters, or None if this instance has neither."""
+    from .cache import Counters, SegmentCache
+
+    counters = Counters(config.workspace_dir(account.address) / "counters")
+    cache = SegmentCache.from_config(config, account.address)
+    if not counters.directory.exists() and not cache.store_dir.exists():
+        return None
+    try:
+        return {**cache.usage(), "counters": counters.snapshot()}
+    finally:
+        cache.close()
+        counters.close()
+
+
+def _show_cache_status(cache: dict) -> None:
+    mib = 1024**2
+    c = cache["counters"]
+    state = "on" if cache["enabled"] else "off"
+    click.echo(f"cache: {state}, {cache['dir']}: {cache['segments']} segments, "
+               f"{cache['used_bytes'] / mib:.0f} of {cache['size_limit'] / mib:.0f} MiB")
+    click.echo(f"reads: {c['hits']} from the cache ({c['bytes_from_cache'] / mib:.0f} MiB), "
+               f"{c['peer_hits']} from peers ({c['bytes_from_peers'] / mib:.0f} MiB), "
+               f"{c['node_reads']} from storage nodes ({c['bytes_from_nodes'] / mib:.0f} MiB); "
+               f"{c['misses']} cache misses")
+    click.echo(f"served to peers: {c['served_segments']} segments ({c['served_bytes'] / mib:.0f} MiB), "
+               f"{c['refused_requests']} requests refused; {c['segments_cached']} segments cached in all")
+
+
+# ---- the peer cache network ------------------------------------------------
+
+
+@main.command("serve-cache")
+@click.option("--host", help="address to listen on (default serve.host)")
+@click.option("--port", type=int, help="port (default serve.port; 0 picks one)")
+@click.option("--register/--no-register", default=None,
+              help="put the endpoint in the chain's gateway list (default serve.register)")
+@click.pass_obj
+@handle_errors
+def serve_cache_cmd(obj: Context, host: str | None, port: int | None, register: bool | None) -> None:
+    """Serve this instance's segment cache to peers, until Ctrl-C (as a mount does with
+    serve.enabled). Access follows [access]: public (a blacklist) or private (a whitelist)."""
+    import signal
+    import threading
+    from dataclasses import replace
+    from functools import partial
+
+    from .cache import Counters, SegmentCache
+    from .errors import ConfigError
+    from .p2p.peers import serve_peers
+
+    config = obj.config()
+    account = obj.account(config)
+    serve = config.serve
+    serve = replace(serve, host=host if host is not None else serve.host,
+                    port=port if port is not None else serve.port,
+                    register=register if register is not None else serve.register)
+    workspace = config.workspace_dir(account.address)
+    counters = Counters(workspace / "counters")
+    cache = SegmentCache.from_config(config, account.address, counters)
+    if not cache.enabled:
+        raise ConfigError("the cache is off (cache.enabled = false, or cache.size too small): "
+                          "there is nothing to serve")
+    chain = obj.chain(config, account)
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            endpoint = await nursery.start(partial(
+                serve_peers, cache, account, chain, serve, config.access,
+                workspace / "peer-replay.sqlite3", counters=counters))
+            click.echo(f"serving the cache at {endpoint}", err=True)
+            if threading.current_thread() is not threading.main_thread():
+                return
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    try:
+        trio.run(main_task)
+    finally:
+        cache.close()
+        counters.close()
+        chain.close()

@@ -3,12 +3,20 @@
 Found through `--config`, else `$DEOSSFS_CONFIG`, else `~/.config/deossfs/config.toml`.
 Relative paths in the file are relative to the file's directory. An unknown or
 ill-typed option is a `ConfigError` naming it.
+
+Precedence, lowest first: the defaults below, the file, the environment
+(`DEOSSFS_<SECTION>_<OPTION>`, e.g. DEOSSFS_CACHE_SIZE="2 GiB"; top-level options as
+DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE), the command line (`-o section.option=value`).
+docs/configuration.md describes every option.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,13 +51,59 @@ class StorageConfig:
     #: concurrent fragment transfers
     transfer_concurrency: int = 12
     request_timeout: float = 30.0
+    #: seconds between background fragment checks and repairs by the mount (0 = off)
+    verify_interval: float = 0.0
 
 
 @dataclass
 class CacheConfig:
+    #: keep segments as stored (ciphertext when encrypted) on local disk
     enabled: bool = True
+    #: default <workspace>/cache; never the mount's staging directory (or inside it)
     dir: Path | None = None
-    size: int = 4 * 1024**3
+    #: size cap in bytes (the file may say "4 GiB"); least recently used segments go first
+    size: int = field(default=4 * 1024**3, metadata={"size": True})
+
+
+@dataclass
+class PeersConfig:
+    #: ask peer instances for a segment missing from the local cache, before storage nodes
+    enabled: bool = True
+    #: peer endpoints ("http://host:port") asked besides the chain's gateway list
+    endpoints: list[str] = field(default_factory=list)
+    #: also ask the gateways registered on the chain (the Oss list)
+    from_chain: bool = True
+    #: seconds a peer has to send a whole segment
+    timeout: float = 30.0
+    #: seconds a peer that failed is not asked
+    penalty_seconds: float = 60.0
+    #: seconds between reads of the chain's gateway list
+    refresh_seconds: float = 60.0
+
+
+@dataclass
+class ServeConfig:
+    #: serve the local cache to peers from the mount (`deossfs serve-cache` always serves)
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    #: 0 picks a free port
+    port: int = 15100
+    #: the endpoint peers connect to, when not http://host:port (NAT, proxies)
+    public_endpoint: str = ""
+    #: register the endpoint in the chain's gateway list (Oss.register) so peers find it
+    register: bool = False
+
+
+@dataclass
+class AccessConfig:
+    #: who may read this instance's cache: "public" = everyone but `accounts` (a blacklist),
+    #: "private" = only `accounts` (a whitelist); as DeOSS
+    mode: str = "public"
+    accounts: list[str] = field(default_factory=list)
+
+
+#: the mount's staging directory inside the workspace (staged files are never in the cache)
+STAGING_DIR_NAME = "staging"
 
 
 @dataclass
@@ -60,17 +114,45 @@ class Config:
     chain: ChainConfig = field(default_factory=ChainConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
     def require_key_file(self) -> Path:
         if self.key_file is None:
             raise ConfigError("no key_file in the config", hint="set key_file = \"...\"")
         return self.key_file
 
+    def workspace_dir(self, address: str) -> Path:
+        """The instance's local state: `workspace`, else ~/.cache/deossfs/<account>."""
+        if self.workspace is not None:
+            return self.workspace
+        return Path("~/.cache/deossfs").expanduser() / address
+
+    def staging_dir(self, address: str) -> Path:
+        return self.workspace_dir(address) / STAGING_DIR_NAME
+
+    def cache_dir(self, address: str) -> Path:
+        """`cache.dir`, else <workspace>/cache; refused if it overlaps the staging directory."""
+        directory = self.cache.dir if self.cache.dir is not None else self.workspace_dir(address) / "cache"
+        staging = self.staging_dir(address)
+        a, b = directory.resolve(), staging.resolve()
+        if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+            raise ConfigError(
+                f"config option cache.dir ({directory}) overlaps the mount's staging directory "
+                f"({staging})", hint="staged files are not cache entries: give the cache its own directory")
+        return directory
+
     def to_toml(self) -> str:
         return tomli_w.dumps(_to_plain(self, skip={"path"}))
 
 
-_SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig}
+_SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
+             "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig}
+#: options outside any section
+_TOP_LEVEL = ("key_file", "workspace")
+#: environment overrides are DEOSSFS_<SECTION>_<OPTION> (and DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE)
+_ENV_PREFIX = "DEOSSFS_"
 
 
 def _to_plain(obj: Any, skip: set[str] = frozenset()) -> dict:
@@ -89,53 +171,211 @@ def _to_plain(obj: Any, skip: set[str] = frozenset()) -> dict:
     return out
 
 
-def _coerce(section: str, name: str, expected: Any, value: Any, base: Path) -> Any:
+def _unknown(where: str, known: list[str], source: str = "") -> ConfigError:
+    prefix, _, name = where.rpartition(".")
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    else:
+        hint = f"known {'options of [' + prefix + ']' if prefix else 'options and sections'}: {', '.join(known)}"
+    return ConfigError(f"unknown config option {where}{source}", hint=hint)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of "4 GiB", "500MiB", "1.5 GB", "1048576"; None if it is no size."""
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else ""
+    if match is None or unit not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _coerce(section: str, name: str, spec: Any, value: Any, base: Path, source: str = "") -> Any:
+    """Check one value from the file (TOML types) against its option's type."""
     where = f"{section}.{name}" if section else name
+    expected = spec.type
     text = str(expected)
     if "Path" in text:
         if not isinstance(value, str):
-            raise ConfigError(f"config option {where} must be a path string")
+            raise ConfigError(f"config option {where}{source} must be a path string")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (base / path)
     if "list" in text:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config option {where} must be a list of strings")
+            raise ConfigError(f"config option {where}{source} must be a list of strings")
         return value
     if expected in (bool, "bool"):
         if not isinstance(value, bool):
-            raise ConfigError(f"config option {where} must be true or false")
+            raise ConfigError(f"config option {where}{source} must be true or false")
         return value
     if expected in (int, "int"):
+        if spec.metadata.get("size") and isinstance(value, str):
+            size = parse_size(value)
+            if size is None:
+                raise ConfigError(f"config option {where}{source} must be a size "
+                                  "(bytes, or e.g. \"4 GiB\", \"500 MiB\")")
+            return size
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config option {where} must be an integer")
+            raise ConfigError(f"config option {where}{source} must be an integer")
         return value
     if expected in (float, "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config option {where} must be a number")
+            raise ConfigError(f"config option {where}{source} must be a number")
         return float(value)
     if expected in (str, "str"):
         if not isinstance(value, str):
-            raise ConfigError(f"config option {where} must be a string")
+            raise ConfigError(f"config option {where}{source} must be a string")
         return value
     return value
 
 
+def _from_text(spec: Any, text: str, where: str, source: str) -> Any:
+    """An override's string (environment, command line) as the TOML value it stands for."""
+    expected = str(spec.type)
+    stripped = text.strip()
+    if "list" in expected:
+        if stripped.startswith("["):
+            try:
+                return tomllib.loads(f"v = {stripped}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"config option {where}{source} must be a list of strings, "
+                                  "e.g. [\"a\", \"b\"] or a,b") from None
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    if expected == "bool":
+        lowered = stripped.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"config option {where}{source} must be true or false, not {text!r}")
+    if expected == "int" and not spec.metadata.get("size"):
+        try:
+            return int(stripped)
+        except ValueError:
+            raise ConfigError(f"config option {where}{source} must be an integer, not {text!r}") from None
+    if expected == "float":
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ConfigError(f"config option {where}{source} must be a number, not {text!r}") from None
+    return text  # strings, paths, sizes: checked by _coerce
+
+
 def _fill(target: Any, data: dict, section: str, base: Path) -> None:
-    known = {f.name: f for f in fields(target)}
+    known = {f.name: f for f in fields(target) if f.name != "path" and f.name not in _SECTIONS}
     for name, value in data.items():
-        if name not in known or name == "path" or name in _SECTIONS and section:
-            raise ConfigError(f"unknown config option {section + '.' if section else ''}{name}")
         if not section and name in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"config section [{name}] must be a table")
             _fill(getattr(target, name), value, name, base)
             continue
-        setattr(target, name, _coerce(section, name, known[name].type, value, base))
+        if name not in known:
+            where = f"{section}.{name}" if section else name
+            raise _unknown(where, list(known) if section else [*_TOP_LEVEL, *_SECTIONS])
+        setattr(target, name, _coerce(section, name, known[name], value, base))
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Load the config file: `path`, else $DEOSSFS_CONFIG, else the default location."""
-    explicit = path or os.environ.get(ENV_VAR)
+def option_names() -> list[str]:
+    """Every option, as SECTION.OPTION (top-level ones without a section)."""
+    names = list(_TOP_LEVEL)
+    for section, cls in _SECTIONS.items():
+        names.extend(f"{section}.{f.name}" for f in fields(cls))
+    return names
+
+
+def set_option(config: Config, dotted: str, text: str, source: str = "") -> None:
+    """Override one option from text: `dotted` is "cache.size" or "key_file".
+
+    Relative paths are relative to the current directory. `source` says where the
+    override came from, for error messages (" (from DEOSSFS_CACHE_SIZE)").
+    """
+    section, _, name = dotted.strip().lower().rpartition(".")
+    if section:
+        if section not in _SECTIONS:
+            close = difflib.get_close_matches(section, list(_SECTIONS), n=1)
+            raise ConfigError(f"unknown config section {section!r} in {dotted}{source}",
+                              hint=f"did you mean {close[0]}?" if close else
+                              f"sections: {', '.join(_SECTIONS)}")
+        target = getattr(config, section)
+    else:
+        target = config
+    known = {f.name: f for f in fields(target) if f.name != "path" and f.name not in _SECTIONS}
+    if name not in known:
+        raise _unknown(dotted, list(known) if section else list(_TOP_LEVEL), source)
+    spec = known[name]
+    value = _from_text(spec, text, dotted, source)
+    setattr(target, name, _coerce(section, name, spec, value, Path.cwd(), source))
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(option, value, variable) for each DEOSSFS_<SECTION>_<OPTION> (or DEOSSFS_<OPTION>
+    for top-level options) in `environ`. Variables naming no section (DEOSSFS_CONFIG,
+    DEOSSFS_REQUIRE_CESS) are not options and are skipped."""
+    found = []
+    for variable in sorted(environ):
+        if not variable.startswith(_ENV_PREFIX) or variable == ENV_VAR:
+            continue
+        rest = variable[len(_ENV_PREFIX):].lower()
+        if rest in _TOP_LEVEL:
+            found.append((rest, environ[variable], variable))
+            continue
+        section, _, name = rest.partition("_")
+        if section in _SECTIONS and name:
+            found.append((f"{section}.{name}", environ[variable], variable))
+    return found
+
+
+def _validate(config: Config) -> None:
+    if config.chain.backend not in ("embedded", "cess"):
+        raise ConfigError("config option chain.backend must be \"embedded\" or \"cess\"")
+    if config.access.mode not in ("public", "private"):
+        raise ConfigError("config option access.mode must be \"public\" (accounts are refused) "
+                          "or \"private\" (only accounts are served)")
+    if not 0 <= config.serve.port <= 65535:
+        raise ConfigError("config option serve.port must be between 0 and 65535")
+    if config.cache.size < 0:
+        raise ConfigError("config option cache.size must not be negative")
+    for where, value in (("peers.timeout", config.peers.timeout),
+                         ("storage.request_timeout", config.storage.request_timeout)):
+        if value <= 0:
+            raise ConfigError(f"config option {where} must be positive")
+    for where, value in (("peers.penalty_seconds", config.peers.penalty_seconds),
+                         ("peers.refresh_seconds", config.peers.refresh_seconds),
+                         ("storage.node_penalty_seconds", config.storage.node_penalty_seconds)):
+        if value < 0:
+            raise ConfigError(f"config option {where} must not be negative")
+    for where, endpoints in (("peers.endpoints", config.peers.endpoints),):
+        for endpoint in endpoints:
+            if not endpoint.strip() or any(c.isspace() for c in endpoint.strip()):
+                raise ConfigError(f"config option {where} has a bad endpoint {endpoint!r}")
+    lists = (("access.accounts", config.access.accounts),
+             ("storage.preferred_nodes", config.storage.preferred_nodes),
+             ("storage.blocked_nodes", config.storage.blocked_nodes))
+    if any(accounts for _, accounts in lists):
+        from .keys import valid_address
+
+        for where, accounts in lists:
+            for account in accounts:
+                if not valid_address(account):
+                    raise ConfigError(f"config option {where}: {account!r} is not an SS58 account")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config file: `path`, else $DEOSSFS_CONFIG, else the default location.
+
+    Precedence, lowest first: defaults, the file, the environment
+    (DEOSSFS_<SECTION>_<OPTION>), then `overrides` ("section.option=value", the
+    command line's -o).
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path or environ.get(ENV_VAR)
     config_path = Path(explicit or DEFAULT_PATH).expanduser()
     if not config_path.exists():
         if explicit:
@@ -150,8 +390,14 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from None
     config = Config(path=config_path.resolve())
     _fill(config, data, "", config_path.resolve().parent)
-    if config.chain.backend not in ("embedded", "cess"):
-        raise ConfigError("config option chain.backend must be \"embedded\" or \"cess\"")
+    for dotted, value, variable in env_overrides(environ):
+        set_option(config, dotted, value, f" (from the environment variable {variable})")
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep or not dotted.strip():
+            raise ConfigError(f"bad option override {item!r}: expected SECTION.OPTION=VALUE")
+        set_option(config, dotted, value, f" (from -o {item})")
+    _validate(config)
     return config
 
 

@@ -26,6 +26,7 @@ NODE_IDLE_SPACE = 256 * GIB
 DEV_FUNDS = 10**6 * 10**18  # 1,000,000 TCESS (18 decimals)
 DEV_TERRITORY_GIB = 128
 DEV_TERRITORY_DAYS = 365
+DEVNET_CACHE_SIZE = 512 * 1024**2
 
 
 @dataclass
@@ -51,10 +52,14 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child of ours counts as dead
+    # a zombie child of ours counts as dead - once all its threads are gone: a
+    # multithreaded process's leader turns zombie first, and the others still hold
+    # its files (the node's listening socket) until they have exited too
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
+            if handle.read().split(") ", 1)[1][0] != "Z":
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
 
@@ -134,6 +139,9 @@ def devnet_up(devnet_dir: Path, node_count: int = 12) -> Config:
         config = Config(key_file=key_path, workspace=devnet_dir / "workspace")
         config.chain.ledger = devnet_dir / "ledger.sqlite"
         config.cache.dir = devnet_dir / "cache"
+        # a devnet shares its machine's disk with 12 nodes holding 3x the data: keep the
+        # segment cache modest (raise it in deossfs.toml for benchmarks of warm reads)
+        config.cache.size = DEVNET_CACHE_SIZE
         write_config(config, config_path)
     account = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
     chain = open_chain(config, account)

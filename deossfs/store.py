@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
+from .cache import Counters, SegmentCache
 from .chain.interface import (
     ChainClient,
     FileInfo,
@@ -40,6 +41,7 @@ from .errors import (
 from .keys import Account
 from .names import chain_file_name, check_key
 from .p2p.nodeclient import NodeClient
+from .p2p.peers import PeerNetwork
 from .p2p.transfer import (
     ColumnFailure,
     fetch_segment,
@@ -48,7 +50,15 @@ from .p2p.transfer import (
     send_segment,
 )
 from .processing.encryption import DECRYPT_BUFFER_SIZE, SegmentCipher, looks_encrypted
-from .processing.layout import DATA_SHARDS, SEGMENT_SIZE, TOTAL_SHARDS, charged_space, segment_count
+from .processing.layout import (
+    DATA_SHARDS,
+    FRAGMENT_SIZE,
+    SEGMENT_SIZE,
+    TOTAL_SHARDS,
+    ZERO_FRAGMENT_HASH,
+    charged_space,
+    segment_count,
+)
 from .processing.pipeline import FilePlan, ReadInto, SegmentCodec, SegmentWorkspace, file_reader
 from .scheduling.selector import NodeSelector
 
@@ -85,9 +95,17 @@ class ObjectStore:
         self.encrypted_codec = SegmentCodec(self.cipher)
         self.plain_codec = SegmentCodec(None)
         self._probed = False
+        # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
+        self.counters = Counters(config.workspace_dir(account.address) / "counters")
+        self.cache = SegmentCache.from_config(config, account.address, self.counters)
+        self.peers = PeerNetwork(config.peers, account, chain) if config.peers.enabled else None
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.peers is not None:
+            await self.peers.aclose()
+        self.cache.close()
+        self.counters.close()
 
     async def __aenter__(self) -> ObjectStore:
         return self
@@ -266,12 +284,13 @@ class ObjectStore:
             finally:
                 free_send.send_nowait(ws)
 
-        async with trio.open_nursery() as nursery:
+        async with _nursery() as nursery:
             for index in range(len(plan.segments)):
                 if len(failed) == len(assignment):
                     break
                 ws = await free_recv.receive()
                 await trio.to_thread.run_sync(codec.rebuild, ws, read_into, plan, index)
+                await self.cache.put_segment(plan.fid, index, ws.segment)
                 nursery.start_soon(send, ws, index)
         return failed
 
@@ -350,15 +369,38 @@ class ObjectStore:
         return {n.account: n.endpoint for n in await self._nodes()}
 
     async def _fetch_decoded(self, info: FileInfo, index: int, ws: SegmentWorkspace,
-                             endpoints: dict[str, str]) -> None:
-        """ws.segment = segment `index` as stored; data fragments land in place."""
+                             endpoints: dict[str, str] | None = None) -> None:
+        """ws.segment = segment `index` as stored, from the first source that has it:
+        the local cache, then peers (first answer matching the chain's segment hash),
+        then storage nodes (data fragments land in place). What came from peers or
+        nodes enters the cache. `endpoints` (node account -> URL) is looked up only
+        if the nodes are needed."""
+        segment = info.segments[index]
+        if await self.cache.aget_into(info.fid, index, ws.segment, segment.hash):
+            await self._count(hits=1, bytes_from_cache=SEGMENT_SIZE)
+            return
+        await self._count(misses=1)
+        if self.peers is not None:
+            peer = await self.peers.fetch_segment(info.fid, index, segment.hash, ws.segment)
+            if peer is not None:
+                await self._count(peer_hits=1, bytes_from_peers=SEGMENT_SIZE)
+                await self.cache.put_segment(info.fid, index, ws.segment)
+                return
+            await self._count(peer_misses=1)
+        if endpoints is None:
+            endpoints = await self.endpoints()
         fragments = await fetch_segment(
-            self.client, info.fid, info.segments[index], endpoints, self.selector,
+            self.client, info.fid, segment, endpoints, self.selector,
             into=lambda i: ws.fragments[i] if i < DATA_SHARDS else None,
         )
-        if all(i in fragments for i in range(DATA_SHARDS)):
-            return  # all four data fragments arrived in their places: nothing to decode
-        await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
+        received = sum(FRAGMENT_SIZE for i in fragments if segment.fragments[i].hash != ZERO_FRAGMENT_HASH)
+        await self._count(node_reads=1, bytes_from_nodes=received)
+        if not all(i in fragments for i in range(DATA_SHARDS)):
+            await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
+        await self.cache.put_segment(info.fid, index, ws.segment)
+
+    async def _count(self, **deltas: int) -> None:
+        await trio.to_thread.run_sync(lambda: self.counters.add(**deltas))
 
     def codec_for(self, info: FileInfo, segment: memoryview, index: int = 0) -> SegmentCodec:
         """Which layout a file uses: deossfs-encrypted (by its authenticated header) or plain."""
@@ -397,7 +439,7 @@ class ObjectStore:
 
     async def read_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
         """Fetch, decode and write every segment in order, two segments in flight."""
-        endpoints = await self.endpoints()
+        endpoints = None  # the nodes are looked up by the first segment that needs them
         count = len(info.segments)
         workspaces = [SegmentWorkspace(with_parity=False) for _ in range(min(count, 2))]
         decrypt_buffer = bytearray(DECRYPT_BUFFER_SIZE)
@@ -416,7 +458,7 @@ class ObjectStore:
             finally:
                 ready[index].set()
 
-        async with trio.open_nursery() as nursery:
+        async with _nursery() as nursery:
             for index in range(count):
                 ws = workspaces[index % len(workspaces)]
                 await ready[index].wait()
@@ -440,8 +482,7 @@ class ObjectStore:
         Returns (plaintext length, whether the file is deossfs-encrypted); `ws` is
         scratch. Nothing is allocated per segment, so a reader can recycle buffers.
         """
-        endpoints = await self.endpoints()
-        await self._fetch_decoded(info, index, ws, endpoints)
+        await self._fetch_decoded(info, index, ws)
 
         def finish() -> tuple[int, bool]:
             if looks_encrypted(ws.segment):
@@ -464,9 +505,8 @@ class ObjectStore:
         The layout is told by the segment itself (every encrypted segment carries an
         authenticated header), so a lazy read fetches only the segment it needs.
         """
-        endpoints = await self.endpoints()
         ws = SegmentWorkspace(with_parity=False)
-        await self._fetch_decoded(info, index, ws, endpoints)
+        await self._fetch_decoded(info, index, ws)
         codec = await trio.to_thread.run_sync(self.codec_for, info, ws.segment, index)
         data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size)
         return bytes(data), codec is self.encrypted_codec
@@ -508,6 +548,19 @@ class ObjectStore:
                 await self._fetch_decoded(info, 0, first, endpoints)
                 codec = self.codec_for(info, first.segment)
         return bytes(await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size))
+
+
+@contextlib.asynccontextmanager
+async def _nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose lone error comes out as itself, not in an ExceptionGroup, so the
+    store raises what it documents (DeossError, OSError) and callers can catch it."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -50,6 +50,7 @@ from .interface import (
     FragmentInfo,
     Gateway,
     MinerState,
+    RestoralOrder,
     SegmentInfo,
     SegmentSpec,
     StorageNode,
@@ -564,6 +565,36 @@ class CessChain(ChainClient):
             UserFileSlice(_text(e["territory_name"]), decode_hash(e["file_hash"]), int(e["file_size"]))
             for e in self._query("FileBank", "UserHoldFileList", [owner]) or []
         ]
+
+    # ---- FileBank: restoral orders ---------------------------------------------------------------
+
+    def generate_restoral_order(self, fid: str, fragment_hash: str,
+                                origin_miner: str | None = None) -> None:
+        # the runtime names no miner: the order's origin is the signer (the holding miner)
+        self._submit("FileBank", "generate_restoral_order",
+                     {"file_hash": encode_hash(fid), "restoral_fragment": encode_hash(fragment_hash)})
+
+    def claim_restoral_order(self, fragment_hash: str) -> None:
+        self._submit("FileBank", "claim_restoral_order",
+                     {"restoral_fragment": encode_hash(fragment_hash)})
+
+    def restoral_order_complete(self, fragment_hash: str) -> None:
+        self._submit("FileBank", "restoral_order_complete",
+                     {"fragment_hash": encode_hash(fragment_hash)})
+
+    def restoral_order(self, fragment_hash: str) -> RestoralOrder | None:
+        value = self._query("FileBank", "RestoralOrder", [encode_hash(fragment_hash)])
+        if value is None:
+            return None
+        return RestoralOrder(
+            fragment_hash=decode_hash(value["fragment_hash"]),
+            fid=decode_hash(value["file_hash"]),
+            origin_miner=value["origin_miner"],
+            miner=value["miner"],
+            count=int(value["count"]),
+            gen_block=int(value["gen_block"]),
+            deadline=int(value["deadline"]),
+        )
 
     # ---- Sminer ----------------------------------------------------------------------------------
 

@@ -150,6 +150,23 @@ class Gateway:
 
 
 @dataclass(frozen=True)
+class RestoralOrder:
+    """`FileBank.RestoralOrder[fragment_hash]`: a lost fragment waiting for a new holder.
+
+    `miner` is the node that claimed it (the origin miner until a claim); a claim
+    holds until block `deadline` (0: never claimed).
+    """
+
+    fragment_hash: str
+    fid: str
+    origin_miner: str
+    miner: str
+    count: int
+    gen_block: int
+    deadline: int
+
+
+@dataclass(frozen=True)
 class ChainEvent:
     block: int
     pallet: str
@@ -218,6 +235,28 @@ class ChainClient(abc.ABC):
 
     @abc.abstractmethod
     def user_files(self, owner: str) -> list[UserFileSlice]: ...
+
+    # ---- FileBank: restoral orders (re-homing a lost fragment) -------------
+    @abc.abstractmethod
+    def generate_restoral_order(self, fid: str, fragment_hash: str,
+                                origin_miner: str | None = None) -> None:
+        """Open an order to restore `fragment_hash` of `fid`, held by `origin_miner`.
+
+        On CESS the signer must be the miner holding the fragment (`origin_miner`
+        is implied); the embedded ledger also takes it from an owner of the file,
+        naming the holder that lost it when several hold that hash.
+        """
+
+    @abc.abstractmethod
+    def claim_restoral_order(self, fragment_hash: str) -> None:
+        """Sent by a storage node (as signer) that will store the fragment."""
+
+    @abc.abstractmethod
+    def restoral_order_complete(self, fragment_hash: str) -> None:
+        """Sent by the claiming node once it holds the fragment: it becomes the holder."""
+
+    @abc.abstractmethod
+    def restoral_order(self, fragment_hash: str) -> RestoralOrder | None: ...
 
     # ---- Sminer: storage nodes --------------------------------------------
     @abc.abstractmethod

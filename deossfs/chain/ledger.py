@@ -95,6 +95,7 @@ from .interface import (
     FragmentInfo,
     Gateway,
     MinerState,
+    RestoralOrder,
     SegmentInfo,
     SegmentSpec,
     StorageNode,
@@ -127,6 +128,9 @@ MAX_SQL_INT = 2**63 - 1
 #: charges 1.5 x 32 MiB (checked), not the 12 x 8 MiB of a storage order
 DEDUP_SEGMENT_SPACE = 48 * 1024 * 1024
 BUSY_TIMEOUT_S = 30.0
+#: blocks a claimed restoral order is reserved for its claimant (FileBank RestoralOrderLife,
+#: read from spec 100's metadata)
+RESTORAL_ORDER_LIFE = 250
 GENESIS_HASH = "0" * 64
 
 
@@ -182,12 +186,17 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS gateways (
         account TEXT PRIMARY KEY, endpoint TEXT NOT NULL, domain TEXT NOT NULL,
         registered INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS restoral_orders (
+        fragment_hash TEXT PRIMARY KEY, fid TEXT NOT NULL, origin_miner TEXT NOT NULL,
+        miner TEXT NOT NULL, count INTEGER NOT NULL, gen_block INTEGER NOT NULL,
+        deadline INTEGER NOT NULL)""",
 ]
 
 #: tables that are the result of the log (compared by `replay_check`)
 _STATE_TABLES = (
     "meta", "accounts", "territories", "buckets", "bucket_objects", "deals", "deal_reports",
     "files", "file_owners", "user_files", "nodes", "authorities", "gateways", "events",
+    "restoral_orders",
     "transactions",
 )
 
@@ -678,6 +687,119 @@ def _delete_file(ctx: _Ctx, args: dict) -> None:
     ctx.emit("FileBank", "DeleteFile", operator=ctx.signer, owner=owner, fid=fid)
 
 
+# ---- FileBank: restoral orders ------------------------------------------------
+
+
+def _positive_miner(ctx: _Ctx) -> None:
+    node = ctx.one("SELECT state FROM nodes WHERE account = ?", (ctx.signer,))
+    if node is None:
+        _refuse("NotMiner", f"{ctx.signer} is not a storage node")
+    if node["state"] != MinerState.POSITIVE.value:
+        _refuse("MinerStateError", f"storage node {ctx.signer} is {node['state']}")
+
+
+def _restoral_row(ctx: _Ctx, fragment: Any) -> sqlite3.Row:
+    row = ctx.one("SELECT * FROM restoral_orders WHERE fragment_hash = ?", (fragment,))
+    if row is None:
+        _refuse("NonExistent", "no restoral order for this fragment")
+    return row
+
+
+def _move_fragment(ctx: _Ctx, fid: str, fragment: str, origin: str, miner: str,
+                   avail: bool) -> int:
+    """Set holder and availability of `fid`'s fragments `fragment` held by `origin`."""
+    row = ctx.one("SELECT segments FROM files WHERE fid = ?", (fid,))
+    if row is None:
+        return 0
+    segments = json.loads(row["segments"])
+    moved = 0
+    for segment in segments:
+        for entry in segment["fragments"]:
+            if entry["hash"] == fragment and entry["miner"] == origin:
+                entry["miner"], entry["avail"] = miner, avail
+                moved += 1
+    ctx.run("UPDATE files SET segments = ? WHERE fid = ?", (canonical_json(segments), fid))
+    return moved
+
+
+@_handler("FileBank", "generate_restoral_order")
+def _generate_restoral_order(ctx: _Ctx, args: dict) -> None:
+    fid, fragment = args["file_hash"], args["restoral_fragment"]
+    if not _is_hash(fid) or not _is_hash(fragment):
+        _refuse("SpecError", "hashes are 64 ASCII characters")
+    row = ctx.one("SELECT segments FROM files WHERE fid = ?", (fid,))
+    if row is None:
+        _refuse("NonExistent", "no such file")
+    holders = [
+        entry["miner"]
+        for segment in json.loads(row["segments"])
+        for entry in segment["fragments"]
+        if entry["hash"] == fragment
+    ]
+    if ctx.signer in holders:
+        origin = ctx.signer  # the runtime's rule: the holding miner reports its loss
+    else:
+        # [ours] an owner (or its gateway) may open the order for the holder that lost it
+        owners = [r["user"] for r in ctx.all("SELECT user FROM file_owners WHERE fid = ?", (fid,))]
+        if not any(_permitted(ctx, owner) for owner in owners):
+            _refuse("SpecError", "only the fragment's miner or an owner of the file may do this")
+        origin = args.get("origin_miner") or (holders[0] if len(set(holders)) == 1 else "")
+        if origin not in holders:
+            _refuse("SpecError", "name the miner that lost the fragment (origin_miner)")
+    if ctx.one("SELECT 1 FROM restoral_orders WHERE fragment_hash = ?", (fragment,)):
+        _refuse("Existed", "a restoral order for this fragment exists already")
+    ctx.run(
+        "INSERT INTO restoral_orders (fragment_hash, fid, origin_miner, miner, count, gen_block,"
+        " deadline) VALUES (?, ?, ?, ?, 0, ?, 0)",
+        (fragment, fid, origin, origin, ctx.block),
+    )
+    _move_fragment(ctx, fid, fragment, origin, origin, avail=False)
+    ctx.emit("FileBank", "GenerateRestoralOrder", miner=origin, fragment_hash=fragment)
+
+
+@_handler("FileBank", "claim_restoral_order")
+def _claim_restoral_order(ctx: _Ctx, args: dict) -> None:
+    fragment = args["restoral_fragment"]
+    _positive_miner(ctx)
+    order = _restoral_row(ctx, fragment)
+    # a claim holds RESTORAL_ORDER_LIFE blocks; an unclaimed order has deadline 0
+    if order["count"] and ctx.block <= order["deadline"]:
+        _refuse("SpecError", "the order is claimed by another miner until its deadline")
+    ctx.run(
+        "UPDATE restoral_orders SET count = count + 1, deadline = ?, miner = ?"
+        " WHERE fragment_hash = ?",
+        (ctx.block + RESTORAL_ORDER_LIFE, ctx.signer, fragment),
+    )
+    ctx.emit("FileBank", "ClaimRestoralOrder", miner=ctx.signer, order_id=fragment)
+
+
+@_handler("FileBank", "restoral_order_complete")
+def _restoral_order_complete(ctx: _Ctx, args: dict) -> None:
+    fragment = args["fragment_hash"]
+    _positive_miner(ctx)
+    order = _restoral_row(ctx, fragment)
+    if order["miner"] != ctx.signer:
+        _refuse("SpecError", "the order was not claimed by this miner")
+    if not order["count"] or ctx.block > order["deadline"]:
+        # an unclaimed order's deadline is 0: completing it is refused as expired (checked)
+        _refuse("Expired", "the claim expired (or was never made); claim the order again")
+    if ctx.one("SELECT 1 FROM files WHERE fid = ?", (order["fid"],)) is None:
+        # the file was deleted meanwhile: the order just ends
+        ctx.run("DELETE FROM restoral_orders WHERE fragment_hash = ?", (fragment,))
+        return
+    moved = _move_fragment(ctx, order["fid"], fragment, order["origin_miner"], ctx.signer,
+                           avail=True)
+    # [ours] the space moves with the fragment, as a delete and a report would move it
+    space = moved * FRAGMENT_SIZE
+    ctx.run("UPDATE nodes SET idle_space = idle_space + MIN(service_space, ?),"
+            " service_space = MAX(0, service_space - ?) WHERE account = ?",
+            (space, space, order["origin_miner"]))
+    ctx.run("UPDATE nodes SET idle_space = MAX(0, idle_space - ?),"
+            " service_space = service_space + ? WHERE account = ?", (space, space, ctx.signer))
+    ctx.run("DELETE FROM restoral_orders WHERE fragment_hash = ?", (fragment,))
+    ctx.emit("FileBank", "RecoveryCompleted", miner=ctx.signer, order_id=fragment)
+
+
 # ---- Sminer -------------------------------------------------------------------
 
 
@@ -1107,6 +1229,32 @@ class EmbeddedLedger(ChainClient):
             UserFileSlice(r["territory_name"], r["fid"], r["file_size"])
             for r in ctx.all("SELECT * FROM user_files WHERE owner = ? ORDER BY id", (owner,))
         ])
+
+    # ---- FileBank: restoral orders --------------------------------------------------------
+
+    def generate_restoral_order(self, fid: str, fragment_hash: str,
+                                origin_miner: str | None = None) -> None:
+        args: dict[str, Any] = {"file_hash": fid, "restoral_fragment": fragment_hash}
+        if origin_miner is not None:
+            args["origin_miner"] = origin_miner
+        self._submit("FileBank", "generate_restoral_order", args)
+
+    def claim_restoral_order(self, fragment_hash: str) -> None:
+        self._submit("FileBank", "claim_restoral_order", {"restoral_fragment": fragment_hash})
+
+    def restoral_order_complete(self, fragment_hash: str) -> None:
+        self._submit("FileBank", "restoral_order_complete", {"fragment_hash": fragment_hash})
+
+    def restoral_order(self, fragment_hash: str) -> RestoralOrder | None:
+        def query(ctx: _Ctx) -> RestoralOrder | None:
+            row = ctx.one("SELECT * FROM restoral_orders WHERE fragment_hash = ?",
+                          (fragment_hash,))
+            if row is None:
+                return None
+            return RestoralOrder(row["fragment_hash"], row["fid"], row["origin_miner"],
+                                 row["miner"], row["count"], row["gen_block"], row["deadline"])
+
+        return self._read(query)
 
     # ---- Sminer -------------------------------------------------------------------------
 

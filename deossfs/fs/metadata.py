@@ -146,6 +146,8 @@ class BucketSync:
                     log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
             pending = {u[0] for u in self.db.pending_uploads()}
             known = {r.fid for r in self.db.descendants(bucket_row.id) if r.fid}
+            # unlinked or replaced here, deleted from the chain soon: not a foreign object
+            known.update(self.db.chain_deletes())
             for key, info in objects:
                 if key == META_KEY or key.startswith(META_DIR + "/") or info.fid in known:
                     continue
@@ -193,8 +195,16 @@ class BucketSync:
                 seen.add(row.id)
                 continue
             else:
-                if row.fid != values.get("fid", row.fid) and row.fid:
-                    self.ops.reader.forget(row.fid)
+                if entry["k"] == "file":
+                    # what the metadata names is durable: no upload of this row is pending
+                    values.update(durable_generation=row.generation, state="stored", error=None)
+                    if row.fid != values["fid"]:
+                        # another machine stored a newer version: a local copy is stale
+                        if row.fid:
+                            self.ops.reader.forget(row.fid)
+                        if row.staged:
+                            self.ops.staging_path(row.id).unlink(missing_ok=True)
+                            values["staged"] = 0
                 self.db.update(row.id, **values)
             seen.add(row.id)
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
@@ -246,6 +256,13 @@ class BucketSync:
 
     async def save(self, bucket: str) -> None:
         """Store the bucket's metadata object (replacing the previous one)."""
+        self._saving.add(bucket)
+        try:
+            await self._save(bucket)
+        finally:
+            self._saving.discard(bucket)
+
+    async def _save(self, bucket: str) -> None:
         async with self._lock(bucket):
             dirty, old_fid, _ = self.db.bucket_state(bucket)
             if not dirty:
@@ -258,9 +275,11 @@ class BucketSync:
             try:
                 plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
                                             encrypt=True, replace_existing=False)
-            except DeossError as exc:
+            except BaseException as exc:
+                # failed or cancelled (unmount): still unsaved; save_all or the next round saves it
                 self.db.set_bucket_state(bucket, dirty=1)
-                log.warning("saving the metadata of bucket %s failed: %s", bucket, exc)
+                if isinstance(exc, DeossError):
+                    log.warning("saving the metadata of bucket %s failed: %s", bucket, exc)
                 raise
             self.db.set_bucket_state(bucket, meta_fid=plan.fid)
             if old_fid and old_fid != plan.fid:
@@ -270,7 +289,8 @@ class BucketSync:
                     log.warning("deleting old metadata %s failed: %s", old_fid[:16], exc)
 
     async def save_all(self) -> None:
-        for bucket in self.db.dirty_buckets():
+        # a save under way has cleared its bucket's dirty flag: wait for it too (unmount)
+        for bucket in sorted(set(self.db.dirty_buckets()) | self._saving):
             if self.db.child(ROOT_INODE, bucket.encode()) is None:
                 self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
                 continue

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyfuse3
@@ -27,9 +28,7 @@ DB_NAME = "mount.sqlite"
 
 
 def workspace_for(config: Config, account: Account) -> Path:
-    if config.workspace is not None:
-        return config.workspace
-    return Path("~/.cache/deossfs").expanduser() / account.address
+    return config.workspace_dir(account.address)
 
 
 @dataclass
@@ -49,6 +48,8 @@ class Mount:
         self.uploader = Uploader(self.ops)
         self.sync = BucketSync(self.ops)
         self.store = store
+        self.config = config
+        self.account = account
         self.closed = False
 
     def fuse_options(self) -> set[str]:
@@ -63,6 +64,11 @@ class Mount:
     async def _signals(self, cancel: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if self.closed:
+                    # already unmounted and draining uploads: terminate() on a closed
+                    # session crashes libfuse; the drain ends on its own
+                    log.warning("signal %d: already unmounted, finishing uploads", signum)
+                    continue
                 log.warning("signal %d: unmounting", signum)
                 pyfuse3.terminate()
                 return
@@ -72,6 +78,22 @@ class Mount:
         # which happens once the loop runs: adjust it after that
         await trio.sleep(0.5)
         await trio.to_thread.run_sync(raise_read_ahead, self.options.mountpoint.resolve())
+
+    async def _serve_cache(self, nursery: trio.Nursery) -> None:
+        """With serve.enabled, serve this mount's segment cache to peers (p2p/peers.py)."""
+        if not self.config.serve.enabled:
+            return
+        if not self.store.cache.enabled:
+            log.warning("serve.enabled is set but the cache is off: nothing to serve to peers")
+            return
+        from ..p2p.peers import serve_peers
+
+        endpoint = await nursery.start(partial(
+            serve_peers, self.store.cache, self.account, self.store.chain, self.config.serve,
+            self.config.access, workspace_for(self.config, self.account) / "peer-replay.sqlite3",
+            counters=self.store.counters))
+        if self.store.peers is not None:
+            self.store.peers.own_endpoints.add(endpoint)
 
     async def serve(self) -> None:
         pending = self.uploader.pending()
@@ -83,6 +105,7 @@ class Mount:
             await nursery.start(self.sync.run)
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._tune_read_ahead)
+            await self._serve_cache(nursery)
             await self.sync.refresh_buckets(force=True)
             await pyfuse3.main()
             # unmount at once: the kernel must not wait on us while uploads drain

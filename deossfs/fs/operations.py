@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -87,6 +88,8 @@ class Hooks:
     refresh_bucket: Callable[[str], Awaitable[None]] | None = None
     refresh_buckets: Callable[[], Awaitable[None]] | None = None
     pending_charge: Callable[[], int] = lambda: 0
+    #: is the uploader reading this inode's staging file right now?
+    uploading: Callable[[int], bool] = lambda ino: False
 
 
 class Operations(pyfuse3.Operations):
@@ -111,6 +114,7 @@ class Operations(pyfuse3.Operations):
         self.territory = TerritoryCache()
         #: (fid, generation) last served per inode: unchanged -> the kernel may keep its cache
         self._cache_tokens: dict[int, tuple[str | None, int]] = {}
+        self._forget_unlinked()
 
     # ---- helpers -------------------------------------------------------------
 
@@ -124,12 +128,20 @@ class Operations(pyfuse3.Operations):
         return row
 
     def bucket_of(self, ino: int) -> str | None:
-        parts = self.db.path_parts(ino)
+        try:
+            parts = self.db.path_parts(ino)
+        except KeyError:  # unlinked while open: no path any more
+            return None
         return parts[0].decode() if parts else None
 
     def key_of(self, ino: int) -> tuple[str, str]:
         parts = self.db.path_parts(ino)
         return parts[0].decode(), b"/".join(parts[1:]).decode()
+
+    def _touch(self, directory: int) -> None:
+        """An entry was added to or removed from `directory`: its mtime and ctime change."""
+        t = now_ns()
+        self.db.update(directory, mtime_ns=t, ctime_ns=t)
 
     def changed(self, ino: int) -> None:
         bucket = self.bucket_of(ino)
@@ -247,9 +259,40 @@ class Operations(pyfuse3.Operations):
         self.changed(inode)
         return self.attrs(self.row(inode))
 
+    def _detach_from_upload(self, ino: int, empty: bool = False) -> None:
+        """Copy-on-write: before changing a staging file that is being uploaded, give
+        the inode a fresh copy, so the upload keeps reading the version it hashed.
+
+        The uploader holds its own descriptor of the old file, which stays intact
+        once unlinked by the rename. Open handles move to the new file. Rare (a
+        rewrite while the previous version uploads), so the copy runs inline.
+        """
+        if not self.hooks.uploading(ino):
+            return
+        path = self.staging_path(ino)
+        if not path.exists():
+            return
+        tmp = path.with_suffix(".cow")
+        if empty:
+            tmp.touch(mode=0o600)
+            os.truncate(tmp, 0)
+        else:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, path)
+        for handle in self.handles.values():
+            if handle.ino == ino and handle.fd is not None:
+                os.close(handle.fd)
+                handle.fd = os.open(path, os.O_RDWR)
+        log.info("inode %d changed while uploading: the upload keeps its own copy", ino)
+
     async def _truncate(self, row: Row, size: int, fh: int | None) -> None:
         await self._check_writable_territory()
+        state = self.open_states.get(row.id)
+        current = state.size if state is not None and state.size is not None else row.size
+        if size > current:  # growing writes zeros: they need territory space too
+            await self._reserve_space(current, size)
         await self._ensure_staged(row, truncate=(size == 0))
+        self._detach_from_upload(row.id, empty=(size == 0))
         handle = self.handles.get(fh) if fh is not None else None
         if handle is not None and handle.fd is not None:
             os.ftruncate(handle.fd, size)
@@ -305,6 +348,7 @@ class Operations(pyfuse3.Operations):
             except DeossError as exc:
                 raise fuse_error(to_errno(exc), "mkdir %r: creating the bucket failed: %s", bucket, exc) from None
         row = self.db.insert(parent_inode, name, "dir", stat.S_IFDIR | (mode & 0o7777), ctx.uid, ctx.gid)
+        self._touch(parent_inode)
         self.changed(row.id)
         return self.attrs(row)
 
@@ -330,15 +374,20 @@ class Operations(pyfuse3.Operations):
                 raise fuse_error(to_errno(exc), "rmdir %r: deleting the bucket failed: %s", bucket, exc) from None
             self.db.delete(row.id)
             self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+            self._touch(parent_inode)
             return
         self.db.delete(row.id)
+        self._touch(parent_inode)
         self.changed(parent_inode)
 
     async def _delete_bucket(self, bucket: str) -> None:
-        # the bucket's metadata object is ours: remove it first, then the bucket
+        # the bucket's metadata object is ours, and so are objects whose delete is still
+        # queued (rm -rf: unlink, unlink, rmdir): remove them first, then the bucket
+        queued = set(self.db.chain_deletes())
         for entry in await self.store.list(bucket):
-            if entry.key.startswith(META_DIR + "/"):
+            if entry.key.startswith(META_DIR + "/") or entry.fid in queued:
                 await self.store.delete_fid(entry.fid)
+                self.db.chain_delete_done(entry.fid)
         await self.store._chain(self.store.chain.delete_bucket, self.store.owner, bucket)
 
     # ---- creating and removing entries ---------------------------------------------
@@ -351,6 +400,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         row = self.db.insert(parent_inode, name, "symlink", stat.S_IFLNK | 0o777, ctx.uid, ctx.gid,
                              target=target)
+        self._touch(parent_inode)
         self.changed(row.id)
         return self.attrs(row)
 
@@ -370,15 +420,32 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        self._drop_content(row)
+        self._unlink_row(row)
+        self._touch(parent_inode)
+        self.changed(parent_inode)
+
+    def _unlink_row(self, row: Row) -> None:
+        """Remove a file's name (unlink, or replaced by a rename)."""
         state = self.open_states.get(row.id)
         if state is not None and state.handles:
-            # POSIX: an open file stays usable after unlink; forget it on the last close
+            # POSIX: an open file stays usable after unlink, its stored copy too;
+            # both go on the last close (or, after a crash, at the next mount)
             state.unlinked = True
             self.db.update(row.id, parent=0, name=f"unlinked-{row.id}".encode())
+            # nothing nameless is uploaded (an upload under way is dropped when it ends)
+            self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (row.id,))
         else:
+            self._drop_content(row)
             self._remove_inode(row.id)
-        self.changed(parent_inode)
+
+    def _forget_unlinked(self) -> None:
+        """Files unlinked while open when the last mount ended: remove them now."""
+        for (ino,) in self.db.conn.execute(
+                "SELECT id FROM inodes WHERE parent=0 AND id != ?", (ROOT_INODE,)).fetchall():
+            row = self.db.get(ino)
+            if row is not None:
+                self._drop_content(row)
+                self._remove_inode(ino)
 
     def _drop_content(self, row: Row) -> None:
         """The chain copy of a removed or replaced file is deleted once nothing refers to it."""
@@ -402,6 +469,9 @@ class Operations(pyfuse3.Operations):
         if ROOT_INODE in (parent_inode_old, parent_inode_new):
             # buckets cannot be renamed on CESS; EXDEV makes mv copy and delete instead
             raise fuse_error(errno.EXDEV, "rename of a bucket is not possible on CESS; mv copies instead")
+        if self.bucket_of(parent_inode_old) != self.bucket_of(parent_inode_new):
+            # a FID is declared once per owner: it cannot change bucket; mv copies instead
+            raise fuse_error(errno.EXDEV, "rename between buckets is not possible on CESS; mv copies instead")
         self._check_name(parent_inode_new, name_new)
         target = self.db.child(parent_inode_new, name_new)
         if target is not None:
@@ -416,8 +486,7 @@ class Operations(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             elif row.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            self._drop_content(target)
-            self._remove_inode(target.id)
+            self._unlink_row(target)
         # a directory must not move into itself
         probe = parent_inode_new
         while probe != ROOT_INODE:
@@ -426,6 +495,8 @@ class Operations(pyfuse3.Operations):
             probe = self.row(probe).parent
         old_bucket = self.bucket_of(row.id)
         self.db.update(row.id, parent=parent_inode_new, name=name_new, ctime_ns=now_ns())
+        self._touch(parent_inode_old)
+        self._touch(parent_inode_new)
         moved = [row] + (self.db.descendants(row.id) if row.is_dir else [])
         # stored files keep their FID: declare it again under the new name (no re-upload)
         for item in moved:
@@ -480,6 +551,7 @@ class Operations(pyfuse3.Operations):
                 raise fuse_error(to_errno(exc), "open %d for writing: fetching its content failed: %s",
                                  inode, exc) from None
             row = self.row(inode)
+            self._detach_from_upload(inode, empty=truncate)
         fd = None
         if row.staged:
             fd = os.open(self.staging_path(inode), os.O_RDWR)
@@ -507,6 +579,7 @@ class Operations(pyfuse3.Operations):
         row = self.db.insert(parent_inode, name, "file", stat.S_IFREG | (mode & 0o7777), ctx.uid,
                              ctx.gid, staged=1, state="staged",
                              encrypted=1 if self.store.config.storage.encryption else 0)
+        self._touch(parent_inode)
         fd = os.open(self.staging_path(row.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         fh = self._new_handle(row.id, fd, True)
         self.handles[fh].dirty = True  # even an empty new file must be recorded
@@ -540,7 +613,9 @@ class Operations(pyfuse3.Operations):
         current = state.size if state.size is not None else os.fstat(handle.fd).st_size
         if end > current:
             await self._reserve_space(current, end)
-        written = os.pwrite(handle.fd, buf, off)
+        # a handle kept open across fsync may write while that version uploads
+        self._detach_from_upload(handle.ino)
+        written = os.pwrite(handle.fd, buf, off)  # type: ignore[arg-type]
         handle.dirty = True
         state.dirty = True
         state.size = max(current, off + written)
@@ -570,14 +645,33 @@ class Operations(pyfuse3.Operations):
         generation = row.generation + 1
         self.db.update(ino, size=size, mtime_ns=mtime_ns, ctime_ns=now_ns(), generation=generation,
                        state="staged", error=None, staged=1)
+        if row.parent == 0:  # unlinked while open: nothing to upload
+            return generation
         bucket, key = self.key_of(ino)
         self.db.enqueue(ino, generation, size, f"{bucket}/{key}")
         self.hooks.wake_uploader()
         self.changed(ino)
         return generation
 
+    def _commit_open(self, ino: int, state: OpenState) -> int:
+        """Journal the content an open inode has now; its handles are clean afterwards."""
+        row = self.row(ino)
+        size = state.size if state.size is not None else self.staging_path(ino).stat().st_size
+        generation = self._commit_content(ino, size, state.mtime_ns or row.mtime_ns)
+        state.dirty = False
+        for other in self.handles.values():
+            if other.ino == ino:
+                other.dirty = False
+        self._cache_tokens[ino] = (row.fid, generation)
+        return generation
+
     async def flush(self, fh: int) -> None:
-        return None
+        # close(2) returns once FLUSH is answered; RELEASE comes later, asynchronously.
+        # Journal the content now: a closed file is never lost, even if the mount dies next.
+        handle = self.handles.get(fh)
+        state = self.open_states.get(handle.ino) if handle is not None else None
+        if handle is not None and state is not None and state.dirty and not state.unlinked:
+            self._commit_open(handle.ino, state)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
@@ -589,13 +683,13 @@ class Operations(pyfuse3.Operations):
             return
         del self.open_states[handle.ino]
         if state.unlinked:
+            row = self.db.get(handle.ino)
+            if row is not None:
+                self._drop_content(row)
             self._remove_inode(handle.ino)
             return
         if state.dirty:
-            row = self.row(handle.ino)
-            size = state.size if state.size is not None else self.staging_path(handle.ino).stat().st_size
-            self._commit_content(handle.ino, size, state.mtime_ns or row.mtime_ns)
-            self._cache_tokens[handle.ino] = (row.fid, row.generation + 1)
+            self._commit_open(handle.ino, state)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles[fh]
@@ -604,12 +698,7 @@ class Operations(pyfuse3.Operations):
             os.fsync(handle.fd)
         target = self.row(handle.ino).generation
         if state.dirty:
-            size = state.size if state.size is not None else os.fstat(handle.fd).st_size  # type: ignore[arg-type]
-            target = self._commit_content(handle.ino, size, state.mtime_ns or now_ns())
-            state.dirty = False
-            for other in self.handles.values():
-                if other.ino == handle.ino:
-                    other.dirty = False
+            target = self._commit_open(handle.ino, state)
         if self.hooks.wait_durable is not None:
             try:
                 await self.hooks.wait_durable(handle.ino, target)
@@ -668,13 +757,10 @@ class Operations(pyfuse3.Operations):
         self.changed(inode)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        row = self.row(inode)
-        names = list(self.db.xattrs(inode))
-        if row.kind == "file":
-            names.append(b"user.deossfs.state")
-            if row.fid:
-                names += [b"user.deossfs.fid", b"user.deossfs.locations"]
-        return names
+        # user.deossfs.* are readable by name but not listed: tools that copy every
+        # listed xattr (rsync -X, mv across buckets) would fail setting read-only ones
+        self.row(inode)
+        return list(self.db.xattrs(inode))
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         if name.startswith(XATTR_PREFIX):

@@ -1,8 +1,10 @@
 """Lazy, per-segment reads of stored files, with read-ahead.
 
-Only the segments a read touches are fetched (from the store: nodes; the cache and
-peers come with the cache issue). Decoded plaintext segments are kept in a small
-in-memory LRU; concurrent readers of the same segment share one fetch.
+Only the segments a read touches are fetched, through the store's read order: the
+local segment cache on disk, then peers' caches, then storage nodes
+(`ObjectStore._fetch_decoded`); what comes from peers or nodes enters the disk
+cache as stored (ciphertext for encrypted files). Decoded plaintext segments are
+kept only in memory, in a small LRU; concurrent readers of a segment share one fetch.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 
 import trio
 
-from ..errors import DeossError, NotFound
+from ..errors import DeossError, NotEnoughNodes, NotFound
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
 from ..processing.pipeline import file_reader
@@ -29,10 +29,19 @@ log = logging.getLogger(__name__)
 #: files uploaded at once (each holds up to two 96 MiB workspaces)
 CONCURRENT_UPLOADS = 2
 PERMANENT_RETRY_SECONDS = 60.0
+#: failed attempts after which unmount stops waiting for an upload
+DRAIN_GIVE_UP_ATTEMPTS = 3
 
 
 class UploadFailed(DeossError):
     pass
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside trio's exception groups (the store's nurseries wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class Uploader:
@@ -43,11 +52,14 @@ class Uploader:
         self._wake = trio.Event()
         self._changed = trio.Event()  # set whenever an upload finishes or fails
         self._active: set[int] = set()
+        #: inodes whose staging file an upload is reading (copy-on-write for writers)
+        self._uploading: set[int] = set()
         self._limiter = trio.Semaphore(CONCURRENT_UPLOADS)
         self.completed = 0
         ops.hooks.wake_uploader = self.wake
         ops.hooks.wait_durable = self.wait_durable
         ops.hooks.pending_charge = self.pending_charge
+        ops.hooks.uploading = lambda ino: ino in self._uploading
 
     def wake(self) -> None:
         self._wake.set()
@@ -119,7 +131,7 @@ class Uploader:
 
     async def _upload_one(self, ino: int, generation: int) -> None:
         row = self.db.get(ino)
-        if row is None:
+        if row is None or row.parent == 0:  # gone, or unlinked while still open: no name left
             self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
             return
         bucket, key = self.ops.key_of(ino)
@@ -135,6 +147,14 @@ class Uploader:
         except FileNotFoundError:
             self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
             return
+        self._uploading.add(ino)
+        # the staging file as it is now (after a crash it may differ from the journal)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            self._uploading.discard(ino)
+            os.close(fd)
+            self._finish(ino, generation, None, key, bucket)
+            return
         done = 0
 
         def progress(n: int) -> None:
@@ -146,9 +166,19 @@ class Uploader:
             plan = await self.store.put(file_reader(fd), size, bucket, key,
                                         encrypt=bool(row.encrypted), progress=progress,
                                         replace_existing=False)
-        except DeossError as exc:
+        except Exception as raised:  # whatever it is, the file stays journaled
+            exc = _unwrap(raised)
+            if not isinstance(exc, DeossError | OSError):
+                log.error("upload of %s/%s failed unexpectedly", bucket, key, exc_info=raised)
+            # OSError: the staging file changed under us (e.g. truncated by a writer)
+            current = self.db.get(ino)
+            if current is None or current.generation != generation:
+                # a newer version was closed meanwhile and is journaled: upload that one now
+                log.info("upload of %s/%s superseded by a newer version (%s)", bucket, key, exc)
+                return
             attempts = next((u[2] for u in self.db.pending_uploads() if u[0] == ino), 0)
-            if exc.temporary:
+            # too few nodes now is the network's state, not this file's fault: back off
+            if not isinstance(exc, DeossError) or isinstance(exc, NotEnoughNodes) or exc.temporary:
                 retry = min(2.0 ** attempts, 60.0)
                 state = "staged"
             else:
@@ -156,20 +186,25 @@ class Uploader:
                 state = "failed"
             log.warning("upload of %s/%s failed (%s); retrying in %.0fs", bucket, key, exc, retry)
             self.db.upload_failed(ino, str(exc), retry)
-            if self.db.get(ino) is not None:
-                self.db.update(ino, state=state, error=str(exc))
+            self.db.update(ino, state=state, error=str(exc))
             return
         finally:
             os.close(fd)
+            self._uploading.discard(ino)
         self._finish(ino, generation, plan.fid, key, bucket)
+        current = self.db.get(ino)
+        if current is not None and current.generation == generation and current.size != size:
+            # after a crash the staging file, not the journal, tells what was written
+            self.db.update(ino, size=size)
         log.info("%s/%s is durable: %s", bucket, key, plan.fid)
 
     def _finish(self, ino: int, generation: int, fid: str | None, key: str, bucket: str) -> None:
         row = self.db.get(ino)
-        if row is None:
+        if row is None or row.parent == 0:
             # unlinked while uploading: the new version has no name left
             if fid:
                 self.db.queue_chain_delete(fid)
+            self.db.upload_done(ino, generation)
             return
         old = row.fid
         current = row.generation == generation
@@ -221,11 +256,20 @@ class Uploader:
             self.db.chain_delete_done(fid)
 
     async def drain(self, report_every: float = 5.0) -> None:
-        """Wait until the journal is empty, logging progress."""
+        """Wait until the journal is empty, logging progress.
+
+        Uploads that keep failing (3 attempts, or a permanent error) do not hold the
+        exit: they stay journaled and resume at the next mount, and the log says so.
+        """
         last = 0.0
         while True:
             pending = self.db.pending_uploads()
             if not pending and not self._active:
+                return
+            stuck = [u for u in pending if u[2] >= DRAIN_GIVE_UP_ATTEMPTS and u[0] not in self._active]
+            if len(stuck) == len(pending) and not self._active:
+                for upload in stuck:
+                    log.warning("leaving %s journaled: %s (it resumes at the next mount)", upload[7], upload[4])
                 return
             if time.monotonic() - last > report_every:
                 log.warning("waiting for %d pending uploads before exiting", len(pending))

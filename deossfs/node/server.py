@@ -551,10 +551,12 @@ class NodeApp:
         )
         deal = await trio.to_thread.run_sync(self.chain.deal, fid)
         if deal is None:
-            raise Refusal(404, f"no pending storage deal for {fid}")
-        if not any(fragment in segment.fragment_hashes for segment in deal.segments):
-            raise Refusal(403, "fragment is not part of this deal")
-        await self._require_user_or_gateway(signer, deal.user.user)
+            # not a storage order: maybe a lost fragment being re-homed here (a restoral order)
+            await trio.to_thread.run_sync(self._claim_restoral, signer, fid, fragment)
+        else:
+            if not any(fragment in segment.fragment_hashes for segment in deal.segments):
+                raise Refusal(403, "fragment is not part of this deal")
+            await self._require_user_or_gateway(signer, deal.user.user)
         if fragment != ZERO_FRAGMENT_HASH and not self.store.has(fid, fragment):
             _, used = self.store.stats()
             if self.capacity is not None and used + FRAGMENT_SIZE > self.capacity:
@@ -562,8 +564,48 @@ class NodeApp:
 
         async with self._uploads:
             await self._receive_fragment(request, fid, fragment, boundary)
-        await self._after_store(fid, fragment)
+        if deal is None:
+            await self._complete_restoral(fragment)
+        else:
+            await self._after_store(fid, fragment)
         await _send_json(send, 200, {"code": 200, "msg": "ok"})
+
+    def _claim_restoral(self, signer: str, fid: str, fragment: str) -> None:
+        """Accept `fragment` of stored file `fid` only under a restoral order we hold (blocking).
+
+        The order must be for this file; the sender an owner of it (or a gateway one
+        authorized). An order nobody holds is claimed now (`claim_restoral_order`); one
+        this node claimed before (a retried PUT) is used again; one another node holds
+        until its deadline is refused.
+        """
+        order = self.chain.restoral_order(fragment)
+        if order is None or order.fid != fid:
+            raise Refusal(404, f"no pending storage deal or restoral order for {fid}")
+        if not self._may_read(signer, fid):
+            raise Refusal(403, "signer is not an owner of the file nor a gateway one authorized")
+        me = self.account.address
+        claimed = order.count > 0 and self.chain.block_number() <= order.deadline
+        if claimed and order.miner == me:
+            return
+        if claimed:
+            raise Refusal(409, "the restoral order is claimed by another storage node")
+        try:
+            self.chain.claim_restoral_order(fragment)
+        except ChainError as exc:
+            raise Refusal(409, f"cannot claim the restoral order: {exc}") from None
+        log.info("claimed the restoral order of fragment %s… of %s…", fragment[:16], fid[:16])
+
+    async def _complete_restoral(self, fragment: str) -> None:
+        """The fragment is stored: become its holder on the chain (`restoral_order_complete`).
+
+        If the chain is unreachable the PUT is answered 503; the fragment stays, and
+        the sender's retry completes the order.
+        """
+        try:
+            await trio.to_thread.run_sync(self.chain.restoral_order_complete, fragment)
+        except ChainError as exc:
+            raise Refusal(409, f"the restoral order could not be completed: {exc}") from None
+        log.info("restored fragment %s…", fragment[:16])
 
     @staticmethod
     def _boundary(request: _Request) -> bytes | None:

@@ -118,6 +118,14 @@ async def fetch_segment(
     queue = list(reversed(order))
     got: dict[int, bytes | memoryview] = {}
     errors: list[str] = []
+    done = trio.CancelScope()
+
+    def keep(index: int, data: bytes | memoryview) -> None:
+        if len(got) < DATA_SHARDS:
+            got[index] = data
+        if len(got) == DATA_SHARDS:
+            # enough to decode: stragglers (a slow or hung node) are not waited for
+            done.cancel()
 
     async def worker() -> None:
         while queue and len(got) < DATA_SHARDS:
@@ -125,7 +133,7 @@ async def fetch_segment(
             fragment = segment.fragments[index]
             target = into(index) if into is not None else None
             if fragment.hash == ZERO_FRAGMENT_HASH:
-                got[index] = await client.get_fragment("", fid, fragment.hash, into=target)
+                keep(index, await client.get_fragment("", fid, fragment.hash, into=target))
                 continue
             endpoint = endpoints.get(fragment.miner)
             if endpoint is None:
@@ -143,12 +151,12 @@ async def fetch_segment(
                 continue
             if selector is not None:
                 selector.record_success(fragment.miner)
-            if len(got) < DATA_SHARDS:
-                got[index] = data  # type: ignore[assignment]
+            keep(index, data)  # type: ignore[arg-type]
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(DATA_SHARDS):
-            nursery.start_soon(worker)
+    with done:
+        async with trio.open_nursery() as nursery:
+            for _ in range(DATA_SHARDS):
+                nursery.start_soon(worker)
     if len(got) < DATA_SHARDS:
         detail = "; ".join(errors[:3])
         raise DataUnavailable(

@@ -1,17 +1,22 @@
 """Node choice for a storage order.
 
 Order of preference (as DeOSS's "shunt" plus what a serious client adds):
-1. preferred nodes from the config, shuffled; with 12 or more, only those;
+1. preferred nodes from the config (`storage.preferred_nodes`), shuffled; when 12
+   or more are configured (blocked ones aside) only those are ever used - the
+   file is pinned to that cluster, and an upload fails rather than leave it;
 2. the rest by measured round-trip time, with randomness so load spreads;
-3. never blocked nodes, nodes not `positive`, or nodes that failed within the
-   penalty window (they are re-checked once it has passed).
+3. never blocked nodes (`storage.blocked_nodes`), nodes not `positive`, or nodes
+   that failed within the penalty window (`storage.node_penalty_seconds`). Once
+   the window has passed a node is re-checked: it is used again, a success clears
+   its record and another failure starts a new window.
+Reads use the same record: fragments on penalized nodes are fetched last.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..chain.interface import MinerState, StorageNode
@@ -33,6 +38,17 @@ class NodeSelector:
     penalty_seconds: float = 60.0
     rng: random.Random = field(default_factory=random.Random)
     health: dict[str, NodeHealth] = field(default_factory=dict)
+    #: the time source of penalty windows (tests pass a fake one)
+    clock: Callable[[], float] = time.monotonic
+
+    @property
+    def pinned(self) -> bool:
+        """12 or more preferred nodes: only they may take files."""
+        return len(set(self.preferred) - set(self.blocked)) >= TOTAL_SHARDS
+
+    def penalized(self, account: str) -> bool:
+        health = self.health.get(account)
+        return health is not None and health.failed_until > self.clock()
 
     def _health(self, account: str) -> NodeHealth:
         return self.health.setdefault(account, NodeHealth())
@@ -45,7 +61,7 @@ class NodeSelector:
     def record_failure(self, account: str) -> None:
         health = self._health(account)
         health.failures += 1
-        health.failed_until = time.monotonic() + self.penalty_seconds
+        health.failed_until = self.clock() + self.penalty_seconds
 
     def record_success(self, account: str) -> None:
         health = self._health(account)
@@ -53,7 +69,7 @@ class NodeSelector:
         health.failed_until = 0.0
 
     def usable(self, nodes: Iterable[StorageNode]) -> list[StorageNode]:
-        now = time.monotonic()
+        now = self.clock()
         blocked = set(self.blocked)
         return [
             node
@@ -69,7 +85,7 @@ class NodeSelector:
         preferred_set = set(self.preferred)
         preferred = [n for n in usable if n.account in preferred_set]
         self.rng.shuffle(preferred)
-        if len(preferred) >= TOTAL_SHARDS:
+        if self.pinned or len(preferred) >= TOTAL_SHARDS:
             return preferred
         others = [n for n in usable if n.account not in preferred_set]
 
@@ -87,6 +103,12 @@ class NodeSelector:
         excluded = set(exclude)
         ranked = [n for n in self.rank(nodes) if n.account not in excluded]
         if len(ranked) < count:
+            if self.pinned:
+                raise NotEnoughNodes(
+                    f"only {len(ranked)} of the preferred storage nodes are usable, {count} needed "
+                    "(12 or more preferred nodes pin files to them)",
+                    hint="check that they are up, or edit storage.preferred_nodes",
+                )
             raise NotEnoughNodes(
                 f"only {len(ranked)} usable storage nodes, {count} needed",
                 hint="start more nodes (deossfs devnet up --nodes 12) or check blocked_nodes",

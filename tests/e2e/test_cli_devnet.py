@@ -112,7 +112,11 @@ def test_territory_full(devnet: Devnet, tmp_path: Path) -> None:
     assert "free" in result.stderr and "territory expand" in result.stderr, result.stderr
 
 
-def test_survives_8_of_12_nodes_down_and_fails_cleanly_at_9(devnet: Devnet, bucket: str, tmp_path: Path) -> None:
+def test_survives_8_of_12_nodes_down_and_fails_cleanly_at_9(
+    devnet: Devnet, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the nodes must answer: with the cache on, gets would be served locally
+    monkeypatch.setenv("DEOSSFS_CACHE_ENABLED", "false")
     data = os.urandom(SEGMENT_SIZE + 3_000_000)
     src = tmp_path / "resilient.bin"
     src.write_bytes(data)
