@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -77,7 +77,9 @@ class Mount:
         # the kernel sets the mount's read-ahead when it handles FUSE's INIT reply,
         # which happens once the loop runs: adjust it after that
         await trio.sleep(0.5)
-        await trio.to_thread.run_sync(raise_read_ahead, self.options.mountpoint.resolve())
+        # run_mount resolved the path before mounting: resolving it here would stat the
+        # mount point from the thread that serves it (a deadlock once attrs expire)
+        await trio.to_thread.run_sync(raise_read_ahead, self.options.mountpoint)
 
     async def _serve_cache(self, nursery: trio.Nursery) -> None:
         """With serve.enabled, serve this mount's segment cache to peers (p2p/peers.py)."""
@@ -157,6 +159,7 @@ def run_mount(config: Config, account: Account, store: ObjectStore, options: Mou
         raise InvalidInput(f"{mountpoint} is already a mount point", hint=f"unmount it first: fusermount3 -u {mountpoint}")
     if not Path("/dev/fuse").exists():
         raise ConfigError("/dev/fuse is missing: this system cannot mount FUSE file systems")
+    options = replace(options, mountpoint=mountpoint)
     mount = Mount(config, account, store, options)
     pyfuse3.init(mount.ops, str(mountpoint), mount.fuse_options())
     try:

@@ -11,6 +11,7 @@ durable in the background.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -90,6 +91,8 @@ class Hooks:
     pending_charge: Callable[[], int] = lambda: 0
     #: is the uploader reading this inode's staging file right now?
     uploading: Callable[[int], bool] = lambda ino: False
+    #: the inode has its own staging file now: the upload under way reads an older copy
+    detached: Callable[[int], None] = lambda ino: None
 
 
 class Operations(pyfuse3.Operations):
@@ -279,6 +282,7 @@ class Operations(pyfuse3.Operations):
         else:
             shutil.copyfile(path, tmp)
         os.replace(tmp, path)
+        self.hooks.detached(ino)  # once per upload: later writes go to the new file directly
         for handle in self.handles.values():
             if handle.ino == ino and handle.fd is not None:
                 os.close(handle.fd)
@@ -590,9 +594,12 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
+        row = self.row(handle.ino)
+        if handle.fd is None and row.staged:
+            # another handle made the content local (a writer): read that, not the chain copy
+            handle.fd = os.open(self.staging_path(handle.ino), os.O_RDWR)
         if handle.fd is not None:
             return os.pread(handle.fd, size, off)
-        row = self.row(handle.ino)
         if not row.fid or off >= row.size:
             return b""
         sequential = off == handle.next_offset
@@ -602,7 +609,8 @@ class Operations(pyfuse3.Operations):
                                           None if row.foreign_object else bool(row.encrypted),
                                           sequential=sequential)
         except DeossError as exc:
-            raise fuse_error(to_errno(exc), "read of %s failed: %s", "/".join(self.key_of(row.id)), exc) from None
+            raise fuse_error(to_errno(exc), "read of inode %d (%s) failed: %s", row.id,
+                             row.name.decode(errors="replace"), exc) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
@@ -794,3 +802,36 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         return None
 
+
+
+def _guarded(name: str, method: Callable) -> Callable:
+    """An unexpected exception must not end the mount: pyfuse3 stops its main loop on
+    anything but FUSEError. Map it to an errno (EIO only for the truly unknown) and log."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Operations, *args: object) -> object:
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except DeossError as exc:
+            log.warning("%s: %s", name, exc)
+            raise pyfuse3.FUSEError(to_errno(exc)) from None
+        except OSError as exc:
+            log.warning("%s: %s", name, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except KeyError as exc:  # an inode that vanished meanwhile
+            log.warning("%s: no such inode %s", name, exc)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except Exception:  # trio.Cancelled is a BaseException and passes through
+            log.exception("%s failed unexpectedly", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+for _name in ("lookup", "getattr", "setattr", "readlink", "opendir", "readdir", "mkdir", "rmdir",
+              "symlink", "link", "mknod", "unlink", "rename", "open", "create", "read", "write",
+              "flush", "release", "fsync", "getxattr", "setxattr", "listxattr", "removexattr",
+              "statfs"):
+    setattr(Operations, _name, _guarded(_name, getattr(Operations, _name)))

@@ -60,6 +60,7 @@ class Uploader:
         ops.hooks.wait_durable = self.wait_durable
         ops.hooks.pending_charge = self.pending_charge
         ops.hooks.uploading = lambda ino: ino in self._uploading
+        ops.hooks.detached = self._uploading.discard
 
     def wake(self) -> None:
         self._wake.set()

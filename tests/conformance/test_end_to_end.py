@@ -73,3 +73,57 @@ def test_put_get_ends_active_with_storage_completed(cess_devnet: Devnet, tmp_pat
         assert bucket is not None and bucket.object_list == (fid,)
     finally:
         chain.close()
+
+
+def test_file_copied_through_the_mount_ends_active(
+    cess_devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cp into a mount on the real runtime: Active with StorageCompleted; a second mount
+    with an empty workspace (and no cache) reads it back from the storage nodes."""
+    import shutil
+    import subprocess
+    import time
+
+    from deossfs.chain.cess import CessChain
+    from deossfs.config import load_config
+
+    if not Path("/dev/fuse").exists():
+        pytest.skip("/dev/fuse is absent: no FUSE mounts on this system")
+    monkeypatch.setenv("DEOSSFS_CACHE_ENABLED", "false")
+    config = load_config(cess_devnet.config)
+    chain = CessChain(config.chain.endpoints)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    data = os.urandom(2_500_000)
+    src = tmp_path / "viamount.bin"
+    src.write_bytes(data)
+    try:
+        if "mountb" not in cess_devnet.cli("bucket", "ls").stdout:
+            cess_devnet.cli("bucket", "create", "mountb")
+        start = chain.block_number()
+        monkeypatch.setenv("DEOSSFS_WORKSPACE", str(tmp_path / "ws1"))
+        cess_devnet.cli("mount", str(mnt))
+        try:
+            shutil.copyfile(src, mnt / "mountb" / "viamount.bin")
+            deadline = time.monotonic() + 300
+            while os.getxattr(mnt / "mountb" / "viamount.bin", "user.deossfs.state") != b"stored":
+                assert time.monotonic() < deadline, "the upload did not become durable"
+                time.sleep(0.5)
+            fid = os.getxattr(mnt / "mountb" / "viamount.bin", "user.deossfs.fid").decode()
+        finally:
+            cess_devnet.cli("umount", str(mnt))
+        info = chain.file(fid)
+        assert info is not None and info.state is FileState.ACTIVE
+        completed = [e for e in chain.events(start)
+                     if (e.pallet, e.name) == ("FileBank", "StorageCompleted")]
+        assert any(fid in e.attributes.values() for e in completed)
+        # another "machine": empty workspace, no cache: the bytes come from the nodes
+        monkeypatch.setenv("DEOSSFS_WORKSPACE", str(tmp_path / "ws2"))
+        cess_devnet.cli("mount", str(mnt))
+        try:
+            assert (mnt / "mountb" / "viamount.bin").read_bytes() == data
+        finally:
+            cess_devnet.cli("umount", str(mnt))
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+        chain.close()

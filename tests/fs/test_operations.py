@@ -1,0 +1,946 @@
+"""The mount's Operations called directly, without a kernel mount, on a real devnet.
+
+Each test builds Operations as fs/mount.py does (real ObjectStore, SQLite inode DB and
+journal in its own workspace) and runs the Uploader in a nursery, so "durable" means
+what it means in a mount: fragments on 12 node processes and the FID on the chain.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+
+from deossfs.chain.factory import open_chain
+from deossfs.config import load_config
+from deossfs.errors import NotFound
+from deossfs.fs.db import ROOT_INODE, Database
+from deossfs.fs.metadata import META_KEY, BucketSync
+from deossfs.fs.mount import DB_NAME, workspace_for
+from deossfs.fs.operations import Operations
+from deossfs.fs.uploader import Uploader
+from deossfs.keys import load_key_file
+from deossfs.processing.encryption import PLAINTEXT_CAPACITY
+from deossfs.store import ObjectStore
+
+from ..conftest import Devnet
+from .conftest import bucket_name, config_for
+
+DURABLE_TIMEOUT = 60.0
+
+
+@dataclass
+class Ctx:
+    """What pyfuse3 passes as the request context."""
+
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    pid: int = field(default_factory=os.getpid)
+    umask: int = 0o022
+
+
+@dataclass
+class Fields:
+    """pyfuse3.SetattrFields (its attributes are read-only, so a stand-in)."""
+
+    update_atime: bool = False
+    update_mtime: bool = False
+    update_ctime: bool = False
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_size: bool = False
+
+
+CTX = Ctx()
+
+
+@pytest.fixture(autouse=True)
+def fake_readdir_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """readdir_reply is the kernel's side: collect the entries into the token (a list)."""
+
+    def reply(token: list, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if getattr(token, "limit", None) is not None and len(token) >= token.limit:  # type: ignore[attr-defined]
+            return False
+        token.append((name, attr, next_id))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+
+class Token(list):
+    limit: int | None = None
+
+
+async def errno_of(call: object) -> int:
+    """The errno a FUSE call raises (fails the test when it does not raise)."""
+    try:
+        await call  # type: ignore[misc]
+    except pyfuse3.FUSEError as exc:
+        return exc.errno
+    raise AssertionError("the call succeeded; an error was expected")
+
+
+class FS:
+    """Operations + Uploader + BucketSync over a real ObjectStore, as a mount builds them."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config = load_config(config_path)
+        account = load_key_file(self.config.require_key_file())
+        self.chain = open_chain(self.config, account)
+        self.store = ObjectStore(self.config, account, self.chain)
+        self.workspace = workspace_for(self.config, account)
+        self.db = Database(self.workspace / DB_NAME)
+        self.ops = Operations(self.store, self.db, self.workspace, os.getuid(), os.getgid())
+        self.uploader = Uploader(self.ops)
+        self.sync = BucketSync(self.ops)
+
+    async def close(self) -> None:
+        await self.store.aclose()
+        self.chain.close()
+        self.db.close()
+
+    # ---- paths ----------------------------------------------------------------
+
+    async def ino(self, path: str) -> int:
+        ino = ROOT_INODE
+        for part in filter(None, path.strip("/").split("/")):
+            ino = (await self.ops.lookup(ino, part.encode(), CTX)).st_ino
+        return ino
+
+    async def parent_and_name(self, path: str) -> tuple[int, bytes]:
+        head, _, name = path.strip("/").rpartition("/")
+        return (await self.ino(head)) if head else ROOT_INODE, name.encode()
+
+    async def attr(self, path: str) -> pyfuse3.EntryAttributes:
+        return await self.ops.getattr(await self.ino(path), CTX)
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> int:
+        parent, name = await self.parent_and_name(path)
+        return (await self.ops.mkdir(parent, name, stat.S_IFDIR | mode, CTX)).st_ino
+
+    async def bucket(self) -> str:
+        name = bucket_name()
+        await self.mkdir(name)
+        return name
+
+    async def listdir(self, path: str) -> list[str]:
+        fh = await self.ops.opendir(await self.ino(path), CTX)
+        token = Token()
+        await self.ops.readdir(fh, 0, token)  # type: ignore[arg-type]
+        await self.ops.releasedir(fh)
+        return [name.decode() for name, _, _ in token]
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> int:
+        parent, name = await self.parent_and_name(path)
+        info, entry = await self.ops.create(parent, name, stat.S_IFREG | mode,
+                                            os.O_WRONLY | os.O_CREAT, CTX)
+        step = 128 * 1024
+        for offset in range(0, len(data), step):
+            assert await self.ops.write(info.fh, offset, data[offset : offset + step]) == \
+                len(data[offset : offset + step])
+        await self.ops.release(info.fh)
+        return entry.st_ino
+
+    async def read_file(self, path: str) -> bytes:
+        info = await self.ops.open(await self.ino(path), os.O_RDONLY, CTX)
+        out = bytearray()
+        while True:
+            chunk = await self.ops.read(info.fh, len(out), 1024 * 1024)
+            if not chunk:
+                break
+            out += chunk
+        await self.ops.release(info.fh)
+        return bytes(out)
+
+    async def xattr(self, path: str, name: str) -> bytes:
+        return await self.ops.getxattr(await self.ino(path), name.encode(), CTX)
+
+    async def state(self, path: str) -> str:
+        return (await self.xattr(path, "user.deossfs.state")).decode()
+
+    # ---- durability ------------------------------------------------------------
+
+    async def wait_stored(self, path: str, timeout: float = DURABLE_TIMEOUT) -> str | None:
+        """Until the file's state is `stored`; its FID (None for an empty file)."""
+        ino = await self.ino(path)
+        with trio.move_on_after(timeout):
+            while (await self.ops.getxattr(ino, b"user.deossfs.state", CTX)) != b"stored":
+                await trio.sleep(0.05)
+            row = self.db.get(ino)
+            assert row is not None
+            return row.fid
+        raise AssertionError(f"{path} not durable after {timeout:.0f}s: state "
+                             f"{await self.state(path)}, journal {self.db.pending_uploads()}")
+
+    def idle(self) -> bool:
+        return not (self.db.pending_uploads() or self.uploader._active or self.db.chain_deletes()
+                    or self.db.conn.execute("SELECT 1 FROM declares").fetchone())
+
+    async def wait_idle(self, timeout: float = DURABLE_TIMEOUT) -> None:
+        """Until the journal, pending declarations and pending chain deletes are empty."""
+        with trio.move_on_after(timeout):
+            while not self.idle():
+                self.uploader.wake()
+                await trio.sleep(0.05)
+            return
+        raise AssertionError(f"uploader not idle after {timeout:.0f}s: {self.db.pending_uploads()}, "
+                             f"deletes {self.db.chain_deletes()}")
+
+    async def chain_keys(self, bucket: str) -> dict[str, str]:
+        """key -> FID of the bucket's objects on the chain."""
+        return {e.key: e.fid for e in await self.store.list(bucket)}
+
+    async def fid_on_chain(self, fid: str) -> bool:
+        try:
+            await self.store.file_info(fid)
+        except NotFound:
+            return False
+        return True
+
+
+@asynccontextmanager
+async def open_fs(config_path: Path, *, uploads: bool = True) -> AsyncIterator[FS]:
+    fs = FS(config_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            fs.ops.reader.nursery = nursery
+            await fs.sync.refresh_buckets(force=True)
+            if uploads:
+                await nursery.start(fs.uploader.run)
+            yield fs
+            nursery.cancel_scope.cancel()
+    finally:
+        await fs.close()
+
+
+@pytest.fixture
+async def fs(devnet: Devnet, tmp_path: Path) -> AsyncIterator[FS]:
+    async with open_fs(config_for(devnet, tmp_path)) as opened:
+        yield opened
+
+
+# ---- writes become durable --------------------------------------------------------
+
+
+async def test_write_close_upload_read_back(fs: FS) -> None:
+    bucket = await fs.bucket()
+    await fs.mkdir(f"{bucket}/docs")
+    data = os.urandom(700_000)
+    await fs.write_file(f"{bucket}/docs/report.bin", data)
+    # close queued it: staged (or already uploading), in the journal, not on the chain yet
+    assert await fs.state(f"{bucket}/docs/report.bin") in ("staged", "uploading")
+    assert [u[7] for u in fs.db.pending_uploads()] == [f"{bucket}/docs/report.bin"]
+    fid = await fs.wait_stored(f"{bucket}/docs/report.bin")
+    assert fid and (await fs.xattr(f"{bucket}/docs/report.bin", "user.deossfs.fid")).decode() == fid
+    assert (await fs.chain_keys(bucket))["docs/report.bin"] == fid
+    info = await fs.store.file_info(fid)
+    assert info.file_size == len(data)
+    locations = (await fs.xattr(f"{bucket}/docs/report.bin", "user.deossfs.locations")).decode()
+    assert len(locations.splitlines()) == 12 and "http://127.0.0.1:" in locations
+    assert await fs.read_file(f"{bucket}/docs/report.bin") == data
+    # the content on the chain is the file (read back from the nodes, not the staging copy)
+    assert await fs.store.read_object(fid) == data
+    assert not fs.db.pending_uploads()
+
+
+async def test_close_journals_the_file_at_flush(devnet: Devnet, tmp_path: Path) -> None:
+    """close(2) waits for FLUSH only (RELEASE comes later): the journal must have the file then."""
+    async with open_fs(config_for(devnet, tmp_path), uploads=False) as fs:
+        bucket = await fs.bucket()
+        parent = await fs.ino(bucket)
+        info, entry = await fs.ops.create(parent, b"closed.bin", stat.S_IFREG | 0o644, os.O_WRONLY, CTX)
+        await fs.ops.write(info.fh, 0, b"closed but not released")
+        await fs.ops.flush(info.fh)
+        info2, entry2 = await fs.ops.create(parent, b"closed-empty", stat.S_IFREG | 0o644, os.O_WRONLY, CTX)
+        await fs.ops.flush(info2.fh)
+        assert sorted(u[7] for u in fs.db.pending_uploads()) == [f"{bucket}/closed-empty",
+                                                                  f"{bucket}/closed.bin"]
+        # the process dies here, before RELEASE
+    async with open_fs(config_for(devnet, tmp_path)) as fs:
+        fid = await fs.wait_stored(f"{bucket}/closed.bin")
+        assert await fs.store.read_object(fid) == b"closed but not released"  # type: ignore[arg-type]
+        assert await fs.wait_stored(f"{bucket}/closed-empty") is None
+
+
+async def test_directory_times_follow_its_entries(fs: FS) -> None:
+    bucket = await fs.bucket()
+    directory = await fs.mkdir(f"{bucket}/dir")
+    other = await fs.mkdir(f"{bucket}/other")
+    old = 1_000_000_000 * 10**9
+
+    async def changes(call: object) -> None:
+        for ino in (directory, other):
+            await fs.ops.setattr(ino, _attrs(st_mtime_ns=old), Fields(update_mtime=True), None, CTX)
+        await call  # type: ignore[misc]
+        attr = await fs.ops.getattr(directory, CTX)
+        assert attr.st_mtime_ns > old and attr.st_ctime_ns > old
+
+    await changes(fs.write_file(f"{bucket}/dir/file.txt", b"x"))
+    await changes(fs.ops.mkdir(directory, b"sub", stat.S_IFDIR | 0o755, CTX))
+    await changes(fs.ops.symlink(directory, b"link", b"file.txt", CTX))
+    await changes(fs.ops.unlink(directory, b"link", CTX))
+    await changes(fs.ops.rmdir(directory, b"sub", CTX))
+    await changes(fs.ops.rename(directory, b"file.txt", other, b"file.txt", 0, CTX))
+    assert (await fs.ops.getattr(other, CTX)).st_mtime_ns > old
+    await changes(fs.ops.rename(other, b"file.txt", directory, b"file.txt", 0, CTX))
+
+
+async def test_fsync_returns_once_durable(fs: FS) -> None:
+    bucket = await fs.bucket()
+    parent = await fs.ino(bucket)
+    info, entry = await fs.ops.create(parent, b"synced.bin", stat.S_IFREG | 0o600, os.O_WRONLY, CTX)
+    data = os.urandom(300_000)
+    await fs.ops.write(info.fh, 0, data)
+    await fs.ops.fsync(info.fh, False)
+    row = fs.db.get(entry.st_ino)
+    assert row is not None and row.fid and row.durable_generation >= row.generation
+    assert (await fs.chain_keys(bucket))["synced.bin"] == row.fid
+    assert await fs.store.read_object(row.fid) == data
+    await fs.ops.release(info.fh)
+    assert await fs.state(f"{bucket}/synced.bin") == "stored"
+
+
+async def test_empty_files_live_in_metadata_only(fs: FS) -> None:
+    bucket = await fs.bucket()
+    await fs.write_file(f"{bucket}/empty.txt", b"")
+    parent = await fs.ino(bucket)
+    await fs.ops.mknod(parent, b"made-by-mknod", stat.S_IFREG | 0o640, 0, CTX)
+    for name in ("empty.txt", "made-by-mknod"):
+        assert await fs.wait_stored(f"{bucket}/{name}") is None
+        assert await errno_of(fs.xattr(f"{bucket}/{name}", "user.deossfs.fid")) == pyfuse3.ENOATTR
+        assert (await fs.attr(f"{bucket}/{name}")).st_size == 0
+    assert stat.S_IMODE((await fs.attr(f"{bucket}/made-by-mknod")).st_mode) == 0o640
+    await fs.sync.save_all()
+    assert set(await fs.chain_keys(bucket)) == {META_KEY}  # CESS holds no empty object
+
+
+async def test_open_for_write_overwrite_append_truncate(fs: FS) -> None:
+    bucket = await fs.bucket()
+    path = f"{bucket}/edit.bin"
+    first = os.urandom(200_000)
+    await fs.write_file(path, first)
+    fid1 = await fs.wait_stored(path)
+    ino = await fs.ino(path)
+    # random writes into the middle of a stored file
+    info = await fs.ops.open(ino, os.O_RDWR, CTX)
+    await fs.ops.write(info.fh, 1000, b"X" * 500)
+    await fs.ops.write(info.fh, 150_000, b"Y" * 10)
+    await fs.ops.release(info.fh)
+    model = bytearray(first)
+    model[1000:1500] = b"X" * 500
+    model[150_000:150_010] = b"Y" * 10
+    # append
+    info = await fs.ops.open(ino, os.O_WRONLY | os.O_APPEND, CTX)
+    await fs.ops.write(info.fh, len(model), b"tail")
+    await fs.ops.release(info.fh)
+    model += b"tail"
+    assert await fs.read_file(path) == bytes(model)
+    fid2 = await fs.wait_stored(path)
+    assert fid2 != fid1
+    assert await fs.store.read_object(fid2) == bytes(model)
+    # the replaced version leaves the chain
+    await fs.wait_idle()
+    assert not await fs.fid_on_chain(fid1)  # type: ignore[arg-type]
+    # truncate (setattr) shrinking, then growing with zeros
+    await fs.ops.setattr(ino, _attrs(st_size=5000), Fields(update_size=True), None, CTX)
+    await fs.ops.setattr(ino, _attrs(st_size=9000), Fields(update_size=True), None, CTX)
+    model = model[:5000] + bytes(4000)
+    assert (await fs.attr(path)).st_size == 9000
+    assert await fs.read_file(path) == bytes(model)
+    fid3 = await fs.wait_stored(path)
+    assert await fs.store.read_object(fid3) == bytes(model)  # type: ignore[arg-type]
+    # O_TRUNC empties it: an empty file keeps no object on the chain
+    info = await fs.ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
+    await fs.ops.release(info.fh)
+    assert await fs.wait_stored(path) is None
+    await fs.wait_idle()
+    assert "edit.bin" not in await fs.chain_keys(bucket)
+    assert await fs.read_file(path) == b""
+
+
+async def test_overwrite_while_uploading_wins_without_stall(fs: FS) -> None:
+    """A new version closed while the old one uploads: the new one is durable promptly."""
+    bucket = await fs.bucket()
+    path = f"{bucket}/moving.bin"
+    await fs.write_file(path, os.urandom(20_000_000))
+    ino = await fs.ino(path)
+    with trio.fail_after(30):
+        while fs.db.get(ino).state != "uploading":  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+    second = os.urandom(3_000_000)
+    info = await fs.ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
+    await fs.ops.write(info.fh, 0, second)
+    await fs.ops.release(info.fh)
+    fid = await fs.wait_stored(path, timeout=30)
+    assert await fs.store.read_object(fid) == second  # type: ignore[arg-type]
+    await fs.wait_idle()
+    assert list((await fs.chain_keys(bucket)).values()) == [fid]
+
+
+async def test_rewrite_while_uploading_copies_the_file_once(fs: FS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes to a file whose previous version uploads go to a private copy, made once."""
+    copies: list[str] = []
+    copyfile = shutil.copyfile
+
+    def counting(src: str, dst: str) -> str:
+        copies.append(str(src))
+        return copyfile(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", counting)
+    bucket = await fs.bucket()
+    path = f"{bucket}/rewritten.bin"
+    model = bytearray(os.urandom(24_000_000))
+    ino = await fs.write_file(path, bytes(model))
+    with trio.fail_after(30):
+        while not fs.ops.hooks.uploading(ino):
+            await trio.sleep(0.005)
+    info = await fs.ops.open(ino, os.O_WRONLY, CTX)
+    for i in range(40):
+        offset = i * 500_000
+        await fs.ops.write(info.fh, offset, b"%08d" % i)
+        model[offset : offset + 8] = b"%08d" % i
+    await fs.ops.release(info.fh)
+    assert len(copies) <= 1, copies
+    fid = await fs.wait_stored(path)
+    assert await fs.store.read_object(fid) == bytes(model)  # type: ignore[arg-type]
+
+
+def _attrs(**values: int) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    for name, value in values.items():
+        setattr(entry, name, value)
+    return entry
+
+
+async def test_setattr_mode_owner_times(fs: FS) -> None:
+    bucket = await fs.bucket()
+    path = f"{bucket}/attrs.txt"
+    ino = await fs.write_file(path, b"some bytes")
+    await fs.ops.setattr(ino, _attrs(st_mode=stat.S_IFREG | 0o4751), Fields(update_mode=True), None, CTX)
+    await fs.ops.setattr(ino, _attrs(st_uid=1234, st_gid=5678),
+                         Fields(update_uid=True, update_gid=True), None, CTX)
+    mtime = 1_500_000_000_123_456_789
+    atime = 1_400_000_000_987_654_321
+    await fs.ops.setattr(ino, _attrs(st_mtime_ns=mtime, st_atime_ns=atime),
+                         Fields(update_mtime=True, update_atime=True), None, CTX)
+    attr = await fs.attr(path)
+    assert attr.st_mode == stat.S_IFREG | 0o4751
+    assert (attr.st_uid, attr.st_gid) == (1234, 5678)
+    assert (attr.st_mtime_ns, attr.st_atime_ns) == (mtime, atime)
+    # metadata changes need no upload of the content
+    fid = await fs.wait_stored(path)
+    await fs.ops.setattr(ino, _attrs(st_mode=stat.S_IFREG | 0o600), Fields(update_mode=True), None, CTX)
+    assert not fs.db.pending_uploads()
+    assert fs.db.get(ino).fid == fid  # type: ignore[union-attr]
+    # utimens on an open file survives its close (rsync and cp -a set times last)
+    info = await fs.ops.open(ino, os.O_WRONLY, CTX)
+    await fs.ops.write(info.fh, 0, b"SOME")
+    await fs.ops.setattr(ino, _attrs(st_mtime_ns=mtime), Fields(update_mtime=True), info.fh, CTX)
+    await fs.ops.release(info.fh)
+    assert (await fs.attr(path)).st_mtime_ns == mtime
+
+
+async def test_statfs_reports_the_territory(fs: FS) -> None:
+    territory = await fs.store.territory()
+    data = await fs.ops.statfs(CTX)
+    assert data.f_bsize == data.f_frsize == 4096
+    assert data.f_blocks == territory.total_space // 3 // 4096
+    assert 0 < data.f_bavail <= data.f_blocks
+    assert abs(data.f_bfree - territory.remaining_space // 3 // 4096) <= 96 * 2**20 // 4096 * 4
+    assert data.f_namemax == 255
+
+
+# ---- the namespace ------------------------------------------------------------------
+
+
+async def test_lookup_readdir_getattr(fs: FS) -> None:
+    bucket = await fs.bucket()
+    assert bucket in await fs.listdir("")
+    await fs.mkdir(f"{bucket}/dir")
+    await fs.mkdir(f"{bucket}/dir/sub", 0o700)
+    for name in ("one", "two", "three"):
+        await fs.write_file(f"{bucket}/dir/{name}.txt", name.encode())
+    parent = await fs.ino(f"{bucket}/dir")
+    await fs.ops.symlink(parent, b"link", b"one.txt", CTX)
+    assert await fs.listdir(f"{bucket}/dir") == ["sub", "one.txt", "two.txt", "three.txt", "link"]
+    # readdir resumes from the id the kernel hands back
+    fh = await fs.ops.opendir(parent, CTX)
+    first = Token()
+    first.limit = 2
+    await fs.ops.readdir(fh, 0, first)  # type: ignore[arg-type]
+    rest = Token()
+    await fs.ops.readdir(fh, first[-1][2], rest)  # type: ignore[arg-type]
+    assert [n for n, _, _ in first + rest] == [b"sub", b"one.txt", b"two.txt", b"three.txt", b"link"]
+    kinds = {n: a.st_mode for n, a, _ in first + rest}
+    assert stat.S_ISDIR(kinds[b"sub"]) and stat.S_IMODE(kinds[b"sub"]) == 0o700
+    assert stat.S_ISREG(kinds[b"one.txt"]) and stat.S_ISLNK(kinds[b"link"])
+    assert await fs.ops.readlink(await fs.ino(f"{bucket}/dir/link"), CTX) == b"one.txt"
+    assert (await fs.attr(f"{bucket}/dir/three.txt")).st_size == 5
+    assert await errno_of(fs.ops.lookup(parent, b"missing", CTX)) == errno.ENOENT
+    assert await errno_of(fs.ops.opendir(await fs.ino(f"{bucket}/dir/one.txt"), CTX)) == errno.ENOTDIR
+    assert await errno_of(fs.ops.open(parent, os.O_RDONLY, CTX)) == errno.EISDIR
+    assert await errno_of(fs.ops.readlink(parent, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.getattr(999_999, CTX)) == errno.ENOENT
+
+
+async def test_unsupported_calls_return_the_right_errno(fs: FS) -> None:
+    bucket = await fs.bucket()
+    other = await fs.bucket()
+    root = ROOT_INODE
+    parent = await fs.ino(bucket)
+    ino = await fs.write_file(f"{bucket}/file.txt", b"data")
+    await fs.mkdir(f"{bucket}/dir")
+    assert await errno_of(fs.ops.link(ino, parent, b"hardlink", CTX)) == errno.ENOTSUP
+    for kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFSOCK, stat.S_IFBLK):
+        assert await errno_of(fs.ops.mknod(parent, b"special", kind | 0o644, 0, CTX)) == errno.ENOTSUP
+    assert await errno_of(fs.ops.rename(parent, b"file.txt", parent, b"dir",
+                                        pyfuse3.RENAME_EXCHANGE, CTX)) == errno.EINVAL
+    # buckets cannot be renamed, nor files moved to the root or between buckets:
+    # EXDEV makes mv copy and delete
+    assert await errno_of(fs.ops.rename(root, bucket.encode(), root, b"renamed-bucket", 0, CTX)) == errno.EXDEV
+    assert await errno_of(fs.ops.rename(parent, b"file.txt", root, b"file.txt", 0, CTX)) == errno.EXDEV
+    other_ino = await fs.ino(other)
+    assert await errno_of(fs.ops.rename(parent, b"file.txt", other_ino, b"file.txt", 0, CTX)) == errno.EXDEV
+    assert await errno_of(fs.ops.rename(parent, b"dir", other_ino, b"dir", 0, CTX)) == errno.EXDEV
+    assert await fs.listdir(other) == []
+    # read-only xattrs and namespaces other than user.
+    for name in (b"user.deossfs.fid", b"user.deossfs.state", b"user.deossfs.locations", b"user.deossfs.x"):
+        assert await errno_of(fs.ops.setxattr(ino, name, b"v", CTX)) == errno.EPERM
+        assert await errno_of(fs.ops.removexattr(ino, name, CTX)) == errno.EPERM
+    for name in (b"trusted.foo", b"security.selinux", b"system.posix_acl_access", b"bogus"):
+        assert await errno_of(fs.ops.setxattr(ino, name, b"v", CTX)) == errno.ENOTSUP
+    # only buckets live at the root
+    assert await errno_of(fs.ops.create(root, b"file-at-root", stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) \
+        == errno.EPERM
+    assert await errno_of(fs.ops.symlink(root, b"link-at-root", b"x", CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.setattr(parent, _attrs(st_size=0), Fields(update_size=True), None, CTX)) \
+        in (errno.EISDIR, errno.EINVAL)
+
+
+async def test_names_the_mount_refuses(fs: FS) -> None:
+    bucket = await fs.bucket()
+    parent = await fs.ino(bucket)
+    await fs.write_file(f"{bucket}/file.txt", b"data")
+    # bucket names follow the chain's rules
+    for name in (b"Bad_Name", b"ab", b"x" * 64, b"has space", b"-leading", b"jam"):
+        assert await errno_of(fs.ops.mkdir(ROOT_INODE, name, 0o755, CTX)) == errno.EINVAL, name
+    assert await errno_of(fs.ops.mkdir(ROOT_INODE, bucket.encode(), 0o755, CTX)) == errno.EEXIST
+    # names must be UTF-8 (object keys are strings on the chain)
+    bad = b"caf\xe9"
+    assert await errno_of(fs.ops.create(parent, bad, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.mkdir(parent, bad, 0o755, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.mkdir(ROOT_INODE, bad, 0o755, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.symlink(parent, bad, b"file.txt", CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.rename(parent, b"file.txt", parent, bad, 0, CTX)) == errno.EINVAL
+    # .deossfs at the top of a bucket holds deossfs' metadata object
+    reserved = b".deossfs"
+    assert await errno_of(fs.ops.mkdir(parent, reserved, 0o755, CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.create(parent, reserved, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.symlink(parent, reserved, b"x", CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.rename(parent, b"file.txt", parent, reserved, 0, CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.lookup(parent, reserved, CTX)) == errno.ENOENT
+    # deeper down it is an ordinary name
+    await fs.mkdir(f"{bucket}/sub")
+    await fs.mkdir(f"{bucket}/sub/.deossfs")
+    # a key longer than the store accepts
+    assert await errno_of(fs.ops.create(parent, b"k" * 1100, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) \
+        == errno.ENAMETOOLONG
+    assert await fs.listdir(bucket) == ["file.txt", "sub"]
+
+
+async def test_rmdir_and_unlink_errnos(fs: FS) -> None:
+    bucket = await fs.bucket()
+    parent = await fs.ino(bucket)
+    await fs.mkdir(f"{bucket}/full")
+    await fs.write_file(f"{bucket}/full/inside.txt", b"x")
+    await fs.mkdir(f"{bucket}/empty")
+    assert await errno_of(fs.ops.rmdir(parent, b"full", CTX)) == errno.ENOTEMPTY
+    assert await errno_of(fs.ops.rmdir(ROOT_INODE, bucket.encode(), CTX)) == errno.ENOTEMPTY
+    assert await errno_of(fs.ops.rmdir(await fs.ino(f"{bucket}/full"), b"inside.txt", CTX)) == errno.ENOTDIR
+    assert await errno_of(fs.ops.rmdir(parent, b"nothing", CTX)) == errno.ENOENT
+    assert await errno_of(fs.ops.unlink(parent, b"empty", CTX)) == errno.EISDIR
+    assert await errno_of(fs.ops.unlink(parent, b"nothing", CTX)) == errno.ENOENT
+    await fs.ops.rmdir(parent, b"empty", CTX)
+    assert await fs.listdir(bucket) == ["full"]
+
+
+async def test_xattrs(fs: FS) -> None:
+    bucket = await fs.bucket()
+    ino = await fs.write_file(f"{bucket}/tagged.txt", b"data")
+    dir_ino = await fs.mkdir(f"{bucket}/tagged-dir")
+    await fs.ops.setxattr(ino, b"user.color", b"blue", CTX)
+    await fs.ops.setxattr(ino, b"user.binary", bytes(range(256)), CTX)
+    await fs.ops.setxattr(dir_ino, b"user.kind", b"folder", CTX)
+    assert await fs.ops.getxattr(ino, b"user.color", CTX) == b"blue"
+    assert await fs.ops.getxattr(ino, b"user.binary", CTX) == bytes(range(256))
+    assert await fs.ops.getxattr(dir_ino, b"user.kind", CTX) == b"folder"
+    names = set(await fs.ops.listxattr(ino, CTX))
+    assert {b"user.color", b"user.binary"} <= names
+    # the read-only user.deossfs.* are read by name, never listed (rsync -X would copy them)
+    assert not any(n.startswith(b"user.deossfs.") for n in names)
+    assert await fs.ops.getxattr(ino, b"user.deossfs.state", CTX) in (b"staged", b"uploading", b"stored")
+    assert await errno_of(fs.ops.getxattr(ino, b"user.none", CTX)) == pyfuse3.ENOATTR
+    assert await errno_of(fs.ops.getxattr(dir_ino, b"user.deossfs.state", CTX)) == pyfuse3.ENOATTR
+    assert await errno_of(fs.ops.setxattr(ino, b"user.big", b"x" * (64 * 1024 + 1), CTX)) == errno.E2BIG
+    await fs.ops.removexattr(ino, b"user.color", CTX)
+    assert await errno_of(fs.ops.getxattr(ino, b"user.color", CTX)) == pyfuse3.ENOATTR
+    assert await errno_of(fs.ops.removexattr(ino, b"user.color", CTX)) == pyfuse3.ENOATTR
+    # an xattr is metadata: no new upload of the content
+    await fs.wait_stored(f"{bucket}/tagged.txt")
+    await fs.ops.setxattr(ino, b"user.after", b"1", CTX)
+    assert not fs.db.pending_uploads()
+
+
+async def test_rename_keeps_the_fid(fs: FS) -> None:
+    bucket = await fs.bucket()
+    data = os.urandom(150_000)
+    await fs.mkdir(f"{bucket}/src")
+    await fs.mkdir(f"{bucket}/dst")
+    await fs.write_file(f"{bucket}/src/a.bin", data)
+    await fs.write_file(f"{bucket}/src/b.bin", b"bee")
+    fid_a = await fs.wait_stored(f"{bucket}/src/a.bin")
+    fid_b = await fs.wait_stored(f"{bucket}/src/b.bin")
+    uploads = fs.uploader.completed
+    src, dst = await fs.ino(f"{bucket}/src"), await fs.ino(f"{bucket}/dst")
+    await fs.ops.rename(src, b"a.bin", dst, b"moved.bin", 0, CTX)
+    assert await errno_of(fs.ops.lookup(src, b"a.bin", CTX)) == errno.ENOENT
+    assert await fs.xattr(f"{bucket}/dst/moved.bin", "user.deossfs.fid") == fid_a.encode()  # type: ignore[union-attr]
+    assert await fs.state(f"{bucket}/dst/moved.bin") == "stored"
+    assert not fs.db.pending_uploads()
+    # a directory moves with everything below it
+    bucket_ino = await fs.ino(bucket)
+    await fs.ops.rename(bucket_ino, b"src", dst, b"inner", 0, CTX)
+    assert await fs.xattr(f"{bucket}/dst/inner/b.bin", "user.deossfs.fid") == fid_b.encode()  # type: ignore[union-attr]
+    assert await fs.read_file(f"{bucket}/dst/moved.bin") == data
+    await fs.wait_idle()
+    assert fs.uploader.completed == uploads  # nothing was uploaded again
+    assert await fs.fid_on_chain(fid_a) and await fs.fid_on_chain(fid_b)  # type: ignore[arg-type]
+    # the errnos of rename
+    inner = await fs.ino(f"{bucket}/dst/inner")
+    await fs.write_file(f"{bucket}/dst/other.txt", b"other")
+    assert await errno_of(fs.ops.rename(dst, b"moved.bin", dst, b"other.txt",
+                                        pyfuse3.RENAME_NOREPLACE, CTX)) == errno.EEXIST
+    assert await errno_of(fs.ops.rename(dst, b"inner", inner, b"loop", 0, CTX)) == errno.EINVAL
+    assert await errno_of(fs.ops.rename(dst, b"moved.bin", dst, b"inner", 0, CTX)) == errno.EISDIR
+    await fs.mkdir(f"{bucket}/dst/newdir")
+    assert await errno_of(fs.ops.rename(dst, b"newdir", dst, b"other.txt", 0, CTX)) == errno.ENOTDIR
+    assert await errno_of(fs.ops.rename(dst, b"newdir", dst, b"inner", 0, CTX)) == errno.ENOTEMPTY
+    assert await errno_of(fs.ops.rename(dst, b"missing", dst, b"x", 0, CTX)) == errno.ENOENT
+    # rename over an existing file replaces it: the replaced version leaves the chain
+    await fs.ops.rename(dst, b"moved.bin", inner, b"b.bin", 0, CTX)
+    assert await fs.read_file(f"{bucket}/dst/inner/b.bin") == data
+    await fs.wait_idle()
+    assert not await fs.fid_on_chain(fid_b)  # type: ignore[arg-type]
+    assert await fs.fid_on_chain(fid_a)  # type: ignore[arg-type]
+
+
+async def test_unlink_removes_from_the_chain(fs: FS) -> None:
+    bucket = await fs.bucket()
+    await fs.write_file(f"{bucket}/gone.bin", os.urandom(50_000))
+    fid = await fs.wait_stored(f"{bucket}/gone.bin")
+    assert "gone.bin" in await fs.chain_keys(bucket)
+    await fs.ops.unlink(await fs.ino(bucket), b"gone.bin", CTX)
+    assert await fs.listdir(bucket) == []
+    await fs.wait_idle()
+    assert "gone.bin" not in await fs.chain_keys(bucket)
+    assert not await fs.fid_on_chain(fid)  # type: ignore[arg-type]
+
+
+async def test_unlinked_file_is_not_resurrected_by_a_refresh(devnet: Devnet, tmp_path: Path) -> None:
+    """Between unlink and the chain delete, reading the bucket's listing must not bring it back."""
+    async with open_fs(config_for(devnet, tmp_path)) as fs:
+        bucket = await fs.bucket()
+        await fs.write_file(f"{bucket}/phoenix.bin", os.urandom(40_000))
+        await fs.wait_stored(f"{bucket}/phoenix.bin")
+    async with open_fs(config_for(devnet, tmp_path), uploads=False) as fs:
+        parent = await fs.ino(bucket)
+        await fs.ops.unlink(parent, b"phoenix.bin", CTX)
+        await fs.sync.refresh_bucket(bucket, force=True)
+        assert await errno_of(fs.ops.lookup(parent, b"phoenix.bin", CTX)) == errno.ENOENT
+        assert await fs.listdir(bucket) == []
+        # and an emptied bucket can be removed at once (rm -rf), before the uploader ran
+        await fs.ops.rmdir(ROOT_INODE, bucket.encode(), CTX)
+        assert bucket not in await fs.store._chain(fs.chain.buckets, fs.store.owner)  # type: ignore[operator]
+        assert bucket not in await fs.listdir("")
+
+
+async def test_unlink_of_an_open_journaled_file(fs: FS) -> None:
+    """POSIX: an unlinked open file stays usable; nothing of it reaches the chain."""
+    bucket = await fs.bucket()
+    parent = await fs.ino(bucket)
+    info, entry = await fs.ops.create(parent, b"scratch.tmp", stat.S_IFREG | 0o600, os.O_RDWR, CTX)
+    await fs.ops.write(info.fh, 0, b"first")
+    await fs.ops.unlink(parent, b"scratch.tmp", CTX)
+    assert await fs.listdir(bucket) == []
+    await fs.ops.write(info.fh, 5, b" second")
+    await fs.ops.setattr(entry.st_ino, _attrs(st_mode=stat.S_IFREG | 0o644), Fields(update_mode=True),
+                         info.fh, CTX)
+    await fs.ops.fsync(info.fh, False)
+    assert await fs.ops.read(info.fh, 0, 100) == b"first second"
+    await fs.ops.release(info.fh)
+    # a journaled (closed, not yet durable) file opened again, then unlinked while open
+    ino = await fs.write_file(f"{bucket}/journaled.bin", os.urandom(30_000))
+    info = await fs.ops.open(ino, os.O_RDONLY, CTX)
+    await fs.ops.unlink(parent, b"journaled.bin", CTX)
+    await fs.wait_idle()
+    await fs.ops.release(info.fh)
+    await fs.wait_idle()
+    assert await fs.chain_keys(bucket) == {}
+    assert fs.db.get(ino) is None and fs.db.get(entry.st_ino) is None
+
+
+async def test_unlinked_or_replaced_open_file_stays_readable(devnet: Devnet, tmp_path: Path) -> None:
+    """POSIX: a reader keeps its file after unlink or rename-over; the chain copy goes at close."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    data, other = os.urandom(90_000), os.urandom(70_000)
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a:
+        bucket = await a.bucket()
+        await a.write_file(f"{bucket}/read-me.bin", data)
+        await a.write_file(f"{bucket}/replaced.bin", data)
+        await a.write_file(f"{bucket}/new.bin", other)
+        fid = await a.wait_stored(f"{bucket}/read-me.bin")
+        replaced = await a.wait_stored(f"{bucket}/replaced.bin")
+        await a.wait_stored(f"{bucket}/new.bin")
+        await a.sync.save_all()
+    # another machine: the content is on the chain only (no local copy)
+    async with open_fs(config_for(devnet, tmp_path / "b")) as b:
+        parent = await b.ino(bucket)
+        reading = await b.ops.open(await b.ino(f"{bucket}/read-me.bin"), os.O_RDONLY, CTX)
+        held = await b.ops.open(await b.ino(f"{bucket}/replaced.bin"), os.O_RDONLY, CTX)
+        await b.ops.unlink(parent, b"read-me.bin", CTX)
+        await b.ops.rename(parent, b"new.bin", parent, b"replaced.bin", 0, CTX)
+        await b.wait_idle()
+        assert await b.ops.read(reading.fh, 0, 200_000) == data
+        assert await b.ops.read(held.fh, 0, 200_000) == data
+        assert await b.read_file(f"{bucket}/replaced.bin") == other
+        assert await b.fid_on_chain(fid) and await b.fid_on_chain(replaced)  # type: ignore[arg-type]
+        await b.ops.release(reading.fh)
+        await b.ops.release(held.fh)
+        await b.wait_idle()
+        assert not await b.fid_on_chain(fid)  # type: ignore[arg-type]
+        assert not await b.fid_on_chain(replaced)  # type: ignore[arg-type]
+        assert await b.listdir(bucket) == ["replaced.bin"]
+
+
+# ---- space and territory ---------------------------------------------------------------
+
+
+async def test_enospc_when_the_territory_cannot_hold_the_file(devnet: Devnet, tmp_path: Path) -> None:
+    territory = bucket_name("tiny")
+    chain = open_chain(load_config(devnet.config), load_key_file(load_config(devnet.config).require_key_file()))
+    try:
+        chain.mint_territory(territory, 1, 30)  # 1 GiB: ten segments of 12 x 8 MiB
+    finally:
+        chain.close()
+    async with open_fs(config_for(devnet, tmp_path, territory=territory)) as fs:
+        bucket = await fs.bucket()
+        parent = await fs.ino(bucket)
+        info, entry = await fs.ops.create(parent, b"big.bin", stat.S_IFREG | 0o644, os.O_WRONLY, CTX)
+        assert await fs.ops.write(info.fh, 0, b"fits") == 4
+        # eleven segments need 1056 MiB of a 1024 MiB territory
+        assert await errno_of(fs.ops.write(info.fh, 10 * PLAINTEXT_CAPACITY, b"x")) == errno.ENOSPC
+        assert await errno_of(fs.ops.setattr(entry.st_ino, _attrs(st_size=20 * PLAINTEXT_CAPACITY),
+                                             Fields(update_size=True), info.fh, CTX)) == errno.ENOSPC
+        assert await fs.ops.write(info.fh, 4, b" and more") == 9
+        await fs.ops.release(info.fh)
+        assert (await fs.attr(f"{bucket}/big.bin")).st_size == 13
+        await fs.wait_stored(f"{bucket}/big.bin")
+        assert await fs.read_file(f"{bucket}/big.bin") == b"fits and more"
+        # statfs shows the small territory
+        assert (await fs.ops.statfs(CTX)).f_blocks == 2**30 // 3 // 4096
+
+
+async def test_erofs_on_an_expired_territory(scratch_devnet: Devnet, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    config = load_config(scratch_devnet.config)
+    territory = bucket_name("short")
+    chain = open_chain(config, load_key_file(config.require_key_file()))
+    try:
+        chain.mint_territory(territory, 1, 30)  # the chain's shortest lease
+        async with open_fs(config_for(scratch_devnet, tmp_path, territory=territory)) as fs:
+            bucket = await fs.bucket()
+            parent = await fs.ino(bucket)
+            ino = await fs.write_file(f"{bucket}/before.txt", b"written while active")
+            await fs.wait_stored(f"{bucket}/before.txt")
+            chain.advance_time(31 * 86400)  # the chain's clock only: the lease is over
+
+            async def refused() -> bool:
+                try:
+                    info, _ = await fs.ops.create(parent, b"after.txt", stat.S_IFREG | 0o644,
+                                                  os.O_WRONLY, CTX)
+                except pyfuse3.FUSEError as exc:
+                    assert exc.errno == errno.EROFS
+                    return True
+                await fs.ops.release(info.fh)
+                await fs.ops.unlink(parent, b"after.txt", CTX)
+                return False
+
+            with caplog.at_level(logging.WARNING), trio.fail_after(10):
+                while not await refused():
+                    await trio.sleep(0.2)
+            assert await errno_of(fs.ops.open(ino, os.O_WRONLY, CTX)) == errno.EROFS
+            assert await errno_of(fs.ops.open(ino, os.O_RDONLY | os.O_TRUNC, CTX)) == errno.EROFS
+            assert await errno_of(fs.ops.setattr(ino, _attrs(st_size=0), Fields(update_size=True),
+                                                 None, CTX)) == errno.EROFS
+            assert any("renew" in r.getMessage() and territory in r.getMessage() for r in caplog.records)
+            # reading what is stored still works
+            assert await fs.read_file(f"{bucket}/before.txt") == b"written while active"
+    finally:
+        chain.close()
+
+
+# ---- restarts and other machines ---------------------------------------------------
+
+
+async def test_journal_survives_a_restart(devnet: Devnet, tmp_path: Path) -> None:
+    config = config_for(devnet, tmp_path)
+    files = {"a.bin": os.urandom(100_000), "dir/b.bin": os.urandom(2_000_000), "c.txt": b"",
+             "dir/d.txt": b"small"}
+    async with open_fs(config, uploads=False) as fs:
+        bucket = await fs.bucket()
+        await fs.mkdir(f"{bucket}/dir")
+        for name, data in files.items():
+            await fs.write_file(f"{bucket}/{name}", data)
+        assert len(fs.db.pending_uploads()) == len(files)
+    # "the process died": a new one on the same workspace resumes the journal
+    async with open_fs(config) as fs:
+        assert len(fs.db.pending_uploads()) == len(files)
+        for name, data in files.items():
+            fid = await fs.wait_stored(f"{bucket}/{name}")
+            if data:
+                assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+            else:
+                assert fid is None
+        await fs.wait_idle()
+        assert set(await fs.chain_keys(bucket)) == {k for k, v in files.items() if v}
+
+
+async def test_upload_cancelled_midway_resumes(devnet: Devnet, tmp_path: Path) -> None:
+    config = config_for(devnet, tmp_path)
+    data = os.urandom(40_000_000)
+    async with open_fs(config) as fs:
+        bucket = await fs.bucket()
+        await fs.write_file(f"{bucket}/big.bin", data)
+        with trio.fail_after(30):
+            while not any(u[5] for u in fs.db.pending_uploads()):
+                await trio.sleep(0.01)
+    async with open_fs(config) as fs:
+        fid = await fs.wait_stored(f"{bucket}/big.bin")
+        assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+
+
+async def test_another_machine_sees_the_same_tree(devnet: Devnet, tmp_path: Path) -> None:
+    """Modes, owners, times, symlinks, xattrs, empty files and dirs live on CESS, not only locally."""
+    data = os.urandom(400_000)
+    mtime = 1_600_000_000_123_456_789
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a:
+        bucket = await a.bucket()
+        await a.mkdir(f"{bucket}/tree", 0o750)
+        await a.mkdir(f"{bucket}/tree/sub")
+        await a.mkdir(f"{bucket}/tree/emptydir", 0o700)
+        await a.write_file(f"{bucket}/tree/empty.txt", b"", mode=0o600)
+        ino = await a.write_file(f"{bucket}/tree/sub/data.bin", data, mode=0o640)
+        await a.ops.setattr(ino, _attrs(st_uid=1234, st_gid=5678, st_mtime_ns=mtime),
+                            Fields(update_uid=True, update_gid=True, update_mtime=True), None, CTX)
+        await a.ops.setxattr(ino, b"user.color", b"blue", CTX)
+        await a.ops.setxattr(await a.ino(f"{bucket}/tree"), b"user.kind", b"folder", CTX)
+        await a.ops.symlink(await a.ino(f"{bucket}/tree"), b"link", b"sub/data.bin", CTX)
+        await a.ops.symlink(await a.ino(f"{bucket}/tree"), b"dangling", b"/nowhere/at/all", CTX)
+        fid = await a.wait_stored(f"{bucket}/tree/sub/data.bin")
+        await a.wait_idle()
+        await a.sync.save_all()
+        expected = {p: await a.attr(f"{bucket}/{p}") for p in
+                    ("tree", "tree/sub", "tree/emptydir", "tree/empty.txt", "tree/sub/data.bin", "tree/link")}
+    async with open_fs(config_for(devnet, tmp_path / "b")) as b:
+        assert set(await b.listdir(f"{bucket}/tree")) == {"sub", "emptydir", "empty.txt", "link", "dangling"}
+        for path, want in expected.items():
+            got = await b.attr(f"{bucket}/{path}")
+            assert (got.st_mode, got.st_uid, got.st_gid, got.st_size, got.st_mtime_ns) == \
+                (want.st_mode, want.st_uid, want.st_gid, want.st_size, want.st_mtime_ns), path
+        assert await b.listdir(f"{bucket}/tree/emptydir") == []
+        assert (await b.attr(f"{bucket}/tree/sub/data.bin")).st_mtime_ns == mtime
+        assert await b.ops.readlink(await b.ino(f"{bucket}/tree/link"), CTX) == b"sub/data.bin"
+        assert await b.ops.readlink(await b.ino(f"{bucket}/tree/dangling"), CTX) == b"/nowhere/at/all"
+        assert await b.xattr(f"{bucket}/tree/sub/data.bin", "user.color") == b"blue"
+        assert await b.xattr(f"{bucket}/tree", "user.kind") == b"folder"
+        assert await b.xattr(f"{bucket}/tree/sub/data.bin", "user.deossfs.fid") == fid.encode()  # type: ignore[union-attr]
+        assert await b.state(f"{bucket}/tree/sub/data.bin") == "stored"
+        # read lazily from the nodes: this workspace never held the bytes
+        assert await b.read_file(f"{bucket}/tree/sub/data.bin") == data
+        assert await b.read_file(f"{bucket}/tree/empty.txt") == b""
+
+
+async def test_short_and_long_names_are_stored(fs: FS) -> None:
+    """Any name a POSIX tool makes is stored, though CESS file names are 3..63 bytes."""
+    bucket = await fs.bucket()
+    await fs.mkdir(f"{bucket}/d")
+    long_name = "a-rather-long-file-name-" * 4 + ".txt"
+    files = {"a": b"one", "d/b": b"two", "ab": b"three", long_name: b"four"}
+    for name, data in files.items():
+        await fs.write_file(f"{bucket}/{name}", data)
+    for name, data in files.items():
+        fid = await fs.wait_stored(f"{bucket}/{name}", timeout=20)
+        assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+
+
+async def test_metadata_save_under_way_is_not_lost_at_unmount(fs: FS) -> None:
+    """Unmount saves the metadata: a periodic save in flight then must finish or be redone."""
+    bucket = await fs.bucket()
+    await fs.write_file(f"{bucket}/only-in-metadata.txt", b"")
+    await fs.wait_stored(f"{bucket}/only-in-metadata.txt")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.sync.save, bucket)  # the periodic save
+        with trio.fail_after(10):
+            while fs.db.bucket_state(bucket)[0]:
+                await trio.sleep(0)
+        await fs.sync.save_all()  # the unmount's
+        assert META_KEY in await fs.chain_keys(bucket)
+    # a save cancelled midway (the mount's tasks are cancelled at exit) leaves it unsaved
+    await fs.mkdir(f"{bucket}/later")
+    with trio.move_on_after(0.01):
+        await fs.sync.save(bucket)
+    assert fs.db.bucket_state(bucket)[0] == 1
+    await fs.sync.save_all()
+    assert fs.db.bucket_state(bucket)[0] == 0
+
+
+async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
+    """A version closed (and made durable) on one machine is what the other opens next."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        first, second = os.urandom(60_000), os.urandom(80_000)
+        await a.write_file(f"{bucket}/shared.bin", first)
+        await a.wait_stored(f"{bucket}/shared.bin")
+        await a.sync.save_all()
+        await b.sync.refresh_buckets(force=True)
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(f"{bucket}/shared.bin") == first
+        # b writes a new version of the same file
+        ino_b = await b.ino(f"{bucket}/shared.bin")
+        info = await b.ops.open(ino_b, os.O_WRONLY | os.O_TRUNC, CTX)
+        await b.ops.write(info.fh, 0, second)
+        await b.ops.release(info.fh)
+        fid = await b.wait_stored(f"{bucket}/shared.bin")
+        await b.sync.save_all()
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert await a.xattr(f"{bucket}/shared.bin", "user.deossfs.fid") == fid.encode()  # type: ignore[union-attr]
+        assert await a.state(f"{bucket}/shared.bin") == "stored"
+        assert (await a.attr(f"{bucket}/shared.bin")).st_size == len(second)
+        assert await a.read_file(f"{bucket}/shared.bin") == second
