@@ -54,6 +54,16 @@ docs/cess.md lists every alignment the conformance suite forced.
   register (register_gateway): LengthExceedsLimit [ours] (endpoint > 38 bytes, the
   spec-100 peer id; domain > 50 bytes); registering again updates (CessChain sends
   `Oss.update`).
+- generate_restoral_order: NonExistent [checked] (no stored file), SpecError [checked]
+  (the signer holds no such fragment of the file), Existed [checked] (an order for that
+  fragment is open). [ours]: an owner of the file (or its gateway) may open the order
+  too, for the holder that lost it (`origin_miner`, needed when several hold the hash).
+- claim_restoral_order: NotMiner [checked], MinerStateError [read], NonExistent
+  [checked], SpecError [checked] (claimed by a miner until its deadline, the claim's
+  block + RESTORAL_ORDER_LIFE). restoral_order_complete: NotMiner [checked], SpecError
+  [checked] (not the claimant), Expired [checked] (past the deadline, or never claimed);
+  the claimant becomes the fragment's miner, avail again [checked]; 8 MiB of service
+  space moves with it [ours].
 - Sminer (register_storage_node, dev): LengthExceedsLimit [ours] (endpoint > 38 bytes),
   SpecError / ParamError [ours].
 - dev calls: fund (Balances), advance_time and set_node_state (Sudo): ParamError,

@@ -5,7 +5,11 @@ Routes (a hand-written ASGI router; there are only three):
   `Account`, `Message`, `Signature`; body multipart/form-data with the field
   `file` (filename = fragment hash), or a raw `application/octet-stream` body.
   The body is parsed streaming, hashed and written to a temporary file in
-  batches from worker threads, then committed atomically.
+  batches from worker threads, then committed atomically. A fragment of a stored
+  file (no deal) is taken only under a restoral order (`deossfs verify --repair`):
+  sent by an owner or its gateway, claimed by this node (`claim_restoral_order`,
+  unless it holds the claim already), and completed once stored
+  (`restoral_order_complete`), which makes this node the fragment's holder.
 - `GET /fragment` - read a fragment (or a `Range`) back; owners of the file,
   their authorized gateways, and while the deal is pending its user (and the
   user's gateways) may read.
