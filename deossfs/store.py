@@ -499,22 +499,15 @@ class ObjectStore:
 
         return await trio.to_thread.run_sync(finish)
 
-    async def read_segment_detect(self, info: FileInfo, index: int) -> tuple[bytes, bool]:
-        """One segment's plaintext, and whether the file is deossfs-encrypted.
-
-        The layout is told by the segment itself (every encrypted segment carries an
-        authenticated header), so a lazy read fetches only the segment it needs.
-        """
-        ws = SegmentWorkspace(with_parity=False)
-        await self._fetch_decoded(info, index, ws)
-        codec = await trio.to_thread.run_sync(self.codec_for, info, ws.segment, index)
-        data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size)
-        return bytes(data), codec is self.encrypted_codec
-
     async def read_object(self, fid: str) -> bytes:
         """A whole (small) object in memory."""
         info = await self.file_info(fid)
-        parts = [(await self.read_segment_detect(info, i))[0] for i in range(len(info.segments))]
+        ws = SegmentWorkspace(with_parity=False)
+        out = bytearray(max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE))
+        parts = []
+        for index in range(len(info.segments)):
+            length, _ = await self.read_segment_into(info, index, ws, out)
+            parts.append(bytes(out[:length]))
         return b"".join(parts)[: info.file_size]
 
     async def declare_name(self, fid: str, bucket: str, key: str) -> None:
@@ -534,20 +527,6 @@ class ObjectStore:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
         with contextlib.suppress(NotFound):
             await self._chain(self.chain.delete_file, self.owner, fid)
-
-    async def read_segment(self, info: FileInfo, index: int, codec: SegmentCodec | None = None) -> bytes:
-        """The plaintext of one segment (for lazy reads)."""
-        endpoints = await self.endpoints()
-        ws = SegmentWorkspace(with_parity=False)
-        await self._fetch_decoded(info, index, ws, endpoints)
-        if codec is None:
-            if index == 0:
-                codec = self.codec_for(info, ws.segment)
-            else:
-                first = SegmentWorkspace(with_parity=False)
-                await self._fetch_decoded(info, 0, first, endpoints)
-                codec = self.codec_for(info, first.segment)
-        return bytes(await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size))
 
 
 @contextlib.asynccontextmanager
