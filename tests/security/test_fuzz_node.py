@@ -176,7 +176,8 @@ def test_fuzzed_requests_get_clean_refusals(secure_devnet: Devnet, target: dict)
         status = raw_request(node.port, method, path, headers, body)  # type: ignore[arg-type]
         seen[status] = seen.get(status, 0) + 1
         assert status is not None, "the node dropped the request without an answer"
-        ok_read = status in (200, 206) and method == b"GET"
+        # hypercorn upper-cases the request method before the node sees it, so "get" is GET
+        ok_read = status in (200, 206) and method.strip().upper() == b"GET"
         # HTTP's own rule (RFC 9112 6.1): a transfer coding the server does not implement
         # is answered 501 by the HTTP layer, before the request reaches the node
         coding = status == 501 and any(n.lower() == b"transfer-encoding" for n, _ in headers)
