@@ -10,6 +10,7 @@ mount maps them to errnos (`to_errno`); both mappings live here and nowhere else
 from __future__ import annotations
 
 import errno
+import sqlite3
 
 
 class DeossError(Exception):
@@ -118,6 +119,12 @@ class ChainUnavailable(TemporaryError):
     """No chain endpoint answered."""
 
 
+class Busy(TemporaryError):
+    """A local resource (a database another process holds) is busy for now."""
+
+    errno = errno.EBUSY
+
+
 # ---- CESS error names → exception classes ----------------------------------
 
 #: chain errors whose meaning maps onto a more specific class (and errno)
@@ -174,8 +181,25 @@ def chain_error(name: str, message: str | None = None) -> ChainError:
     return cls(name, message or name, hint=_CHAIN_HINTS.get(name))
 
 
+def classify(exc: BaseException) -> BaseException:
+    """Bring an error raised by a library we use into the taxonomy, or return it as it is.
+
+    SQLite (the journal, the mount database, diskcache) reports a full disk and a busy
+    database as `OperationalError` with a text; those are a full local disk (permanent,
+    ENOSPC) and a lock held too long by another process (temporary)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "disk is full" in text:
+            return NoSpace("the local disk is full",
+                           hint="free space on the disk that holds the workspace and cache")
+        if "database is locked" in text or "database is busy" in text:
+            return Busy(f"a local database is busy ({text})")
+    return exc
+
+
 def to_errno(exc: BaseException) -> int:
     """The errno the mount returns for an exception."""
+    exc = classify(exc)
     if isinstance(exc, DeossError):
         return exc.errno
     if isinstance(exc, OSError) and exc.errno:
@@ -185,6 +209,7 @@ def to_errno(exc: BaseException) -> int:
 
 def cli_message(exc: BaseException) -> str:
     """The one line the CLI prints for an exception."""
+    exc = classify(exc)
     if isinstance(exc, DeossError):
         text = str(exc)
         if isinstance(exc, ChainError) and exc.name not in text:

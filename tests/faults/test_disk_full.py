@@ -46,10 +46,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the close after ENOSPC fails with EIO: the journal's SQLite update raises "
-    "'database or disk is full' (SQLITE_FULL), which fs/operations.py::_guarded maps to EIO "
-    "rather than ENOSPC; see docs/reliability.md, 'known gaps'"))
 def test_a_full_disk_is_enospc_and_loses_nothing_staged(fault_devnet: Devnet, small_disk: Path,
                                                         tmp_path: Path) -> None:
     config = config_for(fault_devnet, tmp_path / "machine", cache=True, workspace=small_disk,
@@ -90,6 +86,11 @@ def test_a_full_disk_is_enospc_and_loses_nothing_staged(fault_devnet: Devnet, sm
         assert os.path.ismount(m.mountpoint)
         for name, data in staged.items():
             assert m.path(bucket, name).read_bytes() == data, name
+        # `deossfs status` on the full disk: its report, or one line saying the disk is full
+        status = m.cli("status", check=False)
+        assert status.returncode == 0 or (
+            "disk is full" in status.stderr and len(status.stderr.strip().splitlines()) == 1), status
+        assert "Traceback" not in status.stderr
         # room again: the journal still has every staged file; the partial file can go
         ballast.unlink()
         m.path(bucket, "huge.bin").unlink()
