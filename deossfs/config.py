@@ -53,6 +53,10 @@ class StorageConfig:
     request_timeout: float = 30.0
     #: seconds between background fragment checks and repairs by the mount (0 = off)
     verify_interval: float = 0.0
+    #: seconds a closed file waits before its upload starts, so that a rename right after
+    #: the close (rsync's temporary files, editors saving by rename) uploads under the final
+    #: name; fsync does not wait for it
+    upload_delay: float = 1.0
 
 
 @dataclass

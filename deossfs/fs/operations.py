@@ -25,7 +25,7 @@ import pyfuse3
 
 from ..chain.interface import TerritoryState
 from ..chain.names import bucket_name_problem
-from ..errors import DeossError, to_errno
+from ..errors import DeossError, classify, cli_message, to_errno
 from ..names import MAX_KEY_BYTES
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
@@ -508,6 +508,12 @@ class Operations(pyfuse3.Operations):
                 self.db.conn.execute("INSERT OR IGNORE INTO declares (ino) VALUES (?)", (item.id,))
         if any(i.kind == "file" and i.fid for i in moved):
             self.hooks.wake_uploader()
+        # `deossfs status` names a pending upload by its current path (rsync renames its
+        # temporary file right after the close)
+        for item in moved:
+            if item.kind == "file":
+                bucket, key = self.key_of(item.id)
+                self.db.conn.execute("UPDATE uploads SET path=? WHERE ino=?", (f"{bucket}/{key}", item.id))
         if old_bucket:
             self.hooks.bucket_changed(old_bucket)
         self.changed(row.id)
@@ -656,7 +662,8 @@ class Operations(pyfuse3.Operations):
         if row.parent == 0:  # unlinked while open: nothing to upload
             return generation
         bucket, key = self.key_of(ino)
-        self.db.enqueue(ino, generation, size, f"{bucket}/{key}")
+        self.db.enqueue(ino, generation, size, f"{bucket}/{key}",
+                        self.store.config.storage.upload_delay)
         self.hooks.wake_uploader()
         self.changed(ino)
         return generation
@@ -823,9 +830,13 @@ def _guarded(name: str, method: Callable) -> Callable:
         except KeyError as exc:  # an inode that vanished meanwhile
             log.warning("%s: no such inode %s", name, exc)
             raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except Exception:  # trio.Cancelled is a BaseException and passes through
-            log.exception("%s failed unexpectedly", name)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:  # trio.Cancelled is a BaseException and passes through
+            known = classify(exc)
+            if known is exc:
+                log.exception("%s failed unexpectedly", name)
+            else:  # a library's error the taxonomy knows (a full disk under SQLite)
+                log.warning("%s: %s", name, cli_message(known))
+            raise pyfuse3.FUSEError(to_errno(known)) from None
 
     return wrapper
 

@@ -82,6 +82,7 @@ class Uploader:
 
     async def wait_durable(self, ino: int, generation: int) -> None:
         """Until `ino`'s content of `generation` (or newer) is durable; raise if it failed."""
+        self.db.upload_now(ino)
         self.wake()
         while True:
             row = self.db.get(ino)
@@ -166,7 +167,8 @@ class Uploader:
         try:
             plan = await self.store.put(file_reader(fd), size, bucket, key,
                                         encrypt=bool(row.encrypted), progress=progress,
-                                        replace_existing=False)
+                                        replace_existing=False,
+                                        salt_context=self.db.salt_context(ino))
         except Exception as raised:  # whatever it is, the file stays journaled
             exc = _unwrap(raised)
             if not isinstance(exc, DeossError | OSError):

@@ -265,6 +265,11 @@ def test_rsync_twice_and_persistence_on_another_machine(devnet: Devnet, tmp_path
     os.setxattr(dest / "docs" / "readme.txt", "user.origin", b"rsync test")
     os.setxattr(dest / "empty-dir", "user.kind", b"empty")
     a.wait_durable()
+    # rsync writes `.name.XXXXXX` and renames it at once: the upload waits out the rename
+    # (storage.upload_delay), so the chain's names are the files' own, as other CESS tools see them
+    on_chain = {k for k in a.chain_keys(bucket) if not k.startswith(".deossfs/")}
+    assert on_chain == {f"tree/{p.relative_to(src)}" for p in src.rglob("*")
+                        if p.is_file() and not p.is_symlink() and p.stat().st_size}, on_chain
     a.umount()
 
     def check(mounted: Mounted) -> None:
