@@ -172,12 +172,15 @@ class ObjectStore:
     async def put(
         self, read_into: ReadInto, size: int, bucket: str, key: str, *,
         encrypt: bool | None = None, progress: Progress | None = None,
-        replace_existing: bool = True,
+        replace_existing: bool = True, salt_context: bytes | None = None,
     ) -> FilePlan:
         """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain.
 
         With `replace_existing`, an object already named BUCKET/KEY is deleted once the
         new content is durable (the mount tracks versions itself and passes False).
+        An encrypted retry with the same `salt_context` (by default the object's name) has
+        the same FID and resumes its storage order instead of declaring (and locking
+        space for) a new one; the same bytes put again under one name are a no-op.
         """
         check_key(key)
         if size <= 0:
@@ -185,6 +188,8 @@ class ObjectStore:
         if encrypt is None:
             encrypt = self.config.storage.encryption
         codec = self.encrypted_codec if encrypt else self.plain_codec
+        if salt_context is None:
+            salt_context = f"object:{bucket}/{key}".encode()
         await self.require_bucket(bucket)
         await self.check_space(codec.segment_count(size))
         existing = await self.lookup(bucket, key, missing_ok=True) if replace_existing else None
@@ -192,7 +197,7 @@ class ObjectStore:
         workspaces = [SegmentWorkspace()]
         # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
         plan = await trio.to_thread.run_sync(
-            lambda: codec.plan(read_into, size, workspaces[0],
+            lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
                                progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
                                if progress else None)
         )

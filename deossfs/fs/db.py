@@ -7,6 +7,7 @@ local and short, so it runs inline between checkpoints. Other processes
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import time
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     error TEXT,
     done_bytes INTEGER NOT NULL DEFAULT 0,
     total_bytes INTEGER NOT NULL DEFAULT 0,
-    path TEXT NOT NULL DEFAULT ''
+    path TEXT NOT NULL DEFAULT '',
+    salt_context BLOB                -- kept across retries: a retry has the same FID
 );
 -- chain files to delete once nothing refers to them (replaced or unlinked)
 -- files whose FID must be declared again under their current name (after a rename)
@@ -112,6 +114,9 @@ class Database:
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(uploads)")}
+        if "salt_context" not in columns:  # a workspace from before retries kept their FID
+            self.conn.execute("ALTER TABLE uploads ADD COLUMN salt_context BLOB")
         if self.get(ROOT_INODE) is None:
             t = now_ns()
             self.conn.execute(
@@ -217,13 +222,24 @@ class Database:
 
     # ---- the upload journal ------------------------------------------------
 
-    def enqueue(self, ino: int, generation: int, total: int, path: str) -> None:
+    def enqueue(self, ino: int, generation: int, total: int, path: str, delay: float = 0.0) -> None:
+        """Journal version `generation` of `ino`; its upload may start `delay` s from now."""
+        now = time.time()
         self.conn.execute(
-            "INSERT INTO uploads (ino, generation, queued_at, total_bytes, path) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(ino) DO UPDATE SET generation=excluded.generation, next_try=0,"
-            " total_bytes=excluded.total_bytes, done_bytes=0, path=excluded.path",
-            (ino, generation, time.time(), total, path),
+            "INSERT INTO uploads (ino, generation, queued_at, next_try, total_bytes, path, salt_context)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(ino) DO UPDATE SET generation=excluded.generation, next_try=excluded.next_try,"
+            " attempts=0, error=NULL, total_bytes=excluded.total_bytes, done_bytes=0, path=excluded.path",
+            (ino, generation, now, now + delay, total, path, os.urandom(16)),
         )
+
+    def upload_now(self, ino: int) -> None:
+        """Someone waits for `ino` to be durable: skip the settle delay (not a retry's backoff)."""
+        self.conn.execute("UPDATE uploads SET next_try=0 WHERE ino=? AND attempts=0", (ino,))
+
+    def salt_context(self, ino: int) -> bytes | None:
+        row = self.conn.execute("SELECT salt_context FROM uploads WHERE ino=?", (ino,)).fetchone()
+        return row[0] if row else None
 
     def pending_uploads(self) -> list[tuple]:
         return self.conn.execute(

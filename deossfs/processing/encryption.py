@@ -22,6 +22,8 @@ swapped within a file.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import struct
 
@@ -78,6 +80,7 @@ class SegmentCipher:
         if len(master_key) != 32:
             raise InvalidInput("the encryption key must be 32 bytes")
         self._master = master_key
+        self._salt_key: bytes | None = None
 
     def _segment_key(self, salt: bytes) -> bytes:
         return HKDF(
@@ -87,6 +90,24 @@ class SegmentCipher:
     @staticmethod
     def new_salt() -> bytes:
         return os.urandom(32)
+
+    def salt_for(self, context: bytes, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
+        """A salt that repeats only for the same plaintext of the same segment of one upload.
+
+        HMAC over (context, index, SHA-256 of the plaintext) under a key derived from the
+        master key: a retried upload (same `context`, kept in the mount's journal) gets the
+        same ciphertext and so the same FID, instead of a new storage order that would lock
+        territory space again. A key is still used for one plaintext only (different bytes
+        give a different salt), and without the master key the salt reveals nothing about
+        the plaintext (no guess can be confirmed against it)."""
+        if self._salt_key is None:
+            self._salt_key = HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"deossfs salt v1"
+            ).derive(self._master)
+        mac = hmac.new(self._salt_key, context, "sha256")
+        mac.update(index.to_bytes(8, "big"))
+        mac.update(hashlib.sha256(plaintext).digest())
+        return mac.digest()
 
     def encrypt_into(
         self,

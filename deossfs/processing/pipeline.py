@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -108,21 +108,28 @@ class SegmentCodec:
         start = index * self.capacity
         return start, max(0, min(self.capacity, size - start))
 
-    def load(self, ws: SegmentWorkspace, read_into: ReadInto, index: int, size: int, salt: bytes | None) -> None:
-        """Fill ws.segment with segment `index` as stored (encrypted or zero-padded)."""
+    def load(self, ws: SegmentWorkspace, read_into: ReadInto, index: int, size: int, salt: bytes | None,
+             salt_context: bytes | None = None) -> bytes | None:
+        """Fill ws.segment with segment `index` as stored (encrypted or zero-padded).
+
+        Encrypted, the salt is `salt`, else derived from `salt_context` and the plaintext
+        (`SegmentCipher.salt_for`), else random; the one used is returned."""
         offset, length = self.segment_span(index, size)
         if self.cipher is None:
             got = read_into(offset, ws.segment[:length]) if length else 0
             if got != length:
                 raise OSError(f"file shrank while being read (segment {index})")
             ws.segment[length:] = bytes(SEGMENT_SIZE - length)
-            return
-        assert salt is not None
+            return None
         scratch = ws.parity_area[:length]
         got = read_into(offset, scratch) if length else 0
         if got != length:
             raise OSError(f"file shrank while being read (segment {index})")
+        if salt is None:
+            salt = (self.cipher.salt_for(salt_context, index, scratch) if salt_context is not None
+                    else self.cipher.new_salt())
         self.cipher.encrypt_into(scratch, ws.segment, index, salt)
+        return salt
 
     def encode(self, ws: SegmentWorkspace) -> None:
         """RS-encode ws.segment into its 8 parity fragments."""
@@ -137,17 +144,17 @@ class SegmentCodec:
 
     def plan(
         self, read_into: ReadInto, size: int, ws: SegmentWorkspace | None = None,
-        salts: Sequence[bytes | None] | None = None,
+        salt_context: bytes | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> FilePlan:
-        """Pass 1: encrypt, encode and hash every segment; keep only hashes and salts."""
+        """Pass 1: encrypt, encode and hash every segment; keep only hashes and salts.
+
+        With `salt_context` (encrypted files), the same bytes planned again under the same
+        context give the same FID; without it every plan is a fresh encryption."""
         ws = ws or SegmentWorkspace()
         segments = []
         for index in range(self.segment_count(size)):
-            salt = None
-            if self.cipher is not None:
-                salt = salts[index] if salts and salts[index] else self.cipher.new_salt()
-            self.load(ws, read_into, index, size, salt)
+            salt = self.load(ws, read_into, index, size, None, salt_context)
             self.encode(ws)
             seg_hash, frag_hashes = self.hash_segment(ws)
             segments.append(SegmentPlan(index, seg_hash, frag_hashes, salt))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,11 +41,14 @@ def test_put_killed_with_sigkill_then_retried(fault_devnet: Devnet, plain_config
     src = tmp_path / "crash.bin"
     src.write_bytes(data)
     key = f"faults/crash-{phase.split()[0]}.bin"
-    encrypt = phase == "fragments arriving"  # a random salt: the retry is a new FID
+    # encrypted, the FID is known only to the client (its salts are keyed), and it is the
+    # same on the retry: the salts derive from the object's name and the plaintext
+    encrypt = phase == "fragments arriving"
     args = ["put", "-q", str(src), key] if encrypt else ["put", "-q", "--no-encrypt", str(src), key]
     fid = None if encrypt else plain_fid(src)
     before = {n.index: fids_on(n) for n in fault_devnet.nodes()}
     chain = ledger(fault_devnet)
+    declared_before = sum(1 for e in chain.events(0) if e.name == "UploadDeclaration")
     env = dict(os.environ, DEOSSFS_CONFIG=str(plain_config))
     proc = subprocess.Popen([sys.executable, "-m", "deossfs", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,11 +72,14 @@ def test_put_killed_with_sigkill_then_retried(fault_devnet: Devnet, plain_config
         back = tmp_path / "back.bin"
         deossfs("get", "-q", key, str(back), config=plain_config)
         assert back.read_bytes() == data
-        if fid is not None:
-            assert chain.file(fid) is not None and chain.deal(fid) is None
-            # the retry did not declare the order again (that would lock its space twice)
-            assert sum(1 for e in chain.events(0)
-                       if e.name == "UploadDeclaration" and e.attributes.get("fid") == fid) == 1
+        stat = json.loads(deossfs("stat", "--json", key, config=plain_config).stdout)
+        assert fid is None or stat["fid"] == fid
+        fid = stat["fid"]
+        assert chain.file(fid) is not None and chain.deal(fid) is None
+        # the retry resumed the one storage order: a second declaration (of the same FID, or
+        # of a new one) would lock the file's territory space twice
+        declared = [e.attributes.get("fid") for e in chain.events(0) if e.name == "UploadDeclaration"]
+        assert declared[declared_before:] == [fid]
     finally:
         if proc.poll() is None:
             proc.kill()

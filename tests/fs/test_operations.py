@@ -34,6 +34,7 @@ from deossfs.processing.encryption import PLAINTEXT_CAPACITY
 from deossfs.store import ObjectStore
 
 from ..conftest import Devnet
+from ..harness import ledger
 from .conftest import bucket_name, config_for
 
 DURABLE_TIMEOUT = 60.0
@@ -828,17 +829,33 @@ async def test_journal_survives_a_restart(devnet: Devnet, tmp_path: Path) -> Non
 
 
 async def test_upload_cancelled_midway_resumes(devnet: Devnet, tmp_path: Path) -> None:
+    """An upload stopped after its storage order is on the chain resumes that same order
+    (encrypted, too): a new order would lock the file's territory space a second time."""
     config = config_for(devnet, tmp_path)
     data = os.urandom(40_000_000)
-    async with open_fs(config) as fs:
-        bucket = await fs.bucket()
-        await fs.write_file(f"{bucket}/big.bin", data)
-        with trio.fail_after(30):
-            while not any(u[5] for u in fs.db.pending_uploads()):
-                await trio.sleep(0.01)
-    async with open_fs(config) as fs:
-        fid = await fs.wait_stored(f"{bucket}/big.bin")
-        assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+    chain = ledger(devnet)
+    start = len(chain.events(0))
+
+    def declared(name: str) -> list[str]:
+        fids = [e.attributes["fid"] for e in chain.events(0)[start:] if e.name == "UploadDeclaration"]
+        return [f for f in fids if (deal := chain.deal(f)) is not None and deal.user.file_name == name
+                or (info := chain.file(f)) is not None and any(o.file_name == name for o in info.owners)]
+
+    try:
+        async with open_fs(config) as fs:
+            bucket = await fs.bucket()
+            await fs.write_file(f"{bucket}/big.bin", data)
+            with trio.fail_after(60):
+                while not declared("big.bin"):
+                    await trio.sleep(0.01)
+            first = declared("big.bin")
+        async with open_fs(config) as fs:
+            fid = await fs.wait_stored(f"{bucket}/big.bin")
+            assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+        assert first == [fid] and declared("big.bin") == [fid]
+        assert chain.deal(fid) is None
+    finally:
+        chain.close()
 
 
 async def test_another_machine_sees_the_same_tree(devnet: Devnet, tmp_path: Path) -> None:

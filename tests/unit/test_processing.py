@@ -132,6 +132,31 @@ def test_same_salt_rebuilds_identical_segment(workspace: SegmentWorkspace) -> No
     assert [hashlib.sha256(f).hexdigest() for f in workspace.fragments] == list(plan.segments[0].fragment_hashes)
 
 
+def test_salt_context_makes_a_retry_the_same_fid(workspace: SegmentWorkspace) -> None:
+    """A retried upload (same context, same bytes) is the same FID; nothing else is."""
+    data = bytearray(os.urandom(PLAINTEXT_CAPACITY + 5000))
+    cipher = SegmentCipher(os.urandom(32))
+    codec = SegmentCodec(cipher)
+
+    def plan(context: bytes | None, content: bytes | bytearray = data):  # noqa: ANN202
+        return codec.plan(bytes_reader(bytes(content)), len(content), workspace, salt_context=context)
+
+    first, again = plan(b"ctx-1"), plan(b"ctx-1")
+    assert first.fid == again.fid and first.segments == again.segments
+    assert plan(b"ctx-2").fid != first.fid
+    assert plan(None).fid != plan(None).fid  # no context: a fresh encryption each time
+    # one changed byte in segment 1: segment 0 keeps its salt and hash, segment 1 does not
+    data[-1] ^= 1
+    changed = plan(b"ctx-1")
+    assert changed.segments[0] == first.segments[0]
+    assert changed.segments[1].salt != first.segments[1].salt
+    assert changed.segments[1].hash != first.segments[1].hash
+    # and the salt gives nothing away without the key: another key, another salt
+    other = SegmentCodec(SegmentCipher(os.urandom(32)))
+    assert other.plan(bytes_reader(bytes(data)), len(data), workspace,
+                      salt_context=b"ctx-1").segments[0].salt != first.segments[0].salt
+
+
 def test_any_four_fragments_decode_a_full_segment() -> None:
     """The 495 choices at full size would take long; check a spread of them on a real segment."""
     data = os.urandom(SEGMENT_SIZE)
