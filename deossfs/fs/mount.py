@@ -16,6 +16,7 @@ import trio
 from ..config import Config
 from ..errors import ConfigError, InvalidInput
 from ..keys import Account
+from ..repair import verify_forever
 from ..store import ObjectStore
 from .db import Database
 from .metadata import BucketSync
@@ -107,6 +108,8 @@ class Mount:
             await nursery.start(self.sync.run)
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._tune_read_ahead)
+            # [storage] verify_interval: check (and repair) every fragment now and then
+            nursery.start_soon(verify_forever, self.store, self.config.storage.verify_interval)
             await self._serve_cache(nursery)
             await self.sync.refresh_buckets(force=True)
             await pyfuse3.main()

@@ -7,20 +7,14 @@ import json
 import os
 from pathlib import Path
 
-import trio
-
-from deossfs.chain.factory import open_chain
-from deossfs.config import load_config
 from deossfs.errors import NodeRefused
 from deossfs.keys import load_key_file
 from deossfs.p2p.nodeclient import NodeClient
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
 from deossfs.processing.layout import FRAGMENT_SIZE
-from deossfs.repair import verify_forever
-from deossfs.store import ObjectStore
 
 from ..conftest import Devnet, deossfs
-from ..harness import fragment_path, kill, ledger, nodes_by_account
+from ..harness import Mounted, config_for, fragment_path, kill, ledger, nodes_by_account, wait_for
 
 
 def _stat(config: Path, key: str) -> dict:
@@ -135,8 +129,9 @@ async def test_a_node_takes_a_fragment_only_under_a_restoral_order(healthy: Devn
             chain.close()
 
 
-async def test_background_check_repairs_a_lost_fragment(healthy: Devnet, plain_config: Path,
-                                                        tmp_path: Path) -> None:
+def test_background_check_repairs_a_lost_fragment(healthy: Devnet, plain_config: Path,
+                                                  tmp_path: Path) -> None:
+    """A mount with `[storage] verify_interval` set finds a lost fragment and rebuilds it."""
     data = os.urandom(2_000_000)
     src = tmp_path / "background.bin"
     src.write_bytes(data)
@@ -144,20 +139,17 @@ async def test_background_check_repairs_a_lost_fragment(healthy: Devnet, plain_c
     stat = _stat(plain_config, "background.bin")
     fid, fragment = stat["fid"], stat["segments"][0]["fragments"][0]
     fragment_path(nodes_by_account(healthy)[fragment["miner"]], fid, fragment["hash"]).unlink()
-    config = load_config(plain_config)
-    account = load_key_file(config.require_key_file())
-    chain = open_chain(config, account)
+    chain = ledger(healthy)
+    mounted = Mounted(config_for(healthy, tmp_path / "mounter", storage={"verify_interval": 1.0}),
+                      tmp_path / "mnt")
     try:
-        async with ObjectStore(config, account, chain) as store, trio.open_nursery() as nursery:
-            nursery.start_soon(verify_forever, store, 0.2)
-            with trio.fail_after(300):
-                while True:
-                    info = await store.file_info(fid)
-                    if info.segments[0].fragments[0].miner != fragment["miner"]:
-                        break
-                    await trio.sleep(0.2)
-            nursery.cancel_scope.cancel()
+        mounted.mount()
+        wait_for(lambda: chain.file(fid).segments[0].fragments[0].miner != fragment["miner"],  # type: ignore[union-attr]
+                 300, "the mount's background check to move the lost fragment")
+        mounted.umount()
+        assert "background verification" in mounted.log()
     finally:
+        mounted.cleanup()
         chain.close()
     code, report = _verify(plain_config, "faults/background.bin")
     assert code == 0 and report["problems"] == 0, report
