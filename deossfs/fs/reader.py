@@ -31,25 +31,51 @@ READ_AHEAD_SEGMENTS = 2
 _BUFFER_SIZE = max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE)
 #: segment fetches in flight at once (each holds a 32 MiB scratch workspace)
 _FETCHES = 3
+#: evicted plaintext buffers kept for the next fetches: a fresh 33 MiB bytearray is
+#: zero-filled page by page, which cost a sixth of a cold read's CPU
+_IDLE_BUFFERS = _FETCHES
+
+
+@dataclass(eq=False)
+class _Plaintext:
+    """A decoded segment's plaintext in a recycled buffer.
+
+    `generation` changes whenever the buffer leaves the LRU (and may be refilled with
+    another segment), so a task that waited for it checks that it is still the same."""
+
+    buffer: bytearray
+    length: int = 0
+    generation: int = 0
+
+    @property
+    def view(self) -> memoryview:
+        return memoryview(self.buffer)[: self.length]
 
 
 @dataclass
 class _Flight:
     done: trio.Event
-    data: memoryview | None = None
+    data: _Plaintext | None = None
+    generation: int = 0
     error: BaseException | None = None
 
 
 class SegmentReader:
-    """An LRU of decoded plaintext segments, and recycled scratch workspaces for the
-    fetches in flight (data fragments are received in place: no joins, no decode)."""
+    """An LRU of decoded plaintext segments, and recycled scratch workspaces and
+    plaintext buffers for the fetches in flight (data fragments are received in
+    place: no joins, no decode).
+
+    Views returned by `segment` are valid until the caller's next checkpoint: an evicted
+    buffer is refilled by a later fetch, so callers copy what they need at once."""
 
     def __init__(self, store: ObjectStore, memory_segments: int = 4) -> None:
         self.store = store
-        self.memory_segments = memory_segments
-        self._lru: OrderedDict[tuple[str, int], memoryview] = OrderedDict()
+        # at least one: a fetched segment must stay until its fetcher has copied from it
+        self.memory_segments = max(1, memory_segments)
+        self._lru: OrderedDict[tuple[str, int], _Plaintext] = OrderedDict()
         self._fetch_slots = trio.Semaphore(_FETCHES)
         self._idle_workspaces: list[SegmentWorkspace] = []
+        self._idle_buffers: list[_Plaintext] = []
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._infos: dict[str, FileInfo] = {}
         #: fid -> True (deossfs-encrypted) / False (plain CESS layout)
@@ -60,7 +86,7 @@ class SegmentReader:
     def forget(self, fid: str) -> None:
         self._infos.pop(fid, None)
         for key in [k for k in self._lru if k[0] == fid]:
-            del self._lru[key]
+            self._retire(self._lru.pop(key))
 
     async def info(self, fid: str) -> FileInfo:
         info = self._infos.get(fid)
@@ -73,50 +99,65 @@ class SegmentReader:
         encrypted = self._encrypted.get(fid, hint)
         return PLAINTEXT_CAPACITY if encrypted in (True, None) else SEGMENT_SIZE
 
-    def _evict(self) -> None:
-        # evicted buffers are not recycled: a waiter of that fetch may still hold the view
-        while len(self._lru) > self.memory_segments:
-            self._lru.popitem(last=False)
+    def _retire(self, plain: _Plaintext) -> None:
+        """`plain` left the LRU: stale for anyone who waited for it; reuse its buffer."""
+        plain.generation += 1
+        if len(self._idle_buffers) < _IDLE_BUFFERS:
+            self._idle_buffers.append(plain)
 
-    async def _fetch(self, fid: str, index: int) -> memoryview:
+    def _evict(self) -> None:
+        while len(self._lru) > self.memory_segments:
+            self._retire(self._lru.popitem(last=False)[1])
+
+    async def _fetch(self, fid: str, index: int) -> _Plaintext:
         info = await self.info(fid)
         async with self._fetch_slots:
             ws = self._idle_workspaces.pop() if self._idle_workspaces else SegmentWorkspace(with_parity=False)
-            out = bytearray(_BUFFER_SIZE)
+            plain = self._idle_buffers.pop() if self._idle_buffers else _Plaintext(bytearray(_BUFFER_SIZE))
             try:
-                length, encrypted = await self.store.read_segment_into(info, index, ws, out)
+                plain.length, encrypted = await self.store.read_segment_into(info, index, ws, plain.buffer)
+            except BaseException:
+                self._retire(plain)
+                raise
             finally:
                 self._idle_workspaces.append(ws)
         self._encrypted[fid] = encrypted
         self.fetched_segments += 1
-        return memoryview(out)[:length]
+        return plain
 
     async def segment(self, fid: str, index: int) -> memoryview:
+        """Segment `index`'s plaintext; valid until the caller's next checkpoint."""
         key = (fid, index)
-        data = self._lru.get(key)
-        if data is not None:
-            self._lru.move_to_end(key)
-            return data
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = _Flight(trio.Event())
-            self._flights[key] = flight
-            try:
-                flight.data = await self._fetch(fid, index)
-                self._lru[key] = flight.data
-                self._evict()
-            except BaseException as exc:
-                flight.error = exc
-                raise
-            finally:
-                del self._flights[key]
-                flight.done.set()
-        else:
+        while True:
+            plain = self._lru.get(key)
+            if plain is not None:
+                self._lru.move_to_end(key)
+                return plain.view
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = _Flight(trio.Event())
+                self._flights[key] = flight
+                try:
+                    plain = await self._fetch(fid, index)
+                    flight.data, flight.generation = plain, plain.generation
+                    self._lru[key] = plain
+                    self._evict()
+                except BaseException as exc:
+                    flight.error = exc
+                    raise
+                finally:
+                    del self._flights[key]
+                    flight.done.set()
+                if plain.generation == flight.generation:  # not evicted at once (tiny LRU)
+                    return plain.view
+                continue
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
-        assert flight.data is not None
-        return flight.data
+            assert flight.data is not None
+            if flight.data.generation == flight.generation:
+                return flight.data.view
+            # evicted (and maybe refilled) before this waiter ran: look again
 
     def prefetch(self, fid: str, index: int, count: int) -> None:
         """Start fetching a segment in the background (read-ahead)."""
