@@ -4,7 +4,7 @@ What POSIX needs beyond object names — modes, owners, times, symlinks, xattrs,
 empty files and empty directories — is kept per bucket in one object,
 `.deossfs/metadata.json` (zlib-compressed JSON, stored encrypted like any file),
 so another machine with the same key sees the same tree. It is saved a few
-seconds after a change, on fsync of a file and at unmount.
+seconds after a change and at unmount.
 
 Reconciling (on lookup/readdir, at most every REFRESH_SECONDS per bucket):
 - the metadata object, when its FID changed (another mount saved it), is applied
@@ -211,9 +211,16 @@ class BucketSync:
             for name, value in entry.get("x", {}).items():
                 self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
         if allow_deletes:
-            for row in self.db.descendants(bucket_ino):
-                if row.id not in seen and row.id not in pending and row.id not in self.ops.open_states \
-                        and not row.fid and not self.db.has_children(row.id):
+            # nothing unsaved here: a row the metadata does not name is gone elsewhere if
+            # it has no content of its own (empty file, symlink, directory), or if its FID
+            # lives on under another name (renamed elsewhere, or first listed here under its
+            # hashed chain name). Deepest first, so emptied directories go in the same pass.
+            named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
+            for row in reversed(self.db.descendants(bucket_ino)):
+                if row.id in seen or row.id in pending or row.id in self.ops.open_states:
+                    continue
+                if (not row.fid and not self.db.has_children(row.id)) or \
+                        (row.kind == "file" and row.fid in named_fids):
                     self.ops._remove_inode(row.id)
 
     def _ancestors(self, ino: int, stop: int) -> list[int]:

@@ -961,3 +961,34 @@ async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
         assert await a.state(f"{bucket}/shared.bin") == "stored"
         assert (await a.attr(f"{bucket}/shared.bin")).st_size == len(second)
         assert await a.read_file(f"{bucket}/shared.bin") == second
+
+
+async def test_a_rename_elsewhere_leaves_no_stale_name(devnet: Devnet, tmp_path: Path) -> None:
+    """B listed a file (and a hashed-name file, first seen under its chain name) before A
+    renamed it and saved: after B applies A's metadata only the new names are left."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        await a.mkdir(f"{bucket}/dir")
+        await a.write_file(f"{bucket}/dir/k1", b"renamed elsewhere")
+        await a.write_file(f"{bucket}/zz", b"a key too short for the chain: hashed there")
+        await a.wait_stored(f"{bucket}/dir/k1")
+        await a.wait_stored(f"{bucket}/zz")
+        # b sees the chain before a saves any metadata: zz only under its chain name
+        await b.sync.refresh_buckets(force=True)
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert "zz" not in await b.listdir(bucket)
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(bucket)) == ["dir", "zz"]
+        assert await b.listdir(f"{bucket}/dir") == ["k1"]
+        # a renames the file out of its directory and drops the directory
+        directory = await a.ino(f"{bucket}/dir")
+        await a.ops.rename(directory, b"k1", await a.ino(bucket), b"k1-renamed", 0, CTX)
+        await a.ops.rmdir(await a.ino(bucket), b"dir", CTX)
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(bucket)) == ["k1-renamed", "zz"]
+        assert await b.read_file(f"{bucket}/k1-renamed") == b"renamed elsewhere"
