@@ -8,7 +8,8 @@ seconds after a change and at unmount.
 
 Reconciling (on lookup/readdir, at most every REFRESH_SECONDS per bucket):
 - the metadata object, when its FID changed (another mount saved it), is applied
-  to every entry without local unsaved changes;
+  to every entry without local unsaved changes (while the bucket has some, an entry
+  changed here later than in the object - by ctime - keeps the local state);
 - chain objects unknown locally appear with defaults (objects stored by other
   CESS tools: mode 0644, the mounting user, discovery time);
 - stored files whose FID left the chain (deleted elsewhere) disappear.
@@ -191,7 +192,10 @@ class BucketSync:
                 values["target"] = base64.b64decode(entry["l"])
             if row is None:
                 row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
-            elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"]:
+            elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"] \
+                    or (not allow_deletes and row.ctime_ns > entry["c"]):
+                # a change made here and not saved yet (the bucket is dirty) is newer than
+                # the other mount's entry: it stays, and this mount's next save publishes it
                 seen.add(row.id)
                 continue
             else:

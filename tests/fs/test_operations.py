@@ -992,3 +992,34 @@ async def test_a_rename_elsewhere_leaves_no_stale_name(devnet: Devnet, tmp_path:
         await b.sync.refresh_bucket(bucket, force=True)
         assert sorted(await b.listdir(bucket)) == ["k1-renamed", "zz"]
         assert await b.read_file(f"{bucket}/k1-renamed") == b"renamed elsewhere"
+
+
+async def test_unsaved_local_change_survives_another_mounts_save(devnet: Devnet, tmp_path: Path) -> None:
+    """A chmod made here but not saved yet (the mount died before its save) is newer than
+    another mount's entry for the file: applying that mount's metadata keeps it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config_a = config_for(devnet, tmp_path / "a")
+    async with open_fs(config_a) as a, open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        mine = await a.write_file(f"{bucket}/mine.txt", b"chmod here")
+        await a.write_file(f"{bucket}/theirs.txt", b"chmod there")
+        await a.wait_stored(f"{bucket}/mine.txt")
+        await a.wait_stored(f"{bucket}/theirs.txt")
+        await a.sync.save_all()
+        await b.sync.refresh_buckets(force=True)
+        await b.sync.refresh_bucket(bucket, force=True)
+        # a changes a file and stops without saving; b changes another one and saves
+        await a.ops.setattr(mine, _attrs(st_mode=stat.S_IFREG | 0o604), Fields(update_mode=True), None, CTX)
+        theirs = await b.ino(f"{bucket}/theirs.txt")
+        await b.ops.setattr(theirs, _attrs(st_mode=stat.S_IFREG | 0o600), Fields(update_mode=True), None, CTX)
+        await b.sync.save_all()
+    async with open_fs(config_a) as a, open_fs(config_for(devnet, tmp_path / "b")) as b:
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert stat.S_IMODE((await a.attr(f"{bucket}/mine.txt")).st_mode) == 0o604
+        assert stat.S_IMODE((await a.attr(f"{bucket}/theirs.txt")).st_mode) == 0o600
+        # a's next save publishes both
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert stat.S_IMODE((await b.attr(f"{bucket}/mine.txt")).st_mode) == 0o604
+        assert stat.S_IMODE((await b.attr(f"{bucket}/theirs.txt")).st_mode) == 0o600
