@@ -175,7 +175,7 @@ class PeerApp:
             if not started:
                 # HEAD answers have no body: the reason also travels in a header
                 await _send_json(send, refusal.status, {"code": refusal.status, "msg": refusal.message},
-                                 [(REASON_HEADER.encode(), refusal.message.encode("ascii", "replace"))])
+                                 [(REASON_HEADER.encode(), _header_value(refusal.message))])
         except Exception:
             log.exception("peer request %s %s failed", scope.get("method"), scope.get("path"))
             if not started:
@@ -194,7 +194,10 @@ class PeerApp:
         index_text = headers.get("index", "")
         if not is_hash(fid):
             raise Refusal(400, "Fid must be 64 lowercase hex characters")
-        if not index_text.isascii() or not index_text.isdigit() or int(index_text) >= _MAX_INDEX:
+        # the length first: int() of more than 4300 digits raises ValueError (a 500), and
+        # no segment number has more digits than _MAX_INDEX
+        if (not index_text.isascii() or not index_text.isdigit()
+                or len(index_text) > len(str(_MAX_INDEX)) or int(index_text) >= _MAX_INDEX):
             raise Refusal(400, "Index must be a segment number")
         index = int(index_text)
         signer = await self._check(method, fid, index, headers, peer)
@@ -263,6 +266,13 @@ class PeerApp:
 
 def _size(handle: Any) -> int:
     return os.fstat(handle.fileno()).st_size
+
+
+def _header_value(text: str) -> bytes:
+    """`text` as a header value: printable ASCII, no surrounding blanks. A refusal quotes
+    the request's percent-decoded path, whose control characters (CR LF among them) h11
+    refuses to send - a 500 instead of the refusal."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text).strip().encode("ascii")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
