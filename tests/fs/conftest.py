@@ -30,6 +30,16 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
+#: the marks of every test that needs a real kernel mount
+NEEDS_MOUNT = [
+    pytest.mark.mount,
+    pytest.mark.skipif(not Path("/dev/fuse").exists(),
+                       reason="/dev/fuse is absent: this system cannot mount FUSE file systems"),
+    pytest.mark.skipif(shutil.which("fusermount3") is None,
+                       reason="fusermount3 is missing (apt-get install fuse3)"),
+]
+
+
 def bucket_name(prefix: str = "fs") -> str:
     """A fresh bucket name (hex only: the chain refuses the letter j in bucket names)."""
     return f"{prefix}-{secrets.token_hex(4)}"

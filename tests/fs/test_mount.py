@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import stat
@@ -24,15 +23,9 @@ import pytest
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
 
 from ..conftest import Devnet, deossfs
-from .conftest import bucket_name, config_for, wait_for
+from .conftest import NEEDS_MOUNT, bucket_name, config_for, wait_for
 
-pytestmark = [
-    pytest.mark.mount,
-    pytest.mark.skipif(not Path("/dev/fuse").exists(),
-                       reason="/dev/fuse is absent: this system cannot mount FUSE file systems"),
-    pytest.mark.skipif(shutil.which("fusermount3") is None,
-                       reason="fusermount3 is missing (apt-get install fuse3)"),
-]
+pytestmark = NEEDS_MOUNT
 
 DURABLE_TIMEOUT = 90.0
 
