@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS uploads (
 -- chain files to delete once nothing refers to them (replaced or unlinked)
 -- files whose FID must be declared again under their current name (after a rename)
 CREATE TABLE IF NOT EXISTS declares (ino INTEGER PRIMARY KEY);
+-- files with writes not journaled yet (open for writing): after a crash, the next mount
+-- journals what was written, as a local file system keeps it
+CREATE TABLE IF NOT EXISTS writing (ino INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS chain_deletes (fid TEXT PRIMARY KEY, queued_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
@@ -179,6 +182,7 @@ class Database:
         self.conn.execute("DELETE FROM inodes WHERE id=?", (ino,))
         self.conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
         self.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
+        self.conn.execute("DELETE FROM writing WHERE ino=?", (ino,))
 
     def path_parts(self, ino: int) -> list[bytes]:
         """Names from the root down to `ino` (the first is the bucket)."""
@@ -240,6 +244,15 @@ class Database:
     def salt_context(self, ino: int) -> bytes | None:
         row = self.conn.execute("SELECT salt_context FROM uploads WHERE ino=?", (ino,)).fetchone()
         return row[0] if row else None
+
+    def mark_writing(self, ino: int) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO writing (ino) VALUES (?)", (ino,))
+
+    def done_writing(self, ino: int) -> None:
+        self.conn.execute("DELETE FROM writing WHERE ino=?", (ino,))
+
+    def interrupted_writes(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT ino FROM writing ORDER BY ino")]
 
     def pending_uploads(self) -> list[tuple]:
         return self.conn.execute(

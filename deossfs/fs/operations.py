@@ -118,6 +118,7 @@ class Operations(pyfuse3.Operations):
         #: (fid, generation) last served per inode: unchanged -> the kernel may keep its cache
         self._cache_tokens: dict[int, tuple[str | None, int]] = {}
         self._forget_unlinked()
+        self._journal_interrupted_writes()
 
     # ---- helpers -------------------------------------------------------------
 
@@ -318,7 +319,8 @@ class Operations(pyfuse3.Operations):
             os.ftruncate(handle.fd, size)
             handle.dirty = True
             state = self.open_states.setdefault(row.id, OpenState())
-            state.size, state.mtime_ns, state.dirty = size, now_ns(), True
+            state.size, state.mtime_ns = size, now_ns()
+            self._mark_dirty(row.id, state)
             return
         fd = os.open(self.staging_path(row.id), os.O_RDWR)
         try:
@@ -327,7 +329,8 @@ class Operations(pyfuse3.Operations):
             os.close(fd)
         state = self.open_states.get(row.id)
         if state is not None and state.handles:
-            state.size, state.mtime_ns, state.dirty = size, now_ns(), True
+            state.size, state.mtime_ns = size, now_ns()
+            self._mark_dirty(row.id, state)
             return
         self._commit_content(row.id, size, now_ns())
 
@@ -598,7 +601,8 @@ class Operations(pyfuse3.Operations):
             handle = self.handles[fh]
             handle.dirty = True
             state = self.open_states[inode]
-            state.size, state.mtime_ns, state.dirty = 0, now_ns(), True
+            state.size, state.mtime_ns = 0, now_ns()
+            self._mark_dirty(inode, state)
         token = (row.fid, row.generation)
         keep = self._cache_tokens.get(inode) == token
         self._cache_tokens[inode] = token
@@ -620,7 +624,7 @@ class Operations(pyfuse3.Operations):
         fd = os.open(self.staging_path(row.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         fh = self._new_handle(row.id, fd, True)
         self.handles[fh].dirty = True  # even an empty new file must be recorded
-        self.open_states[row.id].dirty = True
+        self._mark_dirty(row.id, self.open_states[row.id])
         self._cache_tokens[row.id] = (None, 0)
         self.changed(row.id)
         return pyfuse3.FileInfo(fh=fh), self.attrs(row)
@@ -674,7 +678,7 @@ class Operations(pyfuse3.Operations):
         self._detach_from_upload(handle.ino)
         written = os.pwrite(handle.fd, buf, off)  # type: ignore[arg-type]
         handle.dirty = True
-        state.dirty = True
+        self._mark_dirty(handle.ino, state)
         state.size = max(current, off + written)
         state.mtime_ns = now_ns()
         return written
@@ -696,8 +700,32 @@ class Operations(pyfuse3.Operations):
                              "(deossfs territory expand %s --gib N)", territory.name,
                              territory.remaining // 2**20, need // 2**20, territory.name)
 
+    def _mark_dirty(self, ino: int, state: OpenState) -> None:
+        """The open file has writes that are not journaled. Recorded once per version in
+        the database, so that if the mount dies before the close the next one journals
+        what was written (`_journal_interrupted_writes`), as a local file system keeps it."""
+        if not state.dirty:
+            self.db.mark_writing(ino)
+        state.dirty = True
+
+    def _journal_interrupted_writes(self) -> None:
+        """Files open for writing when the last mount died: their staged content (what
+        had been written) becomes a new version, uploaded like any closed file."""
+        for ino in self.db.interrupted_writes():
+            row = self.db.get(ino)
+            path = self.staging_path(ino)
+            if row is None or row.parent == 0 or row.kind != "file" or not path.exists():
+                self.db.done_writing(ino)
+                continue
+            info = path.stat()
+            log.warning("%s was open for writing when the last mount stopped: what had been "
+                        "written is kept (%d bytes) and uploaded",
+                        b"/".join(self.db.path_parts(ino)).decode(errors="replace"), info.st_size)
+            self._commit_content(ino, info.st_size, info.st_mtime_ns)
+
     def _commit_content(self, ino: int, size: int, mtime_ns: int) -> int:
         """A new version of the content is complete: journal it for upload."""
+        self.db.done_writing(ino)
         row = self.row(ino)
         generation = row.generation + 1
         self.db.update(ino, size=size, mtime_ns=mtime_ns, ctime_ns=now_ns(), generation=generation,

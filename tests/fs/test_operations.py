@@ -1023,3 +1023,26 @@ async def test_unsaved_local_change_survives_another_mounts_save(devnet: Devnet,
         await b.sync.refresh_bucket(bucket, force=True)
         assert stat.S_IMODE((await b.attr(f"{bucket}/mine.txt")).st_mode) == 0o604
         assert stat.S_IMODE((await b.attr(f"{bucket}/theirs.txt")).st_mode) == 0o600
+
+
+async def test_writes_open_at_a_crash_are_kept_and_uploaded(devnet: Devnet, tmp_path: Path) -> None:
+    """The mount dies while a stored file is open with writes not closed: the next mount
+    keeps what was written (as a local file system would) and uploads it, so the mount,
+    the chain and other machines agree on the content."""
+    config = config_for(devnet, tmp_path)
+    async with open_fs(config) as fs:
+        bucket = await fs.bucket()
+        await fs.write_file(f"{bucket}/f.txt", b"version one, closed")
+        old = await fs.wait_stored(f"{bucket}/f.txt")
+        ino = await fs.ino(f"{bucket}/f.txt")
+        info = await fs.ops.open(ino, os.O_WRONLY, CTX)
+        await fs.ops.write(info.fh, 0, b"VERSION TWO")
+        # the mount dies here: no flush, no release, nothing journaled
+        assert not fs.db.pending_uploads()
+    async with open_fs(config) as fs:
+        assert [u[0] for u in fs.db.pending_uploads()] == [ino]
+        fid = await fs.wait_stored(f"{bucket}/f.txt")
+        assert fid != old
+        assert await fs.read_file(f"{bucket}/f.txt") == b"VERSION TWO, closed"
+        assert await fs.store.read_object(fid) == b"VERSION TWO, closed"  # type: ignore[arg-type]
+        assert not fs.db.interrupted_writes()
