@@ -118,6 +118,10 @@ class BucketSync:
     async def refresh_bucket(self, bucket: str, force: bool = False) -> None:
         if not force and time.monotonic() - self._refreshed.get(bucket, 0.0) < REFRESH_SECONDS:
             return
+        if not force and bucket in self._saving:
+            # the save holds the bucket's lock while it uploads the metadata object (seconds):
+            # a lookup or listing answers from the local view rather than wait for it
+            return
         async with self._lock(bucket):
             if not force and time.monotonic() - self._refreshed.get(bucket, 0.0) < REFRESH_SECONDS:
                 return

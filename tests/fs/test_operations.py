@@ -1046,3 +1046,22 @@ async def test_writes_open_at_a_crash_are_kept_and_uploaded(devnet: Devnet, tmp_
         assert await fs.read_file(f"{bucket}/f.txt") == b"VERSION TWO, closed"
         assert await fs.store.read_object(fid) == b"VERSION TWO, closed"  # type: ignore[arg-type]
         assert not fs.db.interrupted_writes()
+
+
+async def test_a_metadata_save_does_not_hold_up_lookups(fs: FS) -> None:
+    """The save uploads the metadata object (seconds) holding the bucket's lock; a lookup
+    that would refresh the listing answers from the local view meanwhile."""
+    bucket = await fs.bucket()
+    await fs.write_file(f"{bucket}/some.txt", b"metadata to save")
+    await fs.wait_stored(f"{bucket}/some.txt")
+    fs.sync.mark_dirty(bucket)
+    bucket_ino = await fs.ino(bucket)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.sync.save, bucket)
+        with trio.fail_after(30):
+            while bucket not in fs.sync._saving:
+                await trio.sleep(0)
+        fs.sync._refreshed[bucket] = 0.0  # a refresh is due
+        assert await errno_of(fs.ops.lookup(bucket_ino, b"not-there", CTX)) == errno.ENOENT
+        assert bucket in fs.sync._saving, "the lookup waited for the save"
+    assert bucket not in fs.sync._saving
