@@ -80,8 +80,22 @@ def node_processes(devnet_dir: Path) -> list[NodeProcess]:
     return nodes
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_node(config_path: Path, node: NodeProcess, port: int | None = None) -> NodeProcess:
-    port = port or node.port or _free_port()
+    """Start a node process; a restarted node keeps its port unless something took it
+    meanwhile (another devnet, or an outgoing connection's ephemeral port): then it
+    gets a new one and registers the new endpoint on the chain at start."""
+    if port is None and node.port is not None and _port_free(node.port):
+        port = node.port
+    port = port or _free_port()
     log = open(node.dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "deossfs", "--config", str(config_path), "node",
@@ -106,16 +120,19 @@ def stop_node(node: NodeProcess, sig: int = signal.SIGTERM, timeout: float = 10.
 
 
 def wait_ready(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
+    """Until every node answers `/status` as itself (another process on its port is not it)."""
     deadline = time.monotonic() + timeout
     pending = list(nodes)
-    with httpx.Client(timeout=1.0) as client:
+    accounts = {node.index: load_key_file(node.dir / "key.json").address for node in nodes}
+    with httpx.Client(timeout=1.0, trust_env=False) as client:
         while pending:
             for node in list(pending):
                 try:
-                    if client.get(f"{node.endpoint}/status").status_code == 200:
+                    answer = client.get(f"{node.endpoint}/status")
+                    if answer.status_code == 200 and answer.json().get("account") == accounts[node.index]:
                         pending.remove(node)
                         continue
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
                     pass
                 if not node.alive:
                     log_tail = (node.dir / "node.log").read_text(errors="replace")[-600:]
