@@ -59,7 +59,14 @@ from .processing.layout import (
     charged_space,
     segment_count,
 )
-from .processing.pipeline import FilePlan, ReadInto, SegmentCodec, SegmentWorkspace, file_reader
+from .processing.pipeline import (
+    FilePlan,
+    ReadInto,
+    SegmentCodec,
+    SegmentWorkspace,
+    WorkspacePool,
+    file_reader,
+)
 from .scheduling.selector import NodeSelector
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,8 @@ class ObjectStore:
         self.cipher = SegmentCipher(account.derive_key("deossfs encryption v1"))
         self.encrypted_codec = SegmentCodec(self.cipher)
         self.plain_codec = SegmentCodec(None)
+        #: the puts' 96 MiB workspaces, reused (pipeline.WorkspacePool says why)
+        self.workspaces = WorkspacePool()
         self._probed = False
         # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
@@ -194,35 +203,42 @@ class ObjectStore:
         await self.check_space(codec.segment_count(size))
         existing = await self.lookup(bucket, key, missing_ok=True) if replace_existing else None
 
-        workspaces = [SegmentWorkspace()]
-        # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
-        plan = await trio.to_thread.run_sync(
-            lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
-                               progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
-                               if progress else None)
-        )
-        brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
-        specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
-        already = await self._chain(self.chain.file, plan.fid)
-        pending = await self._chain(self.chain.deal, plan.fid) if already is None else None
-        if already is not None and any(b.user == self.owner for b in already.owners):  # type: ignore[union-attr]
-            # CESS refuses a second declaration by an owner (`Existed`)
-            log.info("%s/%s is already stored as %s", bucket, key, plan.fid)
-        elif pending is not None and pending.user == brief:  # type: ignore[union-attr]
-            # a retry: declaring again would make the runtime lock the space a second time
-            log.info("storage order for %s is pending already; not declaring it again", plan.fid)
-        else:
-            await self._chain(self.chain.upload_declaration, plan.fid, specs, brief, size)
-        if already is None:
-            await self._upload_columns(codec, plan, read_into, workspaces, progress)
-        else:
-            log.info("FID %s already on the chain: added an owner, nothing to send", plan.fid)
-            if progress:
-                progress(size - size // 2)
-        if existing is not None and existing.fid != plan.fid:
-            # the key now names the new content; drop the old version
-            await self._chain(self.chain.delete_file, self.owner, existing.fid)
-        return plan
+        # lent by the pool (pass 2 adds a second); given back whatever happens, so a failed
+        # put's frames kept alive by a reference cycle hold no memory of their own
+        workspaces = [self.workspaces.take()]
+        try:
+            # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
+            plan = await trio.to_thread.run_sync(
+                lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
+                                   progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
+                                   if progress else None)
+            )
+            brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
+            specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
+            already = await self._chain(self.chain.file, plan.fid)
+            pending = await self._chain(self.chain.deal, plan.fid) if already is None else None
+            if already is not None and any(b.user == self.owner for b in already.owners):  # type: ignore[union-attr]
+                # CESS refuses a second declaration by an owner (`Existed`)
+                log.info("%s/%s is already stored as %s", bucket, key, plan.fid)
+            elif pending is not None and pending.user == brief:  # type: ignore[union-attr]
+                # a retry: declaring again would make the runtime lock the space a second time
+                log.info("storage order for %s is pending already; not declaring it again", plan.fid)
+            else:
+                await self._chain(self.chain.upload_declaration, plan.fid, specs, brief, size)
+            if already is None:
+                await self._upload_columns(codec, plan, read_into, workspaces, progress)
+            else:
+                log.info("FID %s already on the chain: added an owner, nothing to send", plan.fid)
+                if progress:
+                    progress(size - size // 2)
+            if existing is not None and existing.fid != plan.fid:
+                # the key now names the new content; drop the old version
+                await self._chain(self.chain.delete_file, self.owner, existing.fid)
+            return plan
+        finally:
+            for ws in workspaces:
+                self.workspaces.give(ws)
+            workspaces.clear()
 
     async def _nodes(self) -> list[StorageNode]:
         nodes: list[StorageNode] = await self._chain(self.chain.storage_nodes)  # type: ignore[assignment]
@@ -275,7 +291,7 @@ class ObjectStore:
         """Rebuild every segment and send the given columns; pipelined two segments deep."""
         failed: dict[int, ColumnFailure] = {}
         while len(workspaces) < min(2, len(plan.segments)):
-            workspaces.append(SegmentWorkspace())
+            workspaces.append(self.workspaces.take())
         free_send, free_recv = trio.open_memory_channel[SegmentWorkspace](len(workspaces))
         for ws in workspaces:
             free_send.send_nowait(ws)
@@ -507,12 +523,15 @@ class ObjectStore:
     async def read_object(self, fid: str) -> bytes:
         """A whole (small) object in memory."""
         info = await self.file_info(fid)
-        ws = SegmentWorkspace(with_parity=False)
         out = bytearray(max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE))
         parts = []
-        for index in range(len(info.segments)):
-            length, _ = await self.read_segment_into(info, index, ws, out)
-            parts.append(bytes(out[:length]))
+        ws = self.workspaces.take()  # lent, as for a put (the mount reads its metadata objects)
+        try:
+            for index in range(len(info.segments)):
+                length, _ = await self.read_segment_into(info, index, ws, out)
+                parts.append(bytes(out[:length]))
+        finally:
+            self.workspaces.give(ws)
         return b"".join(parts)[: info.file_size]
 
     async def declare_name(self, fid: str, bucket: str, key: str) -> None:

@@ -171,26 +171,31 @@ class Uploader:
                                         salt_context=self.db.salt_context(ino))
         except Exception as raised:  # whatever it is, the file stays journaled
             exc = _unwrap(raised)
-            if not isinstance(exc, DeossError | OSError):
-                log.error("upload of %s/%s failed unexpectedly", bucket, key, exc_info=raised)
-            # OSError: the staging file changed under us (e.g. truncated by a writer)
-            current = self.db.get(ino)
-            if current is None or current.generation != generation:
-                # a newer version was closed meanwhile and is journaled: upload that one now
-                log.info("upload of %s/%s superseded by a newer version (%s)", bucket, key, exc)
+            try:
+                if not isinstance(exc, DeossError | OSError):
+                    log.error("upload of %s/%s failed unexpectedly", bucket, key, exc_info=raised)
+                # OSError: the staging file changed under us (e.g. truncated by a writer)
+                current = self.db.get(ino)
+                if current is None or current.generation != generation:
+                    # a newer version was closed meanwhile and is journaled: upload that one now
+                    log.info("upload of %s/%s superseded by a newer version (%s)", bucket, key, exc)
+                    return
+                attempts = next((u[2] for u in self.db.pending_uploads() if u[0] == ino), 0)
+                # too few nodes now is the network's state, not this file's fault: back off
+                if not isinstance(exc, DeossError) or isinstance(exc, NotEnoughNodes) or exc.temporary:
+                    retry = min(2.0 ** attempts, 60.0)
+                    state = "staged"
+                else:
+                    retry = PERMANENT_RETRY_SECONDS
+                    state = "failed"
+                log.warning("upload of %s/%s failed (%s); retrying in %.0fs", bucket, key, exc, retry)
+                self.db.upload_failed(ino, str(exc), retry)
+                self.db.update(ino, state=state, error=str(exc))
                 return
-            attempts = next((u[2] for u in self.db.pending_uploads() if u[0] == ino), 0)
-            # too few nodes now is the network's state, not this file's fault: back off
-            if not isinstance(exc, DeossError) or isinstance(exc, NotEnoughNodes) or exc.temporary:
-                retry = min(2.0 ** attempts, 60.0)
-                state = "staged"
-            else:
-                retry = PERMANENT_RETRY_SECONDS
-                state = "failed"
-            log.warning("upload of %s/%s failed (%s); retrying in %.0fs", bucket, key, exc, retry)
-            self.db.upload_failed(ino, str(exc), retry)
-            self.db.update(ino, state=state, error=str(exc))
-            return
+            finally:
+                # a local of a frame in its own traceback: a cycle only a full GC frees,
+                # keeping the failed put's frames (and buffers) alive until then
+                del exc
         finally:
             os.close(fd)
             self._uploading.discard(ino)
