@@ -168,7 +168,7 @@ class Uploader:
             plan = await self.store.put(file_reader(fd), size, bucket, key,
                                         encrypt=bool(row.encrypted), progress=progress,
                                         replace_existing=False,
-                                        salt_context=self.db.salt_context(ino))
+                                        salt_context=self._salt_context(ino, generation))
         except Exception as raised:  # whatever it is, the file stays journaled
             exc = _unwrap(raised)
             try:
@@ -205,6 +205,14 @@ class Uploader:
             # after a crash the staging file, not the journal, tells what was written
             self.db.update(ino, size=size)
         log.info("%s/%s is durable: %s", bucket, key, plan.fid)
+
+    def _salt_context(self, ino: int, generation: int) -> bytes | None:
+        """The same for every attempt at one version (a retry or a resume after a crash
+        keeps its FID), never the same for two versions: an upload that started late
+        reads the next version's bytes under the old number, and sharing a FID with
+        that next version would have the superseded one delete it from the chain."""
+        context = self.db.salt_context(ino)
+        return None if context is None else context + generation.to_bytes(8, "big")
 
     def _finish(self, ino: int, generation: int, fid: str | None, key: str, bucket: str) -> None:
         row = self.db.get(ino)
