@@ -129,20 +129,23 @@ def reportable_columns(deal: DealInfo, held: set[str], received: set[str], me: s
 
 
 def report_columns(
-    chain: ChainClient, store: FragmentStore, fid: str, extra_received: Iterable[str] = ()
+    chain: ChainClient, store: FragmentStore, fid: str, received: Iterable[str] | None = None
 ) -> int | None:
     """Send `transfer_report` for a held column of `fid` (blocking; run in a thread).
 
-    The node was sent the fragments it stores plus `extra_received` (the zero
-    fragment, which is never stored). Returns the 1-based index reported, or None
-    when there is nothing (more) to report. `ChainUnavailable` propagates so the
-    caller can retry later.
+    `received`: the fragments this node was sent for the current deal (the zero
+    fragment among them, which is never stored); None after a restart, when only what
+    it holds is known. Held fragments of an earlier deal of the same FID (stored,
+    deleted, declared again) are not proof of being sent a column now: counting them
+    made a node report a data column it was given last time instead of the all-zero
+    column it was given now. Returns the 1-based index reported, or None when there is
+    nothing (more) to report. `ChainUnavailable` propagates so the caller can retry.
     """
     deal = chain.deal(fid)
     if deal is None:
         return None  # completed, or never declared
     held = store.fragments_of(fid)
-    received = held | set(extra_received)
+    received = set(received) if received is not None else held
     for j in reportable_columns(deal, held, received, chain.account):
         try:
             chain.transfer_report(j + 1, fid)
@@ -417,9 +420,9 @@ class NodeApp:
         self._uploads = trio.CapacityLimiter(max_uploads)
         #: deals whose report failed for a temporary reason; retried in the background
         self.pending_reports: set[str] = set()
-        # deals this node was sent the (never stored) zero fragment of: it may report
-        # an all-zero column for them
-        self._zero_received: set[str] = set()
+        #: fid -> fragments sent to this node since its last report for that fid (the
+        #: never stored zero fragment too): what it may report a column for
+        self._received: dict[str, set[str]] = {}
         self._report_locks: dict[str, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -675,8 +678,7 @@ class NodeApp:
 
     # ---- reports ---------------------------------------------------------------------
     async def _after_store(self, fid: str, fragment: str) -> None:
-        if fragment == ZERO_FRAGMENT_HASH:
-            self._zero_received.add(fid)
+        self._received.setdefault(fid, set()).add(fragment)
         if self._nursery is None:
             await self._report(fid)
             return
@@ -698,10 +700,11 @@ class NodeApp:
         lock = self._report_locks.setdefault(fid, trio.Lock())
         try:
             async with lock:  # one report attempt per deal at a time
-                extra = {ZERO_FRAGMENT_HASH} if fid in self._zero_received else set()
+                received = self._received.get(fid)
                 try:
                     index = await trio.to_thread.run_sync(
-                        report_columns, self.chain, self.store, fid, extra
+                        report_columns, self.chain, self.store, fid,
+                        None if received is None else set(received),
                     )
                 except ChainUnavailable as exc:
                     log.info("transfer report for %s… postponed: %s", fid[:16], exc)
@@ -714,7 +717,7 @@ class NodeApp:
                 # reported, or nothing reportable (yet): the next fragment re-triggers it
                 self.pending_reports.discard(fid)
                 if index is not None:
-                    self._zero_received.discard(fid)
+                    self._received.pop(fid, None)
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._report_locks.pop(fid, None)

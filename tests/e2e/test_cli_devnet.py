@@ -54,6 +54,25 @@ def test_put_stat_get_plain_layout(devnet: Devnet, bucket: str, tmp_path: Path) 
     assert dest.read_bytes() == data
 
 
+def test_the_same_plain_file_stored_again_after_rm(devnet: Devnet, bucket: str, tmp_path: Path) -> None:
+    """rm, then put the same bytes: the same FID is declared again while the nodes still
+    hold its fragments from before, each maybe for another column this time. Every node
+    must report the column it was sent now (it once reported the one it held from before,
+    and the upload failed with 'stored its column but did not report it')."""
+    data = os.urandom(3_000_000)  # one segment: 3 of its data columns are all-zero
+    src = tmp_path / "again.bin"
+    src.write_bytes(data)
+    fids = set()
+    for _ in range(4):
+        devnet.cli("put", "-q", "--no-encrypt", str(src), f"{bucket}/again.bin")
+        fids.add(json.loads(devnet.cli("stat", "--json", f"{bucket}/again.bin").stdout)["fid"])
+        dest = tmp_path / "again.out"
+        devnet.cli("get", f"{bucket}/again.bin", str(dest))
+        assert dest.read_bytes() == data
+        devnet.cli("rm", f"{bucket}/again.bin")
+    assert len(fids) == 1
+
+
 def test_encrypted_put_get_and_nodes_hold_no_plaintext(devnet: Devnet, bucket: str, tmp_path: Path) -> None:
     marker = b"DEOSSFS-PLAINTEXT-MARKER-" * 4000
     data = marker + os.urandom(5_000_000) + marker
