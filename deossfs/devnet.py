@@ -82,6 +82,8 @@ def node_processes(devnet_dir: Path) -> list[NodeProcess]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # as the node's server does: connections of its last run in TIME_WAIT do not count
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -87,7 +87,9 @@ def test_a_replay_is_refused_after_the_node_restarts(secure_devnet: Devnet, stor
     assert get(http, stored, headers).status_code == 200
     node = nodes_by_account(secure_devnet)[stored["miner"]]
     kill(node)
-    wait_ready([start_node(secure_devnet.config, node)])
+    restarted = start_node(secure_devnet.config, node)
+    wait_ready([restarted])
+    stored["endpoint"] = restarted.endpoint  # a new port if its old one was taken meanwhile
     response = get(http, stored, headers)
     assert response.status_code == 401 and "replayed" in response.json()["msg"]
 
