@@ -718,9 +718,13 @@ class Operations(pyfuse3.Operations):
                 self.db.done_writing(ino)
                 continue
             info = path.stat()
+            try:
+                name = b"/".join(self.db.path_parts(ino)).decode(errors="replace")
+            except KeyError:  # an ancestor is gone: nothing to journal under
+                self.db.done_writing(ino)
+                continue
             log.warning("%s was open for writing when the last mount stopped: what had been "
-                        "written is kept (%d bytes) and uploaded",
-                        b"/".join(self.db.path_parts(ino)).decode(errors="replace"), info.st_size)
+                        "written is kept (%d bytes) and uploaded", name, info.st_size)
             self._commit_content(ino, info.st_size, info.st_mtime_ns)
 
     def _commit_content(self, ino: int, size: int, mtime_ns: int) -> int:
