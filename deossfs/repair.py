@@ -40,6 +40,7 @@ from .errors import (
     NodeRefused,
     NotEnoughNodes,
     NotFound,
+    cli_message,
 )
 from .names import split_target
 from .p2p.transfer import with_retries
@@ -371,8 +372,8 @@ async def verify_forever(store: ObjectStore, interval: float, *, repair: bool = 
         await trio.sleep(interval)
         try:
             report = await verify(store, repair=repair)
-        except DeossError as exc:
-            log.warning("background verification failed: %s", exc)
+        except Exception as exc:  # a background task: it must not end the mount
+            log.warning("background verification failed: %s", cli_message(exc))
             continue
         if report.problems:
             log.warning("background verification: %d bad fragments, %d repaired, %d left",

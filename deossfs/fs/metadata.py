@@ -27,7 +27,7 @@ import zlib
 
 import trio
 
-from ..errors import DeossError
+from ..errors import DeossError, cli_message
 from ..processing.pipeline import bytes_reader
 from .db import ROOT_INODE, Row, now_ns
 from .operations import META_DIR, REFRESH_SECONDS, Operations
@@ -128,6 +128,10 @@ class BucketSync:
             bucket_row = self.db.child(ROOT_INODE, bucket.encode())
             if bucket_row is None:
                 return
+            # FIDs being deleted now: one the uploader deletes while the listing is under
+            # way is in the listing but no longer in the queue afterwards, and would come
+            # back as a foreign object
+            deleting = set(self.db.chain_deletes())
             try:
                 objects = await self.store.files_in_bucket(bucket)
             except DeossError as exc:
@@ -153,6 +157,7 @@ class BucketSync:
             known = {r.fid for r in self.db.descendants(bucket_row.id) if r.fid}
             # unlinked or replaced here, deleted from the chain soon: not a foreign object
             known.update(self.db.chain_deletes())
+            known.update(deleting)
             for key, info in objects:
                 if key == META_KEY or key.startswith(META_DIR + "/") or info.fid in known:
                     continue
@@ -316,4 +321,7 @@ class BucketSync:
         task_status.started()
         while True:
             await trio.sleep(SAVE_DELAY)
-            await self.save_all()
+            try:
+                await self.save_all()
+            except Exception as exc:  # e.g. the local disk is full: the next round saves
+                log.warning("saving bucket metadata: %s", cli_message(exc))

@@ -18,7 +18,7 @@ import time
 
 import trio
 
-from ..errors import DeossError, NotEnoughNodes, NotFound
+from ..errors import DeossError, NotEnoughNodes, NotFound, cli_message
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
 from ..processing.pipeline import file_reader
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: files uploaded at once (each holds up to two 96 MiB workspaces)
 CONCURRENT_UPLOADS = 2
 PERMANENT_RETRY_SECONDS = 60.0
+#: a background step that failed locally (e.g. the disk is full) runs again after this
+BACKGROUND_RETRY_SECONDS = 5.0
 #: failed attempts after which unmount stops waiting for an upload
 DRAIN_GIVE_UP_ATTEMPTS = 3
 
@@ -102,9 +104,14 @@ class Uploader:
             task_status.started()
             while True:
                 self._wake = trio.Event()
-                await self._declares()
-                await self._chain_deletes()
-                next_try = self._start_due(nursery)
+                try:
+                    await self._declares()
+                    await self._chain_deletes()
+                    next_try = self._start_due(nursery)
+                except Exception as exc:  # the journal cannot change (a full disk): later
+                    log.warning("uploader: %s; trying again in %.0f s",
+                                cli_message(exc), BACKGROUND_RETRY_SECONDS)
+                    next_try = time.time() + BACKGROUND_RETRY_SECONDS
                 delay = min(max(next_try - time.time(), 0.05), 5.0) if next_try else 5.0
                 with trio.move_on_after(delay):
                     await self._wake.wait()
@@ -126,6 +133,10 @@ class Uploader:
         try:
             async with self._limiter:
                 await self._upload_one(ino, generation)
+        except Exception as exc:
+            # a failure outside the put (the journal on a full disk): the file stays
+            # journaled and is tried again; the mount must not end over it
+            log.warning("upload of inode %d: %s; it stays journaled", ino, cli_message(exc))
         finally:
             self._active.discard(ino)
             self._signal_change()
