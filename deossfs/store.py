@@ -252,10 +252,17 @@ class ObjectStore:
         workspaces: list[SegmentWorkspace], progress: Progress | None,
     ) -> None:
         nodes = await self._nodes()
-        chosen = self.selector.choose(nodes)
-        assignment = dict(enumerate(chosen))
-        used = {n.account for n in chosen}
-        columns = set(range(TOTAL_SHARDS))
+        # a resumed order may have columns reported already: they stay with their nodes,
+        # and those nodes (one column each per deal) get no other column
+        deal = await self._chain(self.chain.deal, plan.fid)
+        reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}  # type: ignore[union-attr]
+        columns = set(range(TOTAL_SHARDS)) - set(reported)
+        chosen = self.selector.choose(nodes, len(columns), exclude=reported.values())
+        assignment = dict(zip(sorted(columns), chosen, strict=True))
+        used = {n.account for n in chosen} | set(reported.values())
+        if reported:
+            log.info("storage order for %s resumed: %d of %d columns reported already",
+                     plan.fid, len(reported), TOTAL_SHARDS)
         report = progress
         for round_ in range(REASSIGN_ROUNDS + 1):
             failed = await self._send_pass(codec, plan, read_into, workspaces,
