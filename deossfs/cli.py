@@ -689,14 +689,6 @@ def _mount_processes(target: Path) -> list[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 @main.command("umount")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--wait/--no-wait", default=True, show_default=True,
@@ -705,6 +697,8 @@ def _alive(pid: int) -> bool:
 def umount_cmd(mountpoint: str, wait: bool) -> None:
     """Unmount; the mount process finishes pending uploads before it exits."""
     import time
+
+    from .devnet import process_alive
 
     target = Path(mountpoint).resolve()
     pids = _mount_processes(target)
@@ -718,13 +712,13 @@ def umount_cmd(mountpoint: str, wait: bool) -> None:
             click.echo(f"the mount process (pid {', '.join(map(str, pids))}) finishes its pending "
                        "uploads in the background")
         return
-    pids = [p for p in pids if _alive(p)]
+    pids = [p for p in pids if process_alive(p)]
     if pids:
         click.echo(f"waiting for the mount process (pid {', '.join(map(str, pids))}) to finish "
                    "its pending uploads (`deossfs status` shows them)…")
     while pids:
         time.sleep(0.2)
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if process_alive(p)]
 
 
 @main.command("status")

@@ -38,14 +38,15 @@ class NodeProcess:
 
     @property
     def alive(self) -> bool:
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and process_alive(self.pid)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie whose threads are all gone does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -111,13 +112,13 @@ def start_node(config_path: Path, node: NodeProcess, port: int | None = None) ->
 
 
 def stop_node(node: NodeProcess, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if node.pid is None or not _alive(node.pid):
+    if node.pid is None or not process_alive(node.pid):
         return
     os.kill(node.pid, sig)
     deadline = time.monotonic() + timeout
-    while _alive(node.pid) and time.monotonic() < deadline:
+    while process_alive(node.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(node.pid):
+    if process_alive(node.pid):
         os.kill(node.pid, signal.SIGKILL)
 
 

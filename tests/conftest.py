@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -42,14 +43,20 @@ class Devnet:
         return node_processes(self.dir)
 
 
-@pytest.fixture(scope="session")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    directory = tmp_path_factory.mktemp("devnet")
-    deossfs("devnet", "up", "--dir", str(directory), "--nodes", "12", timeout=180)
+@contextlib.contextmanager
+def devnet_at(directory: Path, nodes: int = 12) -> Iterator[Devnet]:
+    """A devnet of its own (ledger and node processes) in `directory`, removed afterwards."""
+    deossfs("devnet", "up", "--dir", str(directory), "--nodes", str(nodes), timeout=240)
     net = Devnet(directory)
     try:
         yield net
     finally:
         deossfs("devnet", "down", "--dir", str(directory), check=False)
-        # 12 nodes hold 3x every byte stored: do not leave gigabytes behind on a shared disk
+        # the nodes hold 3x every byte stored: do not leave gigabytes behind on a shared disk
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    with devnet_at(tmp_path_factory.mktemp("devnet")) as net:
+        yield net

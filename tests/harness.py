@@ -6,16 +6,14 @@ deadline, and a test asserts on outcomes, never on durations.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,10 +22,17 @@ import tomli_w
 
 from deossfs.chain.ledger import EmbeddedLedger
 from deossfs.config import load_config
-from deossfs.devnet import NodeProcess, node_processes, start_node, stop_node, wait_ready
+from deossfs.devnet import (
+    NodeProcess,
+    node_processes,
+    process_alive,
+    start_node,
+    stop_node,
+    wait_ready,
+)
 from deossfs.keys import Account, load_key_file
 
-from .conftest import Devnet, deossfs
+from .conftest import Devnet, deossfs, devnet_at
 
 T = TypeVar("T")
 
@@ -44,17 +49,7 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
-@contextlib.contextmanager
-def scratch_devnet(directory: Path, nodes: int = 12) -> Iterator[Devnet]:
-    """A devnet of its own (its own ledger and node processes) for destructive tests."""
-    deossfs("devnet", "up", "--dir", str(directory), "--nodes", str(nodes), timeout=240)
-    net = Devnet(directory)
-    try:
-        yield net
-    finally:
-        deossfs("devnet", "down", "--dir", str(directory), check=False)
-        # the nodes hold 3x every byte stored: leave no gigabytes behind on a shared disk
-        shutil.rmtree(directory, ignore_errors=True)
+scratch_devnet = devnet_at  # a devnet of its own for destructive tests
 
 
 def config_for(devnet: Devnet, directory: Path, *, name: str = "deossfs.toml",
@@ -141,14 +136,6 @@ def read_only_ledger(devnet: Devnet) -> sqlite3.Connection:
 # ---- mounts ------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 class Mounted:
     """A `deossfs mount` in the background, driven through the real CLI."""
 
@@ -175,9 +162,9 @@ class Mounted:
     def cleanup(self) -> None:
         if os.path.ismount(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
-        if self.pid is not None and _alive(self.pid):
+        if self.pid is not None and process_alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)
-            wait_for(lambda: not _alive(self.pid), 30, "the mount process to go")  # type: ignore[arg-type]
+            wait_for(lambda: not process_alive(self.pid), 30, "the mount process to go")  # type: ignore[arg-type]
         self.pid = None
 
     def path(self, *parts: str) -> Path:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,20 +15,16 @@ import pytest
 from deossfs.config import load_config, write_config
 from deossfs.devnet import start_node, stop_node, wait_ready
 
-from ..conftest import Devnet, deossfs
+from ..conftest import Devnet, devnet_at
+from ..harness import wait_for  # noqa: F401 - the cache tests import it from here
 
 T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
 def cache_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    directory = tmp_path_factory.mktemp("cache-devnet")
-    deossfs("devnet", "up", "--dir", str(directory), "--nodes", "12", timeout=180)
-    net = Devnet(directory)
-    try:
+    with devnet_at(tmp_path_factory.mktemp("cache-devnet")) as net:
         yield net
-    finally:
-        deossfs("devnet", "down", "--dir", str(directory), check=False)
 
 
 def instance(net: Devnet, directory: Path, **options: Any) -> Path:
@@ -50,17 +45,6 @@ def instance(net: Devnet, directory: Path, **options: Any) -> Path:
 
 def bucket_name() -> str:
     return f"cache-{secrets.token_hex(4)}"
-
-
-def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def stop_all_nodes(net: Devnet) -> None:

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import tomli_w
 
-from ..conftest import Devnet, deossfs
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
-
+from ..conftest import Devnet, devnet_at
+from ..harness import wait_for  # noqa: F401 - the fs tests import it from here
 
 #: the marks of every test that needs a real kernel mount
 NEEDS_MOUNT = [
@@ -63,12 +47,5 @@ def config_for(devnet: Devnet, directory: Path, *, territory: str | None = None,
 @pytest.fixture(scope="session")
 def scratch_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     """A second devnet for destructive tests (nodes stopped, the chain's clock moved on)."""
-    directory = tmp_path_factory.mktemp("scratch-devnet")
-    deossfs("devnet", "up", "--dir", str(directory), "--nodes", "12", timeout=180)
-    net = Devnet(directory)
-    try:
+    with devnet_at(tmp_path_factory.mktemp("scratch-devnet")) as net:
         yield net
-    finally:
-        deossfs("devnet", "down", "--dir", str(directory), check=False)
-        # every object costs 12 x 8 MiB of fragments: do not leave gigabytes in /tmp
-        shutil.rmtree(directory, ignore_errors=True)

@@ -8,7 +8,6 @@ with `deossfs status` or the `user.deossfs.state` xattr, never with a sleep.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -20,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from deossfs.devnet import process_alive
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
 
+from .. import harness
 from ..conftest import Devnet, deossfs
 from .conftest import NEEDS_MOUNT, bucket_name, config_for, wait_for
 
@@ -30,60 +31,24 @@ pytestmark = NEEDS_MOUNT
 DURABLE_TIMEOUT = 90.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-class Mounted:
-    """One mount point of one config, driven through the real CLI."""
-
-    def __init__(self, config: Path, mountpoint: Path) -> None:
-        self.config = config
-        self.mountpoint = mountpoint
-        self.pid: int | None = None
-        mountpoint.mkdir(parents=True, exist_ok=True)
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return deossfs(*args, config=self.config, check=check)
-
-    def mount(self, *flags: str) -> Mounted:
-        out = self.cli("mount", *flags, str(self.mountpoint)).stdout
-        match = re.search(r"pid (\d+)", out)
-        assert match and os.path.ismount(self.mountpoint), out
-        self.pid = int(match.group(1))
-        return self
+class Mounted(harness.Mounted):
+    """One mount point of one config, driven through the real CLI; stricter checks."""
 
     def umount(self) -> None:
         """`deossfs umount`: returns once the mount process finished its uploads and exited."""
-        self.cli("umount", str(self.mountpoint))
+        pid = self.pid
+        super().umount()
         assert not os.path.ismount(self.mountpoint)
-        assert self.pid is not None and not _alive(self.pid), "umount returned before the mount exited"
-        self.pid = None
+        assert pid is not None and not process_alive(pid), "umount returned before the mount exited"
 
     def kill9(self) -> None:
         assert self.pid is not None
         os.kill(self.pid, signal.SIGKILL)
-        wait_for(lambda: not _alive(self.pid), 10, "the killed mount to go")  # type: ignore[arg-type]
+        wait_for(lambda: not process_alive(self.pid), 10, "the killed mount to go")  # type: ignore[arg-type]
         subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=True)
         self.pid = None
 
-    def cleanup(self) -> None:
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
-        if self.pid is not None and _alive(self.pid):
-            os.kill(self.pid, signal.SIGKILL)
-
-    def path(self, *parts: str) -> Path:
-        return self.mountpoint.joinpath(*parts)
-
     # ---- the journal and the chain -----------------------------------------------
-
-    def pending(self) -> list[dict]:
-        return json.loads(self.cli("status", "--json").stdout)["pending"]
 
     def journal_size(self) -> int:
         """Pending uploads, read from the journal as `deossfs status` does (no process spawned)."""
@@ -102,10 +67,6 @@ class Mounted:
         """key -> size of the bucket's objects, from `deossfs ls`."""
         out = self.cli("ls", bucket).stdout
         return {line.split()[2]: int(line.split()[0]) for line in out.splitlines() if line.strip()}
-
-    def log(self) -> str:
-        path = self.config.parent / "workspace" / "mount.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture
