@@ -39,6 +39,12 @@ SAVE_DELAY = 5.0
 FORMAT = 1
 
 
+def _entry_is_newer(entry: dict, row: Row) -> bool:
+    """Does another mount's entry supersede this row? The later change (ctime) wins; the
+    FID breaks a tie, so two mounts comparing the same pair always pick the same one."""
+    return (entry["c"], entry.get("f") or "") > (row.ctime_ns, row.fid or "")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -52,6 +58,9 @@ class BucketSync:
         self._buckets_refreshed = 0.0
         self._locks: dict[str, trio.Lock] = {}
         self._saving: set[str] = set()
+        #: other mounts' metadata objects merged into this mount's view since its last
+        #: save, per bucket: that save replaces them (see refresh_bucket)
+        self._merged: dict[str, set[str]] = {}
         ops.hooks.refresh_bucket = self.refresh_bucket
         ops.hooks.refresh_buckets = self.refresh_buckets
         ops.hooks.bucket_changed = self.mark_dirty
@@ -139,20 +148,9 @@ class BucketSync:
                 return
             self._refreshed[bucket] = time.monotonic()
             dirty, meta_fid, _ = self.db.bucket_state(bucket)
-            chain_fids = set()
-            remote_meta = None
-            for key, info in objects:
-                if key == META_KEY:
-                    remote_meta = info.fid
-                else:
-                    chain_fids.add(info.fid)
-            if remote_meta and remote_meta != meta_fid:
-                try:
-                    blob = await self.store.read_object(remote_meta)
-                    self._apply(bucket_row.id, json.loads(zlib.decompress(blob)), allow_deletes=not dirty)
-                    self.db.set_bucket_state(bucket, meta_fid=remote_meta)
-                except (DeossError, ValueError, zlib.error) as exc:
-                    log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
+            chain_fids = {info.fid for key, info in objects if key != META_KEY}
+            metas = [info.fid for key, info in objects if key == META_KEY]
+            await self._load_metadata(bucket, bucket_row.id, metas, meta_fid, dirty)
             pending = {u[0] for u in self.db.pending_uploads()}
             known = {r.fid for r in self.db.descendants(bucket_row.id) if r.fid}
             # unlinked or replaced here, deleted from the chain soon: not a foreign object
@@ -172,7 +170,11 @@ class BucketSync:
                                    self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
                                    foreign_object=1, durable_generation=0)
                 elif existing.kind == "file" and existing.id not in pending and not existing.staged \
-                        and existing.id not in self.ops.open_states:
+                        and existing.id not in self.ops.open_states \
+                        and (existing.foreign_object or existing.fid not in chain_fids):
+                    # a new version replaced this one under its name. While both are on
+                    # the chain (two mounts wrote the file) the listing does not choose:
+                    # the metadata objects do (_apply)
                     self.ops.reader.forget(existing.fid or "")
                     self.db.update(existing.id, fid=info.fid, size=info.file_size)
             # stored files deleted elsewhere
@@ -182,10 +184,41 @@ class BucketSync:
                         and not self.db.conn.execute("SELECT 1 FROM declares WHERE ino=?", (row.id,)).fetchone()):
                     self.ops._remove_inode(row.id)
 
+    async def _load_metadata(self, bucket: str, bucket_ino: int, metas: list[str],
+                             meta_fid: str | None, dirty: int) -> None:
+        """Apply the bucket's metadata objects that this mount has not seen.
+
+        One object: another mount's save, applied as it is. More than one: two mounts
+        saved without seeing each other's (each deletes only the object it last loaded).
+        Then each entry keeps the newer side (_entry_is_newer), nothing is removed, and
+        this mount's next save, which merges them, deletes them all."""
+        merged = self._merged.setdefault(bucket, set())
+        unseen = [fid for fid in metas if fid != meta_fid and fid not in merged]
+        if not unseen:
+            return
+        conflict = len(metas) > 1
+        for fid in unseen:
+            try:
+                meta = json.loads(zlib.decompress(await self.store.read_object(fid)))
+                self._apply(bucket_ino, meta, allow_deletes=not dirty and not conflict)
+            except (DeossError, ValueError, zlib.error) as exc:
+                log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
+                continue
+            if conflict:
+                merged.add(fid)
+            else:
+                self.db.set_bucket_state(bucket, meta_fid=fid)
+        if conflict and merged:
+            log.info("bucket %s has %d metadata objects (saved by two mounts at once): merging them",
+                     bucket, len(metas))
+            self.mark_dirty(bucket)
+
     def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown metadata format {meta.get('format')}")
         pending = {u[0] for u in self.db.pending_uploads()}
+        named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
+        superseded: set[str] = set()
         seen: set[int] = set()
         for entry in meta["entries"]:
             parts = entry["p"].split("/")
@@ -202,7 +235,7 @@ class BucketSync:
             if row is None:
                 row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
             elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"] \
-                    or (not allow_deletes and row.ctime_ns > entry["c"]):
+                    or (not allow_deletes and not _entry_is_newer(entry, row)):
                 # a change made here and not saved yet (the bucket is dirty) is newer than
                 # the other mount's entry: it stays, and this mount's next save publishes it
                 seen.add(row.id)
@@ -215,6 +248,8 @@ class BucketSync:
                         # another machine stored a newer version: a local copy is stale
                         if row.fid:
                             self.ops.reader.forget(row.fid)
+                            if _entry_is_newer(entry, row):
+                                superseded.add(row.fid)
                         if row.staged:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)
                             values["staged"] = 0
@@ -223,12 +258,19 @@ class BucketSync:
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
             for name, value in entry.get("x", {}).items():
                 self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
+        # Two mounts wrote the same path without seeing each other's version: both are
+        # on the chain. The later close wins everywhere (_entry_is_newer); the mount whose
+        # version lost deletes it, unless something still names it. Only a version older
+        # than a durable one is ever deleted, so racing metadata saves can leak, not lose.
+        for fid in superseded - named_fids:
+            if not self.db.files_with_fid(fid):
+                log.info("version %s was replaced by another mount's newer one: deleting it", fid[:16])
+                self.db.queue_chain_delete(fid)
         if allow_deletes:
             # nothing unsaved here: a row the metadata does not name is gone elsewhere if
             # it has no content of its own (empty file, symlink, directory), or if its FID
             # lives on under another name (renamed elsewhere, or first listed here under its
             # hashed chain name). Deepest first, so emptied directories go in the same pass.
-            named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
             for row in reversed(self.db.descendants(bucket_ino)):
                 if row.id in seen or row.id in pending or row.id in self.ops.open_states:
                     continue
@@ -291,6 +333,9 @@ class BucketSync:
             if snapshot is None:
                 return
             self.db.set_bucket_state(bucket, dirty=0)
+            # merged into this snapshot: replaced by it (a merge after this point waits
+            # for the next save)
+            replaced = set(self._merged.get(bucket, ()))
             blob = zlib.compress(json.dumps(snapshot, separators=(",", ":")).encode(), 6)
             try:
                 plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
@@ -302,11 +347,12 @@ class BucketSync:
                     log.warning("saving the metadata of bucket %s failed: %s", bucket, exc)
                 raise
             self.db.set_bucket_state(bucket, meta_fid=plan.fid)
-            if old_fid and old_fid != plan.fid:
+            self._merged[bucket] = self._merged.get(bucket, set()) - replaced
+            for fid in sorted(f for f in {old_fid, *replaced} if f and f != plan.fid):
                 try:
-                    await self.store.delete_fid(old_fid)
+                    await self.store.delete_fid(fid)
                 except DeossError as exc:
-                    log.warning("deleting old metadata %s failed: %s", old_fid[:16], exc)
+                    log.warning("deleting old metadata %s failed: %s", fid[:16], exc)
 
     async def save_all(self) -> None:
         # a save under way has cleared its bucket's dirty flag: wait for it too (unmount)

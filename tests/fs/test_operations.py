@@ -935,6 +935,17 @@ async def test_metadata_save_under_way_is_not_lost_at_unmount(fs: FS) -> None:
     assert fs.db.bucket_state(bucket)[0] == 0
 
 
+async def publish(a: FS, b: FS, bucket: str, files: dict[str, bytes]) -> None:
+    """`a` writes the files, makes them durable and saves its metadata; `b` lists them."""
+    for name, data in files.items():
+        await a.write_file(f"{bucket}/{name}", data)
+    for name in files:
+        await a.wait_stored(f"{bucket}/{name}")
+    await a.sync.save_all()
+    await b.sync.refresh_buckets(force=True)
+    await b.sync.refresh_bucket(bucket, force=True)
+
+
 async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
     """A version closed (and made durable) on one machine is what the other opens next."""
     (tmp_path / "a").mkdir()
@@ -961,6 +972,77 @@ async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
         assert await a.state(f"{bucket}/shared.bin") == "stored"
         assert (await a.attr(f"{bucket}/shared.bin")).st_size == len(second)
         assert await a.read_file(f"{bucket}/shared.bin") == second
+
+
+async def test_two_mounts_writing_one_path_keep_the_later_version(devnet: Devnet, tmp_path: Path) -> None:
+    """Both mounts write the same new file before either sees the other's version: the
+    later close wins on both, and the earlier version is deleted from the chain, not left
+    there using territory space under the same name."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        await b.sync.refresh_buckets(force=True)
+        path = f"{bucket}/both.bin"
+        earlier, later = os.urandom(50_000), os.urandom(70_000)
+        await a.write_file(path, earlier)
+        await b.write_file(path, later)
+        fid_a, fid_b = await a.wait_stored(path), await b.wait_stored(path)
+        assert fid_a and fid_b and fid_a != fid_b
+        # b lists the bucket while both versions are on the chain: it keeps its own
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(path) == later
+        # a publishes its (earlier) version; b's unsaved one is newer and stays
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(path) == later
+        await b.sync.save_all()
+        # a takes b's version and deletes its own from the chain
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert await a.xattr(path, "user.deossfs.fid") == fid_b.encode()
+        assert await a.read_file(path) == later
+        await a.wait_idle()
+        assert not await a.fid_on_chain(fid_a)
+        assert [e.fid for e in await a.store.list(bucket) if e.key == "both.bin"] == [fid_b]
+        # and nothing flips back on either side
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(path) == later
+        await b.wait_idle()
+        assert await b.fid_on_chain(fid_b)
+
+
+async def test_metadata_saved_by_two_mounts_at_once_is_merged(devnet: Devnet, tmp_path: Path) -> None:
+    """A and B change different files and save without seeing each other's save: two
+    metadata objects. The next listing merges them, the next save replaces both, and
+    each mount ends with both changes."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        await publish(a, b, bucket, {"one.txt": b"changed by a", "two.txt": b"changed by b"})
+
+        async def metadata_objects() -> list[str]:
+            return [e.fid for e in await a.store.list(bucket) if e.key == META_KEY]
+
+        assert len(await metadata_objects()) == 1
+        one, two = await a.ino(f"{bucket}/one.txt"), await b.ino(f"{bucket}/two.txt")
+        await a.ops.setattr(one, _attrs(st_mode=stat.S_IFREG | 0o600), Fields(update_mode=True), None, CTX)
+        await b.ops.setattr(two, _attrs(st_mode=stat.S_IFREG | 0o640), Fields(update_mode=True), None, CTX)
+        await a.sync.save_all()
+        await b.sync.save_all()  # b deletes the object it loaded, not a's new one
+        assert len(await metadata_objects()) == 2
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert stat.S_IMODE((await a.attr(f"{bucket}/one.txt")).st_mode) == 0o600
+        assert stat.S_IMODE((await a.attr(f"{bucket}/two.txt")).st_mode) == 0o640
+        await a.sync.save_all()
+        assert len(await metadata_objects()) == 1
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert stat.S_IMODE((await b.attr(f"{bucket}/one.txt")).st_mode) == 0o600
+        assert stat.S_IMODE((await b.attr(f"{bucket}/two.txt")).st_mode) == 0o640
+        assert len(await metadata_objects()) == 1
 
 
 async def test_a_rename_elsewhere_leaves_no_stale_name(devnet: Devnet, tmp_path: Path) -> None:
@@ -1002,13 +1084,8 @@ async def test_unsaved_local_change_survives_another_mounts_save(devnet: Devnet,
     config_a = config_for(devnet, tmp_path / "a")
     async with open_fs(config_a) as a, open_fs(config_for(devnet, tmp_path / "b")) as b:
         bucket = await a.bucket()
-        mine = await a.write_file(f"{bucket}/mine.txt", b"chmod here")
-        await a.write_file(f"{bucket}/theirs.txt", b"chmod there")
-        await a.wait_stored(f"{bucket}/mine.txt")
-        await a.wait_stored(f"{bucket}/theirs.txt")
-        await a.sync.save_all()
-        await b.sync.refresh_buckets(force=True)
-        await b.sync.refresh_bucket(bucket, force=True)
+        await publish(a, b, bucket, {"mine.txt": b"chmod here", "theirs.txt": b"chmod there"})
+        mine = await a.ino(f"{bucket}/mine.txt")
         # a changes a file and stops without saving; b changes another one and saves
         await a.ops.setattr(mine, _attrs(st_mode=stat.S_IFREG | 0o604), Fields(update_mode=True), None, CTX)
         theirs = await b.ino(f"{bucket}/theirs.txt")
