@@ -11,7 +11,7 @@ import os
 import sqlite3
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT_INODE = 1
@@ -40,6 +40,16 @@ CREATE TABLE IF NOT EXISTS inodes (
     foreign_object INTEGER NOT NULL DEFAULT 0,    -- stored by another CESS tool: defaults
     UNIQUE (parent, name)
 );
+-- hard links: names of an inode besides its own (parent, name) above, which is the name
+-- the file is uploaded under; a name is unique across both tables (checked in Operations)
+CREATE TABLE IF NOT EXISTS links (
+    id INTEGER PRIMARY KEY,
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    UNIQUE (parent, name)
+);
+CREATE INDEX IF NOT EXISTS links_by_ino ON links (ino);
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ino, name)
@@ -95,13 +105,16 @@ class Row:
     generation: int
     durable_generation: int
     foreign_object: int
+    #: not a column: the hard link this row was found through (0: the inode's own name),
+    #: whose parent and name it then carries
+    link_id: int = 0
 
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
 
 
-COLUMNS = [f for f in Row.__dataclass_fields__]
+COLUMNS = [f for f in Row.__dataclass_fields__ if f != "link_id"]
 
 
 def now_ns() -> int:
@@ -141,11 +154,60 @@ class Database:
         return self._row(cur.fetchone())
 
     def child(self, parent: int, name: bytes) -> Row | None:
+        """The inode named `name` in `parent`, by its own name or by a hard link."""
         cur = self.conn.execute(
             f"SELECT {', '.join(COLUMNS)} FROM inodes WHERE parent=? AND name=? AND id != ?",
             (parent, name, ROOT_INODE),
         )
-        return self._row(cur.fetchone())
+        row = self._row(cur.fetchone())
+        if row is not None:
+            return row
+        link = self.conn.execute("SELECT id, ino FROM links WHERE parent=? AND name=?", (parent, name)).fetchone()
+        if link is None:
+            return None
+        row = self.get(link[1])
+        return replace(row, parent=parent, name=name, link_id=link[0]) if row is not None else None
+
+    def link_children(self, parent: int, after_id: int = 0) -> list[Row]:
+        """The inodes hard-linked into `parent`, each under its link's name, by link id."""
+        out = []
+        for link_id, name, ino in self.conn.execute(
+                "SELECT id, name, ino FROM links WHERE parent=? AND id > ? ORDER BY id", (parent, after_id)).fetchall():
+            row = self.get(ino)
+            if row is not None:
+                out.append(replace(row, parent=parent, name=name, link_id=link_id))
+        return out
+
+    def add_link(self, ino: int, parent: int, name: bytes) -> None:
+        self.conn.execute("INSERT INTO links (parent, name, ino) VALUES (?, ?, ?)", (parent, name, ino))
+
+    def move_link(self, link_id: int, parent: int, name: bytes) -> None:
+        self.conn.execute("UPDATE links SET parent=?, name=? WHERE id=?", (parent, name, link_id))
+
+    def remove_link(self, link_id: int) -> None:
+        self.conn.execute("DELETE FROM links WHERE id=?", (link_id,))
+
+    def link_count(self, ino: int) -> int:
+        """How many hard links the inode has besides its own name."""
+        return self.conn.execute("SELECT COUNT(*) FROM links WHERE ino=?", (ino,)).fetchone()[0]
+
+    def swap_with_link(self, link_id: int) -> None:
+        """The link's name becomes the inode's own name, and its own name the link's."""
+        parent, name, ino = self.conn.execute("SELECT parent, name, ino FROM links WHERE id=?", (link_id,)).fetchone()
+        own = self.conn.execute("SELECT parent, name FROM inodes WHERE id=?", (ino,)).fetchone()
+        self.conn.execute("UPDATE links SET parent=?, name=? WHERE id=?", (*own, link_id))
+        self.update(ino, parent=parent, name=name)
+
+    def promote_link(self, ino: int) -> bool:
+        """The inode's own name goes: its oldest hard link becomes its name. False if
+        it has none."""
+        link = self.conn.execute("SELECT id, parent, name FROM links WHERE ino=? ORDER BY id LIMIT 1",
+                                 (ino,)).fetchone()
+        if link is None:
+            return False
+        self.conn.execute("DELETE FROM links WHERE id=?", (link[0],))
+        self.update(ino, parent=link[1], name=link[2])
+        return True
 
     def children(self, parent: int, after_id: int = 0) -> list[Row]:
         cur = self.conn.execute(
@@ -158,7 +220,9 @@ class Database:
     def has_children(self, parent: int) -> bool:
         cur = self.conn.execute("SELECT 1 FROM inodes WHERE parent=? AND id != ? LIMIT 1",
                                 (parent, ROOT_INODE))
-        return cur.fetchone() is not None
+        if cur.fetchone() is not None:
+            return True
+        return self.conn.execute("SELECT 1 FROM links WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
 
     def insert(self, parent: int, name: bytes, kind: str, mode: int, uid: int, gid: int,
                **extra: object) -> Row:
@@ -180,6 +244,7 @@ class Database:
 
     def delete(self, ino: int) -> None:
         self.conn.execute("DELETE FROM inodes WHERE id=?", (ino,))
+        self.conn.execute("DELETE FROM links WHERE ino=?", (ino,))
         self.conn.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
         self.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
         self.conn.execute("DELETE FROM writing WHERE ino=?", (ino,))

@@ -220,11 +220,22 @@ class BucketSync:
         named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
         superseded: set[str] = set()
         seen: set[int] = set()
+        links = [e for e in meta["entries"] if e["k"] == "link"]
         for entry in meta["entries"]:
+            if entry["k"] == "link":
+                continue
             parts = entry["p"].split("/")
             parent = self._ensure_path(bucket_ino, parts[:-1])
             seen.update(self._ancestors(parent, bucket_ino))
             row = self.db.child(parent, parts[-1].encode())
+            if row is not None and row.link_id:
+                # the other mount's own name of a file is a hard link here: swap them, so
+                # both upload under the same name; the old own name is a link now, kept
+                # if the metadata names it
+                self.db.swap_with_link(row.link_id)
+                row = self.db.get(row.id)
+                assert row is not None
+                self.ops._names_changed([row])
             values = {"mode": entry["m"], "uid": entry["u"], "gid": entry["g"],
                       "atime_ns": entry["a"], "mtime_ns": entry["t"], "ctime_ns": entry["c"]}
             if entry["k"] == "file":
@@ -258,6 +269,7 @@ class BucketSync:
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
             for name, value in entry.get("x", {}).items():
                 self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
+        named_links = self._apply_links(bucket_ino, links, seen)
         # Two mounts wrote the same path without seeing each other's version: both are
         # on the chain. The later close wins everywhere (_entry_is_newer); the mount whose
         # version lost deletes it, unless something still names it. Only a version older
@@ -277,6 +289,29 @@ class BucketSync:
                 if (not row.fid and not self.db.has_children(row.id)) or \
                         (row.kind == "file" and row.fid in named_fids):
                     self.ops._remove_inode(row.id)
+            # hard links removed elsewhere
+            for directory in [bucket_ino] + [r.id for r in self.db.descendants(bucket_ino) if r.is_dir]:
+                for row in self.db.link_children(directory):
+                    if row.link_id not in named_links:
+                        self.db.remove_link(row.link_id)
+
+    def _apply_links(self, bucket_ino: int, links: list[dict], seen: set[int]) -> set[int]:
+        """Create the hard links the metadata names; the ids of the links it names."""
+        named: set[int] = set()
+        for entry in links:
+            parts = entry["p"].split("/")
+            parent = self._ensure_path(bucket_ino, parts[:-1])
+            seen.update(self._ancestors(parent, bucket_ino))
+            target = self._find(bucket_ino, entry["i"])
+            if target is None or target.is_dir:
+                continue
+            existing = self.db.child(parent, parts[-1].encode())
+            if existing is None:
+                self.db.add_link(target.id, parent, parts[-1].encode())
+                existing = self.db.child(parent, parts[-1].encode())
+            if existing is not None and existing.id == target.id and existing.link_id:
+                named.add(existing.link_id)
+        return named
 
     def _ancestors(self, ino: int, stop: int) -> list[int]:
         out = []
@@ -314,6 +349,10 @@ class BucketSync:
                 entries.append(entry)
                 if row.is_dir:
                     stack.append((row.id, path + "/"))
+            for row in self.db.link_children(ino):
+                # a hard link names the inode's own path; the file's entry carries the rest
+                entries.append({"p": f"{prefix}{row.name.decode()}", "k": "link",
+                                "i": self.ops.key_of(row.id)[1]})
         return {"format": FORMAT, "saved_ns": now_ns(), "entries": entries}
 
     async def save(self, bucket: str) -> None:

@@ -40,6 +40,8 @@ ATTR_TIMEOUT = 1.0
 #: seconds a bucket's listing from the chain is trusted before it is read again
 REFRESH_SECONDS = 2.0
 META_DIR = ".deossfs"
+#: readdir offsets above this are hard links (below: inode numbers)
+LINK_OFFSET = 1 << 48
 XATTR_PREFIX = b"user.deossfs."
 READONLY_XATTRS = (b"user.deossfs.fid", b"user.deossfs.state", b"user.deossfs.locations")
 
@@ -165,7 +167,10 @@ class Operations(pyfuse3.Operations):
         entry.entry_timeout = ATTR_TIMEOUT
         entry.attr_timeout = ATTR_TIMEOUT
         entry.st_mode = row.mode
-        entry.st_nlink = 2 if row.is_dir else 1
+        if row.is_dir:
+            entry.st_nlink = 2
+        else:  # an unlinked file still open has no name left
+            entry.st_nlink = 0 if row.parent == 0 else 1 + self.db.link_count(row.id)
         entry.st_uid = row.uid
         entry.st_gid = row.gid
         entry.st_rdev = 0
@@ -350,9 +355,15 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for row in self.db.children(fh, after_id=start_id):
-            if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), row.id):
-                break
+        # the offset after an entry: its inode number for an inode's own name, above
+        # LINK_OFFSET for a hard link (one inode can be listed under several names)
+        if start_id < LINK_OFFSET:
+            for row in self.db.children(fh, after_id=start_id):
+                if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), row.id):
+                    return
+        for row in self.db.link_children(fh, after_id=max(0, start_id - LINK_OFFSET)):
+            if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), LINK_OFFSET + row.link_id):
+                return
 
     async def releasedir(self, fh: int) -> None:
         return None
@@ -434,7 +445,28 @@ class Operations(pyfuse3.Operations):
         return self.attrs(row)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise fuse_error(errno.ENOTSUP, "hard links are not supported on deossfs")
+        """A hard link: another name of the same inode (content, attributes, xattrs).
+
+        The chain knows the file under its own name only (the one it was uploaded under);
+        the other names live in the bucket's metadata object, as renames do."""
+        row = self.row(inode)
+        if row.is_dir:
+            raise fuse_error(errno.EPERM, "link: hard links to directories are not allowed")
+        if new_parent_inode == ROOT_INODE:
+            raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
+        if row.parent == 0:  # unlinked while open (linkat of /proc/self/fd/N)
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if self.bucket_of(inode) != self.bucket_of(new_parent_inode):
+            # the other names live in the bucket's metadata object, with the file
+            raise fuse_error(errno.EXDEV, "link between buckets is not possible on CESS")
+        self._check_name(new_parent_inode, new_name)
+        if self.db.child(new_parent_inode, new_name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        self.db.add_link(inode, new_parent_inode, new_name)
+        self.db.update(inode, ctime_ns=now_ns())
+        self._touch(new_parent_inode)
+        self.changed(inode)
+        return self.attrs(self.row(inode))
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
@@ -455,6 +487,16 @@ class Operations(pyfuse3.Operations):
 
     def _unlink_row(self, row: Row) -> None:
         """Remove a file's name (unlink, or replaced by a rename)."""
+        if row.link_id or self.db.link_count(row.id):
+            # one name of several goes; the inode and its content stay
+            if row.link_id:
+                self.db.remove_link(row.link_id)
+            else:
+                self.db.promote_link(row.id)
+                self._names_changed([self.row(row.id)])
+            self.db.update(row.id, ctime_ns=now_ns())
+            self.changed(row.id)
+            return
         state = self.open_states.get(row.id)
         if state is not None and state.handles:
             # POSIX: an open file stays usable after unlink, its stored copy too;
@@ -502,6 +544,12 @@ class Operations(pyfuse3.Operations):
             # a FID is declared once per owner: it cannot change bucket; mv copies instead
             raise fuse_error(errno.EXDEV, "rename between buckets is not possible on CESS; mv copies instead")
         self._check_name(parent_inode_new, name_new)
+        # a directory (checked before the target goes) must not move into itself
+        probe = parent_inode_new
+        while probe != ROOT_INODE:
+            if probe == row.id:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            probe = self.row(probe).parent
         target = self.db.child(parent_inode_new, name_new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
@@ -516,17 +564,25 @@ class Operations(pyfuse3.Operations):
             elif row.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             self._unlink_row(target)
-        # a directory must not move into itself
-        probe = parent_inode_new
-        while probe != ROOT_INODE:
-            if probe == row.id:
-                raise pyfuse3.FUSEError(errno.EINVAL)
-            probe = self.row(probe).parent
+        if row.link_id:
+            self.db.move_link(row.link_id, parent_inode_new, name_new)
+            self.db.update(row.id, ctime_ns=now_ns())
+            self._touch(parent_inode_old)
+            self._touch(parent_inode_new)
+            self.changed(row.id)
+            return
         old_bucket = self.bucket_of(row.id)
         self.db.update(row.id, parent=parent_inode_new, name=name_new, ctime_ns=now_ns())
         self._touch(parent_inode_old)
         self._touch(parent_inode_new)
-        moved = [row] + (self.db.descendants(row.id) if row.is_dir else [])
+        self._names_changed([row] + (self.db.descendants(row.id) if row.is_dir else []))
+        if old_bucket:
+            self.hooks.bucket_changed(old_bucket)
+        self.changed(row.id)
+
+    def _names_changed(self, moved: list[Row]) -> None:
+        """These inodes have a new own name (rename, or a hard link took the place of
+        the name that was removed)."""
         # stored files keep their FID: declare it again under the new name (no re-upload)
         for item in moved:
             if item.kind == "file" and item.fid:
@@ -539,9 +595,6 @@ class Operations(pyfuse3.Operations):
             if item.kind == "file":
                 bucket, key = self.key_of(item.id)
                 self.db.conn.execute("UPDATE uploads SET path=? WHERE ino=?", (f"{bucket}/{key}", item.id))
-        if old_bucket:
-            self.hooks.bucket_changed(old_bucket)
-        self.changed(row.id)
 
     # ---- files -----------------------------------------------------------------
 

@@ -268,6 +268,49 @@ def test_cp_a_keeps_modes_times_symlinks(devnet: Devnet, tmp_path: Path,
     m.umount()
 
 
+def link_groups(root: Path) -> list[list[str]]:
+    """Names under `root` that share an inode, as sorted groups (hard links)."""
+    by_inode: dict[int, list[str]] = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            by_inode.setdefault(st.st_ino, []).append(str(path.relative_to(root)))
+    return sorted(sorted(names) for names in by_inode.values())
+
+
+def test_hard_links_kept_by_cp_a_and_rsync_H(devnet: Devnet, tmp_path: Path,
+                                           mounts: Callable[..., Mounted]) -> None:
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    (src / "a" / "data.bin").write_bytes(os.urandom(300_000))
+    os.link(src / "a" / "data.bin", src / "a" / "alias.bin")
+    os.link(src / "a" / "data.bin", src / "b" / "alias.bin")
+    (src / "lone.txt").write_text("one name\n")
+    expected = [["a/alias.bin", "a/data.bin", "b/alias.bin"]]
+    assert link_groups(src) == expected
+    config_a = machine(devnet, tmp_path, "a")
+    m = mounts(config_a, "mnt-a").mount()
+    bucket = bucket_name()
+    m.path(bucket).mkdir()
+    subprocess.run(["cp", "-a", f"{src}/.", str(m.path(bucket, "copy"))], check=True)
+    assert link_groups(m.path(bucket, "copy")) == expected
+    assert m.path(bucket, "copy", "b", "alias.bin").stat().st_nlink == 3
+    first = rsync("-aH", "--stats", f"{src}/", f"{m.path(bucket, 'rs')}/")
+    assert transferred(first.stdout) == 2
+    assert link_groups(m.path(bucket, "rs")) == expected
+    second = rsync("-aH", "-i", "--stats", f"{src}/", f"{m.path(bucket, 'rs')}/")
+    assert transferred(second.stdout) == 0, second.stdout
+    m.wait_durable()
+    m.umount()
+    # another machine: one inode under the three names, read from the nodes
+    b = mounts(machine(devnet, tmp_path, "b"), "mnt-b").mount()
+    for tree in ("copy", "rs"):
+        assert link_groups(b.path(bucket, tree)) == expected
+        assert sha(b.path(bucket, tree, "b", "alias.bin")) == sha(src / "a" / "data.bin")
+    b.umount()
+
+
 # ---- changing files -------------------------------------------------------------------
 
 

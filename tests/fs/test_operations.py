@@ -502,7 +502,6 @@ async def test_unsupported_calls_return_the_right_errno(fs: FS) -> None:
     parent = await fs.ino(bucket)
     ino = await fs.write_file(f"{bucket}/file.txt", b"data")
     await fs.mkdir(f"{bucket}/dir")
-    assert await errno_of(fs.ops.link(ino, parent, b"hardlink", CTX)) == errno.ENOTSUP
     for kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFSOCK, stat.S_IFBLK):
         assert await errno_of(fs.ops.mknod(parent, b"special", kind | 0o644, 0, CTX)) == errno.ENOTSUP
     assert await errno_of(fs.ops.rename(parent, b"file.txt", parent, b"dir",
@@ -644,6 +643,77 @@ async def test_rename_keeps_the_fid(fs: FS) -> None:
     await fs.wait_idle()
     assert not await fs.fid_on_chain(fid_b)  # type: ignore[arg-type]
     assert await fs.fid_on_chain(fid_a)  # type: ignore[arg-type]
+
+
+async def test_hard_links(fs: FS) -> None:
+    """Names of one inode: shared content and attributes, link counts, unlink of either
+    name, rename of a link, listings, and what link refuses."""
+    bucket, other = await fs.bucket(), await fs.bucket()
+    parent = await fs.ino(bucket)
+    sub = await fs.mkdir(f"{bucket}/sub")
+    ino = await fs.write_file(f"{bucket}/first", b"shared content")
+    entry = await fs.ops.link(ino, sub, b"second", CTX)
+    assert entry.st_ino == ino and entry.st_nlink == 2
+    assert (await fs.attr(f"{bucket}/sub/second")).st_ino == ino
+    assert await fs.listdir(f"{bucket}/sub") == ["second"]
+    # content and attributes are the inode's, whichever name is used
+    info = await fs.ops.open(ino, os.O_WRONLY | os.O_APPEND, CTX)
+    await fs.ops.write(info.fh, 14, b", appended")
+    await fs.ops.release(info.fh)
+    await fs.ops.setattr(ino, _attrs(st_mode=stat.S_IFREG | 0o600), Fields(update_mode=True), None, CTX)
+    assert await fs.read_file(f"{bucket}/sub/second") == b"shared content, appended"
+    assert stat.S_IMODE((await fs.attr(f"{bucket}/sub/second")).st_mode) == 0o600
+    # what link refuses
+    assert await errno_of(fs.ops.link(ino, sub, b"second", CTX)) == errno.EEXIST
+    assert await errno_of(fs.ops.link(sub, parent, b"dirlink", CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.link(ino, ROOT_INODE, b"at-root", CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.link(ino, await fs.ino(other), b"elsewhere", CTX)) == errno.EXDEV
+    # a directory holding only a link is not empty
+    assert await errno_of(fs.ops.rmdir(parent, b"sub", CTX)) == errno.ENOTEMPTY
+    # rename of a link, and a rename onto another name of the same inode (a no-op)
+    await fs.ops.rename(sub, b"second", sub, b"renamed", 0, CTX)
+    await fs.ops.rename(parent, b"first", sub, b"renamed", 0, CTX)
+    assert sorted(await fs.listdir(f"{bucket}/sub")) == ["renamed"]
+    assert "first" in await fs.listdir(bucket)
+    # removing the file's own name leaves the link with the content; it is not deleted
+    fid = await fs.wait_stored(f"{bucket}/first")
+    await fs.ops.unlink(parent, b"first", CTX)
+    assert (await fs.attr(f"{bucket}/sub/renamed")).st_nlink == 1
+    assert await fs.read_file(f"{bucket}/sub/renamed") == b"shared content, appended"
+    await fs.wait_idle()
+    assert fid is not None and await fs.fid_on_chain(fid)
+    # the last name goes with the content
+    await fs.ops.unlink(sub, b"renamed", CTX)
+    await fs.wait_idle()
+    assert not await fs.fid_on_chain(fid)
+    await fs.ops.rmdir(parent, b"sub", CTX)
+
+
+async def test_hard_links_reach_another_machine(devnet: Devnet, tmp_path: Path) -> None:
+    """Links travel in the metadata object: the other mount shows one inode under both
+    names, and drops a link removed here."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        ino = await a.write_file(f"{bucket}/data.bin", b"linked")
+        await a.mkdir(f"{bucket}/dir")
+        await a.ops.link(ino, await a.ino(f"{bucket}/dir"), b"alias.bin", CTX)
+        await a.ops.link(ino, await a.ino(bucket), b"alias-2.bin", CTX)
+        await a.wait_stored(f"{bucket}/data.bin")
+        await publish(a, b, bucket, {})
+        first, second = await b.attr(f"{bucket}/data.bin"), await b.attr(f"{bucket}/dir/alias.bin")
+        assert first.st_ino == second.st_ino and first.st_nlink == 3
+        assert await b.read_file(f"{bucket}/dir/alias.bin") == b"linked"
+        # a removes the file's own name and one link; b keeps the inode under the last one
+        await a.ops.unlink(await a.ino(bucket), b"data.bin", CTX)
+        await a.ops.unlink(await a.ino(bucket), b"alias-2.bin", CTX)
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(bucket)) == ["dir"]
+        assert (await b.attr(f"{bucket}/dir/alias.bin")).st_nlink == 1
+        assert await b.read_file(f"{bucket}/dir/alias.bin") == b"linked"
 
 
 async def test_unlink_removes_from_the_chain(fs: FS) -> None:
