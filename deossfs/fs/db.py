@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS inodes (
     id INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
     name BLOB NOT NULL,
-    kind TEXT NOT NULL,              -- dir | file | symlink
+    kind TEXT NOT NULL,              -- dir | file | symlink | special (fifo, socket, device)
     mode INTEGER NOT NULL,
     uid INTEGER NOT NULL,
     gid INTEGER NOT NULL,
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS inodes (
     generation INTEGER NOT NULL DEFAULT 0,        -- bumped by every content change
     durable_generation INTEGER NOT NULL DEFAULT 0,-- the generation last made durable
     foreign_object INTEGER NOT NULL DEFAULT 0,    -- stored by another CESS tool: defaults
+    rdev INTEGER NOT NULL DEFAULT 0,              -- a device node's device number
     UNIQUE (parent, name)
 );
 -- hard links: names of an inode besides its own (parent, name) above, which is the name
@@ -105,6 +106,7 @@ class Row:
     generation: int
     durable_generation: int
     foreign_object: int
+    rdev: int
     #: not a column: the hard link this row was found through (0: the inode's own name),
     #: whose parent and name it then carries
     link_id: int = 0
@@ -133,6 +135,8 @@ class Database:
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(uploads)")}
         if "salt_context" not in columns:  # a workspace from before retries kept their FID
             self.conn.execute("ALTER TABLE uploads ADD COLUMN salt_context BLOB")
+        if "rdev" not in {r[1] for r in self.conn.execute("PRAGMA table_info(inodes)")}:
+            self.conn.execute("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
         if self.get(ROOT_INODE) is None:
             t = now_ns()
             self.conn.execute(

@@ -243,6 +243,8 @@ class BucketSync:
                               foreign_object=0, durable_generation=0)
             if entry["k"] == "symlink":
                 values["target"] = base64.b64decode(entry["l"])
+            if entry["k"] == "special":
+                values["rdev"] = entry.get("r", 0)
             if row is None:
                 row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
             elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"] \
@@ -343,6 +345,8 @@ class BucketSync:
                     entry.update(s=size if row.fid else 0, f=row.fid, e=row.encrypted)
                 elif row.kind == "symlink":
                     entry["l"] = _b64(row.target or b"")
+                elif row.kind == "special":
+                    entry["r"] = row.rdev
                 xattrs = self.db.xattrs(row.id)
                 if xattrs:
                     entry["x"] = {_b64(k): _b64(v) for k, v in xattrs.items()}

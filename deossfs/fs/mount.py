@@ -55,7 +55,9 @@ class Mount:
 
     def fuse_options(self) -> set[str]:
         options = set(pyfuse3.default_options)
-        options |= {"fsname=deossfs", "subtype=deossfs"}
+        # nodev: device nodes arrive in metadata objects from any machine with the key;
+        # nosuid likewise for set-user-ID bits (both are kept, not honoured)
+        options |= {"fsname=deossfs", "subtype=deossfs", "nodev", "nosuid"}
         if self.options.allow_other:
             options.add("allow_other")
         if self.options.debug_fuse:

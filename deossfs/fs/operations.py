@@ -173,7 +173,7 @@ class Operations(pyfuse3.Operations):
             entry.st_nlink = 0 if row.parent == 0 else 1 + self.db.link_count(row.id)
         entry.st_uid = row.uid
         entry.st_gid = row.gid
-        entry.st_rdev = 0
+        entry.st_rdev = row.rdev
         entry.st_size = len(row.target or b"") if row.kind == "symlink" else (4096 if row.is_dir else size)
         entry.st_blksize = 128 * 1024
         entry.st_blocks = -(-entry.st_size // 512)
@@ -470,7 +470,20 @@ class Operations(pyfuse3.Operations):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
-            raise fuse_error(errno.ENOTSUP, "special files (devices, fifos, sockets) are not supported")
+            # FIFOs, sockets and device nodes are names only: the kernel serves them,
+            # and the metadata object keeps them (the mount is nodev: never opened as devices)
+            if parent_inode == ROOT_INODE:
+                raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
+            if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._check_name(parent_inode, name)
+            if self.db.child(parent_inode, name) is not None:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            row = self.db.insert(parent_inode, name, "special", stat.S_IFMT(mode) | (mode & 0o7777),
+                                 ctx.uid, ctx.gid, rdev=rdev)
+            self._touch(parent_inode)
+            self.changed(row.id)
+            return self.attrs(row)
         fi, entry = await self.create(parent_inode, name, mode, os.O_WRONLY, ctx)
         await self.release(fi.fh)
         return entry
@@ -629,6 +642,8 @@ class Operations(pyfuse3.Operations):
         row = self.row(inode)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if row.kind == "special":  # the kernel opens FIFOs and devices itself
+            raise pyfuse3.FUSEError(errno.ENXIO)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         truncate = bool(flags & os.O_TRUNC)
         if writable or truncate:

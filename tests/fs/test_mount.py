@@ -124,7 +124,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 
 def make_tree(root: Path) -> None:
-    """Files of several sizes and modes, empty files and dirs, symlinks, owners, old mtimes."""
+    """Files of several sizes and modes, empty files and dirs, symlinks, a FIFO, owners,
+    old mtimes."""
     (root / "docs" / "deep" / "deeper").mkdir(parents=True)
     (root / "empty-dir").mkdir()
     (root / "private").mkdir(mode=0o700)
@@ -143,6 +144,7 @@ def make_tree(root: Path) -> None:
     os.symlink("/etc/hostname", root / "link-abs")
     os.symlink("does/not/exist", root / "link-dangling")
     os.symlink("docs/deep", root / "link-dir")
+    os.mkfifo(root / "docs" / "pipe", 0o620)  # rsync -a and cp -a copy FIFOs as FIFOs
     when = 1_600_000_000
     for i, (dirpath, dirnames, filenames) in enumerate(sorted(os.walk(root, topdown=False))):
         for j, name in enumerate(dirnames + filenames):
@@ -309,6 +311,26 @@ def test_hard_links_kept_by_cp_a_and_rsync_H(devnet: Devnet, tmp_path: Path,
         assert link_groups(b.path(bucket, tree)) == expected
         assert sha(b.path(bucket, tree, "b", "alias.bin")) == sha(src / "a" / "data.bin")
     b.umount()
+
+
+def test_fifo_in_the_mount_is_a_kernel_pipe(devnet: Devnet, tmp_path: Path,
+                                           mounts: Callable[..., Mounted]) -> None:
+    """mkfifo works (rsync -a and tar create them); the kernel serves the pipe. The mount
+    is nodev and nosuid: device nodes and set-user-ID bits from other machines are kept,
+    not honoured."""
+    m = mounts(machine(devnet, tmp_path, "a")).mount()
+    bucket = bucket_name()
+    m.path(bucket).mkdir()
+    fifo = m.path(bucket, "pipe")
+    os.mkfifo(fifo, 0o600)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    writer = subprocess.Popen(["sh", "-c", f"echo through the pipe > {fifo}"])
+    assert fifo.read_text() == "through the pipe\n"
+    assert writer.wait(timeout=10) == 0
+    options = next(line.split()[3] for line in Path("/proc/mounts").read_text().splitlines()
+                   if line.split()[1] == str(m.mountpoint))
+    assert {"nodev", "nosuid"} <= set(options.split(",")), options
+    m.umount()
 
 
 # ---- changing files -------------------------------------------------------------------

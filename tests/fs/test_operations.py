@@ -502,8 +502,6 @@ async def test_unsupported_calls_return_the_right_errno(fs: FS) -> None:
     parent = await fs.ino(bucket)
     ino = await fs.write_file(f"{bucket}/file.txt", b"data")
     await fs.mkdir(f"{bucket}/dir")
-    for kind in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFSOCK, stat.S_IFBLK):
-        assert await errno_of(fs.ops.mknod(parent, b"special", kind | 0o644, 0, CTX)) == errno.ENOTSUP
     assert await errno_of(fs.ops.rename(parent, b"file.txt", parent, b"dir",
                                         pyfuse3.RENAME_EXCHANGE, CTX)) == errno.EINVAL
     # buckets cannot be renamed, nor files moved to the root or between buckets:
@@ -524,6 +522,7 @@ async def test_unsupported_calls_return_the_right_errno(fs: FS) -> None:
     assert await errno_of(fs.ops.create(root, b"file-at-root", stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) \
         == errno.EPERM
     assert await errno_of(fs.ops.symlink(root, b"link-at-root", b"x", CTX)) == errno.EPERM
+    assert await errno_of(fs.ops.mknod(root, b"fifo-at-root", stat.S_IFIFO | 0o644, 0, CTX)) == errno.EPERM
     assert await errno_of(fs.ops.setattr(parent, _attrs(st_size=0), Fields(update_size=True), None, CTX)) \
         in (errno.EISDIR, errno.EINVAL)
 
@@ -714,6 +713,34 @@ async def test_hard_links_reach_another_machine(devnet: Devnet, tmp_path: Path) 
         assert sorted(await b.listdir(bucket)) == ["dir"]
         assert (await b.attr(f"{bucket}/dir/alias.bin")).st_nlink == 1
         assert await b.read_file(f"{bucket}/dir/alias.bin") == b"linked"
+
+
+async def test_fifos_sockets_and_device_nodes(devnet: Devnet, tmp_path: Path) -> None:
+    """Special files are names with a mode (and a device number): kept in the metadata
+    object, so another mount shows them too; never uploaded, never opened here."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    kinds = {b"fifo": (stat.S_IFIFO, 0), b"socket": (stat.S_IFSOCK, 0),
+             b"tty": (stat.S_IFCHR, os.makedev(4, 64)), b"disk": (stat.S_IFBLK, os.makedev(8, 1))}
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        parent = await a.ino(bucket)
+        for name, (kind, rdev) in kinds.items():
+            entry = await a.ops.mknod(parent, name, kind | 0o640, rdev, CTX)
+            assert stat.S_IFMT(entry.st_mode) == kind and entry.st_rdev == rdev
+        assert await errno_of(a.ops.mknod(parent, b"fifo", stat.S_IFIFO | 0o640, 0, CTX)) == errno.EEXIST
+        assert await errno_of(a.ops.open(await a.ino(f"{bucket}/fifo"), os.O_RDONLY, CTX)) == errno.ENXIO
+        await a.wait_idle()
+        assert a.db.pending_uploads() == []
+        await publish(a, b, bucket, {})
+        for name, (kind, rdev) in kinds.items():
+            attr = await b.attr(f"{bucket}/{name.decode()}")
+            assert (stat.S_IFMT(attr.st_mode), stat.S_IMODE(attr.st_mode), attr.st_rdev) == (kind, 0o640, rdev)
+        await a.ops.unlink(parent, b"fifo", CTX)
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(bucket)) == ["disk", "socket", "tty"]
 
 
 async def test_unlink_removes_from_the_chain(fs: FS) -> None:
