@@ -40,6 +40,8 @@ ATTR_TIMEOUT = 1.0
 #: seconds a bucket's listing from the chain is trusted before it is read again
 REFRESH_SECONDS = 2.0
 META_DIR = ".deossfs"
+#: the longest name of one path component, as on local file systems
+NAME_MAX = 255
 #: readdir offsets above this are hard links (below: inode numbers)
 LINK_OFFSET = 1 << 48
 XATTR_PREFIX = b"user.deossfs."
@@ -182,11 +184,19 @@ class Operations(pyfuse3.Operations):
         entry.st_ctime_ns = row.ctime_ns
         return entry
 
+    def _new_owner(self, parent: int, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
+        """The owner of a new entry: the caller, and the directory's group if the
+        directory is set-group-ID (as local file systems do)."""
+        directory = self.row(parent)
+        return ctx.uid, directory.gid if directory.mode & stat.S_ISGID else ctx.gid
+
     def _check_name(self, parent: int, name: bytes) -> None:
         try:
             name.decode("utf-8")
         except UnicodeDecodeError:
             raise fuse_error(errno.EINVAL, "refused a name that is not UTF-8: %r", name) from None
+        if len(name) > NAME_MAX:  # what statfs promises (FUSE itself passes up to 1024)
+            raise fuse_error(errno.ENAMETOOLONG, "refused a name longer than %d bytes", NAME_MAX)
         if parent == ROOT_INODE:
             return
         parts = self.db.path_parts(parent)
@@ -387,7 +397,10 @@ class Operations(pyfuse3.Operations):
                 await self.store._chain(self.store.chain.create_bucket, self.store.owner, bucket)
             except DeossError as exc:
                 raise fuse_error(to_errno(exc), "mkdir %r: creating the bucket failed: %s", bucket, exc) from None
-        row = self.db.insert(parent_inode, name, "dir", stat.S_IFDIR | (mode & 0o7777), ctx.uid, ctx.gid)
+        uid, gid = self._new_owner(parent_inode, ctx)
+        if self.row(parent_inode).mode & stat.S_ISGID:
+            mode |= stat.S_ISGID  # passed on to subdirectories, as on local file systems
+        row = self.db.insert(parent_inode, name, "dir", stat.S_IFDIR | (mode & 0o7777), uid, gid)
         self._touch(parent_inode)
         self.changed(row.id)
         return self.attrs(row)
@@ -438,7 +451,7 @@ class Operations(pyfuse3.Operations):
         self._check_name(parent_inode, name)
         if self.db.child(parent_inode, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        row = self.db.insert(parent_inode, name, "symlink", stat.S_IFLNK | 0o777, ctx.uid, ctx.gid,
+        row = self.db.insert(parent_inode, name, "symlink", stat.S_IFLNK | 0o777, *self._new_owner(parent_inode, ctx),
                              target=target)
         self._touch(parent_inode)
         self.changed(row.id)
@@ -480,7 +493,7 @@ class Operations(pyfuse3.Operations):
             if self.db.child(parent_inode, name) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             row = self.db.insert(parent_inode, name, "special", stat.S_IFMT(mode) | (mode & 0o7777),
-                                 ctx.uid, ctx.gid, rdev=rdev)
+                                 *self._new_owner(parent_inode, ctx), rdev=rdev)
             self._touch(parent_inode)
             self.changed(row.id)
             return self.attrs(row)
@@ -671,6 +684,10 @@ class Operations(pyfuse3.Operations):
             state = self.open_states[inode]
             state.size, state.mtime_ns = 0, now_ns()
             self._mark_dirty(inode, state)
+        elif truncate:  # nothing to cut, but O_TRUNC still changes the times (POSIX)
+            t = now_ns()
+            self.db.update(inode, mtime_ns=t, ctime_ns=t)
+            self.changed(inode)
         token = (row.fid, row.generation)
         keep = self._cache_tokens.get(inode) == token
         self._cache_tokens[inode] = token
@@ -685,8 +702,8 @@ class Operations(pyfuse3.Operations):
         if self.db.child(parent_inode, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         await self._check_writable_territory()
-        row = self.db.insert(parent_inode, name, "file", stat.S_IFREG | (mode & 0o7777), ctx.uid,
-                             ctx.gid, staged=1, state="staged",
+        row = self.db.insert(parent_inode, name, "file", stat.S_IFREG | (mode & 0o7777),
+                             *self._new_owner(parent_inode, ctx), staged=1, state="staged",
                              encrypted=1 if self.store.config.storage.encryption else 0)
         self._touch(parent_inode)
         fd = os.open(self.staging_path(row.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -943,7 +960,7 @@ class Operations(pyfuse3.Operations):
         data.f_files = files + 1_000_000
         data.f_ffree = 1_000_000
         data.f_favail = data.f_ffree
-        data.f_namemax = 255
+        data.f_namemax = NAME_MAX
         return data
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
