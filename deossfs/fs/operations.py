@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
+import trio
 
 from ..chain.interface import TerritoryState
 from ..chain.names import bucket_name_problem
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 ATTR_TIMEOUT = 1.0
 #: seconds a bucket's listing from the chain is trusted before it is read again
 REFRESH_SECONDS = 2.0
+#: the longest an open waits for the chain to check for a newer version (close-to-open)
+OPEN_REFRESH_SECONDS = 1.0
 META_DIR = ".deossfs"
 #: the longest name of one path component, as on local file systems
 NAME_MAX = 255
@@ -659,6 +662,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENXIO)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         truncate = bool(flags & os.O_TRUNC)
+        if not truncate:
+            row = await self._revalidate(row)
         if writable or truncate:
             await self._check_writable_territory()
         # a stored file's content is fetched at its first write (_stage_for_write), not
@@ -693,6 +698,25 @@ class Operations(pyfuse3.Operations):
         self._cache_tokens[inode] = token
         log.debug("open %d flags %o keep_cache=%s", inode, flags, keep)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def _revalidate(self, row: Row) -> Row:
+        """Close-to-open between mounts: before a file that no handle here holds open is
+        opened, its bucket's listing and metadata object are read again (at most every
+        REFRESH_SECONDS), so a version another mount closed and published is the one
+        opened. An unreachable chain delays the open by OPEN_REFRESH_SECONDS at most."""
+        state = self.open_states.get(row.id)
+        bucket = self.bucket_of(row.id)
+        if (state is not None and state.handles) or not bucket or self.hooks.refresh_bucket is None:
+            return row
+        with trio.move_on_after(OPEN_REFRESH_SECONDS) as scope:
+            await self.hooks.refresh_bucket(bucket)
+        if scope.cancelled_caught:
+            log.warning("open %d: the chain did not answer within %.0f s; opening the version "
+                        "this mount knows", row.id, OPEN_REFRESH_SECONDS)
+        fresh = self.db.get(row.id)
+        if fresh is None:  # deleted by another mount
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return fresh
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:

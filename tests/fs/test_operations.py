@@ -27,7 +27,7 @@ from deossfs.errors import NotFound
 from deossfs.fs.db import ROOT_INODE, Database
 from deossfs.fs.metadata import META_KEY, BucketSync
 from deossfs.fs.mount import DB_NAME, workspace_for
-from deossfs.fs.operations import Operations
+from deossfs.fs.operations import REFRESH_SECONDS, Operations
 from deossfs.fs.uploader import Uploader
 from deossfs.keys import load_key_file
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
@@ -1069,6 +1069,32 @@ async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
         assert await a.state(f"{bucket}/shared.bin") == "stored"
         assert (await a.attr(f"{bucket}/shared.bin")).st_size == len(second)
         assert await a.read_file(f"{bucket}/shared.bin") == second
+
+
+async def test_open_sees_another_mounts_closed_version(devnet: Devnet, tmp_path: Path) -> None:
+    """Close-to-open: b opens a path it knows, without listing its directory, after a
+    wrote a new version and published it: b reads the new version."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        await publish(a, b, bucket, {"doc.txt": b"version one"})
+        assert await b.read_file(f"{bucket}/doc.txt") == b"version one"
+        ino = await a.ino(f"{bucket}/doc.txt")
+        info = await a.ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
+        await a.ops.write(info.fh, 0, b"version two, longer")
+        await a.ops.release(info.fh)
+        await a.wait_stored(f"{bucket}/doc.txt")
+        await a.sync.save_all()
+        await trio.sleep(REFRESH_SECONDS)  # b's last listing is older than its refresh interval
+        assert await b.read_file(f"{bucket}/doc.txt") == b"version two, longer"
+        # and a file deleted there is gone at the next open here
+        await a.ops.unlink(await a.ino(bucket), b"doc.txt", CTX)
+        await a.wait_idle()
+        await a.sync.save_all()
+        await trio.sleep(REFRESH_SECONDS)
+        assert await errno_of(b.ops.open(await b.ino(f"{bucket}/doc.txt"), os.O_RDONLY, CTX)) == errno.ENOENT
 
 
 async def test_two_mounts_writing_one_path_keep_the_later_version(devnet: Devnet, tmp_path: Path) -> None:
