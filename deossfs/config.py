@@ -67,6 +67,10 @@ class CacheConfig:
     dir: Path | None = None
     #: size cap in bytes (the file may say "4 GiB"); least recently used segments go first
     size: int = field(default=4 * 1024**3, metadata={"size": True})
+    #: staged copies of files written through the mount that are durable already are
+    #: kept up to this total (the most recently written first); the rest are removed and
+    #: read like any stored file (the segment cache holds what was just uploaded)
+    staged_keep: int = field(default=1024**3, metadata={"size": True})
 
 
 @dataclass

@@ -132,6 +132,29 @@ class Operations(pyfuse3.Operations):
     def staging_path(self, ino: int) -> Path:
         return self.staging / str(ino)
 
+    def trim_staging(self, keep_bytes: int) -> int:
+        """Remove the staged copies of durable files beyond `keep_bytes` in total, the
+        least recently written first; the number removed. A copy is needed while its
+        version is not durable, the file is open, or it is uploading: those stay."""
+        kept = removed = 0
+        for ino, size in self.db.conn.execute(
+                "SELECT id, size FROM inodes WHERE staged=1 AND kind='file' AND parent != 0"
+                " AND fid IS NOT NULL AND generation = durable_generation"
+                " AND id NOT IN (SELECT ino FROM uploads) AND id NOT IN (SELECT ino FROM writing)"
+                " ORDER BY ctime_ns DESC, id DESC").fetchall():
+            state = self.open_states.get(ino)
+            if (state is not None and state.handles) or self.hooks.uploading(ino):
+                continue
+            kept += size
+            if kept <= keep_bytes:
+                continue
+            self.db.update(ino, staged=0)
+            self.staging_path(ino).unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            log.info("removed %d staged copies of durable files (cache.staged_keep)", removed)
+        return removed
+
     def row(self, ino: int) -> Row:
         row = self.db.get(ino)
         if row is None:

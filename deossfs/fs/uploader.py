@@ -33,6 +33,8 @@ PERMANENT_RETRY_SECONDS = 60.0
 BACKGROUND_RETRY_SECONDS = 5.0
 #: failed attempts after which unmount stops waiting for an upload
 DRAIN_GIVE_UP_ATTEMPTS = 3
+#: how often staged copies of durable files are trimmed to cache.staged_keep
+TRIM_STAGING_SECONDS = 5.0
 
 
 class UploadFailed(DeossError):
@@ -58,6 +60,7 @@ class Uploader:
         self._uploading: set[int] = set()
         self._limiter = trio.Semaphore(CONCURRENT_UPLOADS)
         self.completed = 0
+        self._trimmed_at = -TRIM_STAGING_SECONDS
         ops.hooks.wake_uploader = self.wake
         ops.hooks.wait_durable = self.wait_durable
         ops.hooks.pending_charge = self.pending_charge
@@ -107,6 +110,7 @@ class Uploader:
                 try:
                     await self._declares()
                     await self._chain_deletes()
+                    self._trim_staging()
                     next_try = self._start_due(nursery)
                 except Exception as exc:  # the journal cannot change (a full disk): later
                     log.warning("uploader: %s; trying again in %.0f s",
@@ -115,6 +119,13 @@ class Uploader:
                 delay = min(max(next_try - time.time(), 0.05), 5.0) if next_try else 5.0
                 with trio.move_on_after(delay):
                     await self._wake.wait()
+
+    def _trim_staging(self) -> None:
+        # the query reads every staged row: at most every few seconds, not per upload
+        if time.monotonic() - self._trimmed_at < TRIM_STAGING_SECONDS:
+            return
+        self._trimmed_at = time.monotonic()
+        self.ops.trim_staging(self.store.config.cache.staged_keep)
 
     def _start_due(self, nursery: trio.Nursery) -> float | None:
         soonest: float | None = None

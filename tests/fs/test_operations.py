@@ -424,6 +424,34 @@ def _attrs(**values: int) -> pyfuse3.EntryAttributes:
     return entry
 
 
+async def test_staged_copies_of_durable_files_are_trimmed(fs: FS) -> None:
+    """cache.staged_keep bounds the staged copies of durable files (the workspace would
+    otherwise grow with everything ever written); open files keep theirs, and a trimmed
+    file reads back from the segment cache or the nodes."""
+    fs.store.config.cache.staged_keep = 150_000
+    bucket = await fs.bucket()
+    files = {f"f{i}.bin": os.urandom(100_000) for i in range(3)}
+    inodes = {}
+    await fs.write_file(f"{bucket}/f0.bin", files["f0.bin"])
+    held = await fs.ops.open(await fs.ino(f"{bucket}/f0.bin"), os.O_RDONLY, CTX)
+    for name in ("f1.bin", "f2.bin"):
+        await fs.write_file(f"{bucket}/{name}", files[name])
+    for name in files:
+        await fs.wait_stored(f"{bucket}/{name}")
+        inodes[name] = await fs.ino(f"{bucket}/{name}")
+    fs.ops.trim_staging(fs.store.config.cache.staged_keep)
+    staged = {name: fs.ops.staging_path(ino).exists() for name, ino in inodes.items()}
+    assert staged == {"f0.bin": True, "f1.bin": False, "f2.bin": True}  # newest kept, open kept
+    assert fs.db.get(inodes["f1.bin"]).staged == 0  # type: ignore[union-attr]
+    assert await fs.read_file(f"{bucket}/f1.bin") == files["f1.bin"]
+    await fs.ops.release(held.fh)
+    fs.ops.trim_staging(fs.store.config.cache.staged_keep)
+    assert not fs.ops.staging_path(inodes["f0.bin"]).exists()
+    for name, data in files.items():
+        assert await fs.read_file(f"{bucket}/{name}") == data
+        assert await fs.state(f"{bucket}/{name}") == "stored"
+
+
 async def test_setattr_mode_owner_times(fs: FS) -> None:
     bucket = await fs.bucket()
     path = f"{bucket}/attrs.txt"
