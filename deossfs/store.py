@@ -430,19 +430,22 @@ class ObjectStore:
     async def _count(self, **deltas: int) -> None:
         await trio.to_thread.run_sync(lambda: self.counters.add(**deltas))
 
-    def codec_for(self, info: FileInfo, segment: memoryview, index: int = 0) -> SegmentCodec:
-        """Which layout a file uses: deossfs-encrypted (by its authenticated header) or plain."""
+    def codec_for(self, info: FileInfo, segment: memoryview, out: bytearray,
+                  index: int = 0) -> tuple[SegmentCodec, int | None]:
+        """Which layout a file uses: deossfs-encrypted (by its authenticated header) or
+        plain. Deciding decrypts `segment` into `out` when it is encrypted, and returns
+        the plaintext length too, so the caller need not decrypt it again."""
         plain_segments = segment_count(info.file_size, SEGMENT_SIZE)
         if looks_encrypted(segment):
             try:
-                self.cipher.decrypt_into(segment, index, bytearray(DECRYPT_BUFFER_SIZE))
-                return self.encrypted_codec
+                length = self.cipher.decrypt_into(segment, index, out)
+                return self.encrypted_codec, min(length, self.encrypted_codec.segment_span(index, info.file_size)[1])
             except IntegrityError:
                 if len(info.segments) != plain_segments:
                     raise IntegrityError(
                         f"file {info.fid[:16]}… is encrypted under another key", hint="use the key that stored it"
                     ) from None
-        return self.plain_codec
+        return self.plain_codec, None
 
     async def get_file(self, bucket: str, key: str, dest: Path, progress: Progress | None = None) -> ObjectEntry:
         """Write BUCKET/KEY to `dest` atomically: a failed get leaves no file."""
@@ -473,7 +476,7 @@ class ObjectStore:
         decrypt_buffer = bytearray(DECRYPT_BUFFER_SIZE)
         first = workspaces[0]
         await self._fetch_decoded(info, 0, first, endpoints)
-        codec = self.codec_for(info, first.segment)
+        codec, first_length = await trio.to_thread.run_sync(self.codec_for, info, first.segment, decrypt_buffer)
         ready: dict[int, trio.Event] = {0: trio.Event()}
         ready[0].set()
         failures: list[BaseException] = []
@@ -495,7 +498,11 @@ class ObjectStore:
                 if index + 1 < count:
                     ready[index + 1] = trio.Event()
                     nursery.start_soon(prefetch, index + 1, workspaces[(index + 1) % len(workspaces)])
-                data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size, decrypt_buffer)
+                if index == 0 and first_length is not None:  # decrypted by codec_for
+                    data = memoryview(decrypt_buffer)[:first_length]
+                else:
+                    data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size,
+                                                         decrypt_buffer)
                 offset = index * codec.capacity
                 await trio.to_thread.run_sync(_pwrite_all, fd, data, offset)
                 if progress:
