@@ -221,6 +221,10 @@ class Database:
         )
         return [Row(*v) for v in cur.fetchall()]
 
+    def subdirectory_count(self, parent: int) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM inodes WHERE parent=? AND kind='dir' AND id != ?",
+                                 (parent, ROOT_INODE)).fetchone()[0]
+
     def has_children(self, parent: int) -> bool:
         cur = self.conn.execute("SELECT 1 FROM inodes WHERE parent=? AND id != ? LIMIT 1",
                                 (parent, ROOT_INODE))

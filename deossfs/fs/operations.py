@@ -195,8 +195,8 @@ class Operations(pyfuse3.Operations):
         entry.entry_timeout = ATTR_TIMEOUT
         entry.attr_timeout = ATTR_TIMEOUT
         entry.st_mode = row.mode
-        if row.is_dir:
-            entry.st_nlink = 2
+        if row.is_dir:  # "." and the entry in its parent, and each subdirectory's ".."
+            entry.st_nlink = 2 + self.db.subdirectory_count(row.id)
         else:  # an unlinked file still open has no name left
             entry.st_nlink = 0 if row.parent == 0 else 1 + self.db.link_count(row.id)
         entry.st_uid = row.uid

@@ -186,3 +186,19 @@ def test_refused_renames(bucket: Path) -> None:
     assert errno_of(os.link, base / "empty", base / "dirlink") == errno.EPERM
     os.rename(base / "empty", base / "full" / "inner")  # a directory replaces an empty one
     assert sorted(os.listdir(base / "full")) == ["inner"]
+
+
+def test_directory_link_counts(bucket: Path) -> None:
+    """2 plus one per subdirectory, as on ext4 (find's leaf optimisation trusts it)."""
+    top = bucket / "counts"
+    top.mkdir()
+    assert top.stat().st_nlink == 2
+    for name in ("a", "b", "c"):
+        (top / name).mkdir()
+    (top / "file").write_bytes(b"")
+    assert top.stat().st_nlink == 5
+    os.rmdir(top / "a")
+    os.rename(top / "b", bucket / "moved-out")
+    assert top.stat().st_nlink == 3
+    found = subprocess.run(["find", str(top), "-type", "d"], capture_output=True, text=True, check=True)
+    assert sorted(found.stdout.split()) == [str(top), str(top / "c")]
