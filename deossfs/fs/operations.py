@@ -102,6 +102,17 @@ class Hooks:
     detached: Callable[[int], None] = lambda ino: None
 
 
+#: st_blksize. cp sizes its buffer by it, and without the writeback cache each write(2)
+#: is one synchronous FUSE request: at 128 KiB a 1 GiB cp made 8,192 requests, at 1 MiB
+#: (FUSE's max_write) 1,024. Measured here (2 cores): cp 1 GiB in 1.66 -> 0.83 s, the
+#: mount's CPU during it 1.0 -> 0.45 s (medians of 4, quiet machine)
+IO_BLOCK = 1024 * 1024
+#: ... but the staging file is written in slices of this size: one 1 MiB pwrite into a
+#: fresh ext4 file took ~3x the kernel time of eight 128 KiB ones on this machine (1 GiB
+#: of 1 MiB writes alone: the mount's sys time 0.3 -> 0.9-2.6 s, cp 1.4-3.2 s)
+STAGING_WRITE = 128 * 1024
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     # off: with it the kernel drops cached pages of files reopened for reading (measured:
@@ -203,7 +214,7 @@ class Operations(pyfuse3.Operations):
         entry.st_gid = row.gid
         entry.st_rdev = row.rdev
         entry.st_size = len(row.target or b"") if row.kind == "symlink" else (4096 if row.is_dir else size)
-        entry.st_blksize = 128 * 1024
+        entry.st_blksize = IO_BLOCK
         entry.st_blocks = -(-entry.st_size // 512)
         entry.st_atime_ns = row.atime_ns
         entry.st_mtime_ns = mtime
@@ -808,11 +819,29 @@ class Operations(pyfuse3.Operations):
             await self._reserve_space(current, end)
         # a handle kept open across fsync may write while that version uploads
         self._detach_from_upload(handle.ino)
-        written = os.pwrite(handle.fd, buf, off)  # type: ignore[arg-type]
+        written = self._pwrite(handle.fd, buf, off)
         handle.dirty = True
         self._mark_dirty(handle.ino, state)
         state.size = max(current, off + written)
         state.mtime_ns = now_ns()
+        return written
+
+    @staticmethod
+    def _pwrite(fd: int, buf: bytes, off: int) -> int:
+        if len(buf) <= STAGING_WRITE:
+            return os.pwrite(fd, buf, off)
+        view = memoryview(buf)
+        written = 0
+        while written < len(buf):
+            try:
+                done = os.pwrite(fd, view[written:written + STAGING_WRITE], off + written)
+            except OSError:
+                if not written:
+                    raise
+                break  # a short write, as pwrite(2) would: the error comes with the rest
+            if not done:
+                break
+            written += done
         return written
 
     async def _reserve_space(self, old_size: int, new_size: int) -> None:
