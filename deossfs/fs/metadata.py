@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import stat
@@ -35,7 +36,13 @@ from .operations import META_DIR, REFRESH_SECONDS, Operations
 log = logging.getLogger(__name__)
 
 META_KEY = f"{META_DIR}/metadata.json"
-SAVE_DELAY = 5.0
+#: a changed bucket's metadata object is saved once the bucket has had no change for
+#: SAVE_QUIET seconds, or SAVE_MAX_DELAY after its first unsaved change: each save is a
+#: whole CESS object (12 fragments of 8 MiB and a storage order), not to be made for every
+#: file of a copy under way
+SAVE_QUIET = 5.0
+SAVE_MAX_DELAY = 30.0
+SAVE_TICK = 1.0
 FORMAT = 1
 
 
@@ -61,12 +68,28 @@ class BucketSync:
         #: other mounts' metadata objects merged into this mount's view since its last
         #: save, per bucket: that save replaces them (see refresh_bucket)
         self._merged: dict[str, set[str]] = {}
+        #: per bucket, when its first and its latest unsaved change were made (monotonic)
+        self._first_change: dict[str, float] = {}
+        self._last_change: dict[str, float] = {}
+        #: per bucket, the metadata object this mount saved last and a digest of its
+        #: entries: a save that would store the same entries again is skipped
+        self._saved: dict[str, tuple[str, str]] = {}
         ops.hooks.refresh_bucket = self.refresh_bucket
         ops.hooks.refresh_buckets = self.refresh_buckets
         ops.hooks.bucket_changed = self.mark_dirty
 
     def mark_dirty(self, bucket: str) -> None:
         self.db.set_bucket_state(bucket, dirty=1)
+        now = time.monotonic()
+        self._first_change.setdefault(bucket, now)
+        self._last_change[bucket] = now
+
+    def _save_due(self, bucket: str) -> bool:
+        first = self._first_change.get(bucket)
+        if first is None:  # left dirty by an earlier mount
+            return True
+        now = time.monotonic()
+        return now - self._last_change.get(bucket, first) >= SAVE_QUIET or now - first >= SAVE_MAX_DELAY
 
     def _lock(self, bucket: str) -> trio.Lock:
         return self._locks.setdefault(bucket, trio.Lock())
@@ -376,6 +399,12 @@ class BucketSync:
             if snapshot is None:
                 return
             self.db.set_bucket_state(bucket, dirty=0)
+            self._first_change.pop(bucket, None)
+            self._last_change.pop(bucket, None)
+            digest = hashlib.sha256(json.dumps(snapshot["entries"], separators=(",", ":")).encode()).hexdigest()
+            if old_fid and self._saved.get(bucket) == (old_fid, digest) and not self._merged.get(bucket):
+                log.debug("bucket %s: metadata unchanged since its last save", bucket)
+                return
             # merged into this snapshot: replaced by it (a merge after this point waits
             # for the next save)
             replaced = set(self._merged.get(bucket, ()))
@@ -385,11 +414,12 @@ class BucketSync:
                                             encrypt=True, replace_existing=False)
             except BaseException as exc:
                 # failed or cancelled (unmount): still unsaved; save_all or the next round saves it
-                self.db.set_bucket_state(bucket, dirty=1)
+                self.mark_dirty(bucket)
                 if isinstance(exc, DeossError):
                     log.warning("saving the metadata of bucket %s failed: %s", bucket, exc)
                 raise
             self.db.set_bucket_state(bucket, meta_fid=plan.fid)
+            self._saved[bucket] = (plan.fid, digest)
             self._merged[bucket] = self._merged.get(bucket, set()) - replaced
             for fid in sorted(f for f in {old_fid, *replaced} if f and f != plan.fid):
                 try:
@@ -397,11 +427,15 @@ class BucketSync:
                 except DeossError as exc:
                     log.warning("deleting old metadata %s failed: %s", fid[:16], exc)
 
-    async def save_all(self) -> None:
+    async def save_all(self, only_due: bool = False) -> None:
+        """Save every changed bucket (at unmount), or with `only_due` those whose save is
+        due (SAVE_QUIET, SAVE_MAX_DELAY)."""
         # a save under way has cleared its bucket's dirty flag: wait for it too (unmount)
-        for bucket in sorted(set(self.db.dirty_buckets()) | self._saving):
+        for bucket in sorted(set(self.db.dirty_buckets()) | (set() if only_due else self._saving)):
             if self.db.child(ROOT_INODE, bucket.encode()) is None:
                 self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
+                continue
+            if only_due and (bucket in self._saving or not self._save_due(bucket)):
                 continue
             with contextlib.suppress(DeossError):
                 await self.save(bucket)
@@ -409,8 +443,8 @@ class BucketSync:
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(SAVE_DELAY)
+            await trio.sleep(SAVE_TICK)
             try:
-                await self.save_all()
+                await self.save_all(only_due=True)
             except Exception as exc:  # e.g. the local disk is full: the next round saves
                 log.warning("saving bucket metadata: %s", cli_message(exc))

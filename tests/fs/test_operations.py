@@ -25,7 +25,7 @@ from deossfs.chain.factory import open_chain
 from deossfs.config import load_config
 from deossfs.errors import NotFound
 from deossfs.fs.db import ROOT_INODE, Database
-from deossfs.fs.metadata import META_KEY, BucketSync
+from deossfs.fs.metadata import META_KEY, SAVE_QUIET, BucketSync
 from deossfs.fs.mount import DB_NAME, workspace_for
 from deossfs.fs.operations import REFRESH_SECONDS, Operations
 from deossfs.fs.uploader import Uploader
@@ -1037,6 +1037,32 @@ async def test_short_and_long_names_are_stored(fs: FS) -> None:
     for name, data in files.items():
         fid = await fs.wait_stored(f"{bucket}/{name}", timeout=20)
         assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+
+
+async def test_metadata_saves_wait_for_a_quiet_bucket_and_skip_no_change(fs: FS) -> None:
+    """Each save is a whole CESS object: the saver waits until the bucket has been quiet
+    for SAVE_QUIET seconds, and a save that would store the same entries again stores
+    nothing."""
+    bucket = await fs.bucket()
+    ino = await fs.write_file(f"{bucket}/a.txt", b"x")
+    await fs.wait_stored(f"{bucket}/a.txt")
+    await fs.sync.save_all()
+
+    async def metadata_objects() -> list[str]:
+        return [e.fid for e in await fs.store.list(bucket) if e.key == META_KEY]
+
+    saved = await metadata_objects()
+    assert len(saved) == 1
+    fs.sync.mark_dirty(bucket)  # marked, but nothing in it changed
+    await fs.sync.save_all()
+    assert await metadata_objects() == saved and fs.db.bucket_state(bucket)[0] == 0
+    await fs.ops.setattr(ino, _attrs(st_mode=stat.S_IFREG | 0o600), Fields(update_mode=True), None, CTX)
+    await fs.sync.save_all(only_due=True)  # changed a moment ago: not yet
+    assert await metadata_objects() == saved and fs.db.bucket_state(bucket)[0] == 1
+    await trio.sleep(SAVE_QUIET)
+    await fs.sync.save_all(only_due=True)
+    after = await metadata_objects()
+    assert len(after) == 1 and after != saved and fs.db.bucket_state(bucket)[0] == 0
 
 
 async def test_metadata_save_under_way_is_not_lost_at_unmount(fs: FS) -> None:
