@@ -45,6 +45,8 @@ OPEN_REFRESH_SECONDS = 1.0
 META_DIR = ".deossfs"
 #: the longest name of one path component, as on local file systems
 NAME_MAX = 255
+#: larger than any territory: growing a file past it is EFBIG, not a territory query
+MAX_FILE_SIZE = 2**50
 #: readdir offsets above this are hard links (below: inode numbers)
 LINK_OFFSET = 1 << 48
 XATTR_PREFIX = b"user.deossfs."
@@ -846,6 +848,9 @@ class Operations(pyfuse3.Operations):
 
     async def _reserve_space(self, old_size: int, new_size: int) -> None:
         """ENOSPC when the territory cannot take this file (12 x 8 MiB per segment)."""
+        if new_size > MAX_FILE_SIZE:
+            raise fuse_error(errno.EFBIG, "refused a file of %d bytes: deossfs files end at %d bytes",
+                             new_size, MAX_FILE_SIZE)
         old_segments = segment_count(old_size, PLAINTEXT_CAPACITY) if old_size else 0
         new_segments = segment_count(new_size, PLAINTEXT_CAPACITY)
         if new_segments == old_segments:

@@ -202,3 +202,12 @@ def test_directory_link_counts(bucket: Path) -> None:
     assert top.stat().st_nlink == 3
     found = subprocess.run(["find", str(top), "-type", "d"], capture_output=True, text=True, check=True)
     assert sorted(found.stdout.split()) == [str(top), str(top / "c")]
+
+
+def test_absurd_sizes_are_efbig(bucket: Path) -> None:
+    path = bucket / "huge"
+    path.write_bytes(b"")
+    assert errno_of(os.truncate, path, 999_999_999_999_999_999) == errno.EFBIG
+    with open(path, "r+b") as handle:
+        assert errno_of(os.pwrite, handle.fileno(), b"x", 2**51) == errno.EFBIG
+    assert path.stat().st_size == 0
