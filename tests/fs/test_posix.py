@@ -211,3 +211,17 @@ def test_absurd_sizes_are_efbig(bucket: Path) -> None:
     with open(path, "r+b") as handle:
         assert errno_of(os.pwrite, handle.fileno(), b"x", 2**51) == errno.EFBIG
     assert path.stat().st_size == 0
+
+
+def test_an_open_file_unlinked_has_no_links_and_still_works(bucket: Path) -> None:
+    path = bucket / "unlinked-open"
+    path.write_bytes(b"before")
+    with open(path, "r+b") as handle:
+        os.unlink(path)
+        assert os.fstat(handle.fileno()).st_nlink == 0
+        handle.seek(0, os.SEEK_END)
+        handle.write(b" and after")
+        handle.flush()
+        handle.seek(0)
+        assert handle.read() == b"before and after"
+    assert not path.exists()
