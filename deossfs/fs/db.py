@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS declares (ino INTEGER PRIMARY KEY);
 -- files with writes not journaled yet (open for writing): after a crash, the next mount
 -- journals what was written, as a local file system keeps it
 CREATE TABLE IF NOT EXISTS writing (ino INTEGER PRIMARY KEY);
+-- names removed through this mount lately (unlink, rmdir, the old name of a rename), with
+-- when: a metadata object merged with another mount's must not bring them back
+CREATE TABLE IF NOT EXISTS removed (
+    bucket TEXT NOT NULL, path TEXT NOT NULL, at_ns INTEGER NOT NULL,
+    PRIMARY KEY (bucket, path)
+);
 CREATE TABLE IF NOT EXISTS chain_deletes (fid TEXT PRIMARY KEY, queued_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
@@ -342,6 +348,18 @@ class Database:
 
     def upload_done(self, ino: int, generation: int) -> None:
         self.conn.execute("DELETE FROM uploads WHERE ino=? AND generation=?", (ino, generation))
+
+    # ---- removed names ------------------------------------------------------
+
+    def record_removal(self, bucket: str, path: str, at_ns: int) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO removed (bucket, path, at_ns) VALUES (?, ?, ?)",
+                          (bucket, path, at_ns))
+
+    def removals(self, bucket: str, since_ns: int) -> dict[str, int]:
+        """path -> when, for the bucket's names removed since `since_ns` (older ones are
+        forgotten here)."""
+        self.conn.execute("DELETE FROM removed WHERE at_ns < ?", (since_ns,))
+        return dict(self.conn.execute("SELECT path, at_ns FROM removed WHERE bucket=?", (bucket,)).fetchall())
 
     # ---- chain deletes and buckets -------------------------------------------
 

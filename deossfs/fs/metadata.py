@@ -43,6 +43,9 @@ META_KEY = f"{META_DIR}/metadata.json"
 SAVE_QUIET = 5.0
 SAVE_MAX_DELAY = 30.0
 SAVE_TICK = 1.0
+#: how long a removed name is published in the metadata object (a merge of two objects
+#: saved at once must not restore it); merges happen within minutes of the saves
+REMOVALS_KEPT_NS = 3600 * 10**9
 FORMAT = 1
 
 
@@ -50,6 +53,11 @@ def _entry_is_newer(entry: dict, row: Row) -> bool:
     """Does another mount's entry supersede this row? The later change (ctime) wins; the
     FID breaks a tie, so two mounts comparing the same pair always pick the same one."""
     return (entry["c"], entry.get("f") or "") > (row.ctime_ns, row.fid or "")
+
+
+def _removed_at(removed: dict[str, int], parts: list[str]) -> int:
+    """When this path or one of its directories was last removed here (0: never)."""
+    return max((removed.get("/".join(parts[:n]), 0) for n in range(1, len(parts) + 1)), default=0)
 
 
 def _b64(data: bytes) -> str:
@@ -244,10 +252,14 @@ class BucketSync:
         superseded: set[str] = set()
         seen: set[int] = set()
         links = [e for e in meta["entries"] if e["k"] == "link"]
+        bucket = self.db.get(bucket_ino).name.decode()  # type: ignore[union-attr]
+        removed_here = self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS)
         for entry in meta["entries"]:
             if entry["k"] == "link":
                 continue
             parts = entry["p"].split("/")
+            if _removed_at(removed_here, parts) > entry["c"] and self._find(bucket_ino, entry["p"]) is None:
+                continue  # removed here after the other mount's last change to it
             parent = self._ensure_path(bucket_ino, parts[:-1])
             seen.update(self._ancestors(parent, bucket_ino))
             row = self.db.child(parent, parts[-1].encode())
@@ -295,6 +307,7 @@ class BucketSync:
             for name, value in entry.get("x", {}).items():
                 self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
         named_links = self._apply_links(bucket_ino, links, seen)
+        superseded |= self._apply_removals(bucket_ino, meta.get("removed", []), pending)
         # Two mounts wrote the same path without seeing each other's version: both are
         # on the chain. The later close wins everywhere (_entry_is_newer); the mount whose
         # version lost deletes it, unless something still names it. Only a version older
@@ -319,6 +332,26 @@ class BucketSync:
                 for row in self.db.link_children(directory):
                     if row.link_id not in named_links:
                         self.db.remove_link(row.link_id)
+
+    def _apply_removals(self, bucket_ino: int, removals: list[dict], pending: set[int]) -> set[str]:
+        """Names the other mount removed after this mount's last change to them go here
+        too (deepest first, a directory only once empty); the FIDs whose row went."""
+        gone: set[str] = set()
+        for removal in sorted(removals, key=lambda r: -r["p"].count("/")):
+            row = self._find(bucket_ino, removal["p"])
+            if row is None or row.ctime_ns >= removal["c"] or row.id in pending \
+                    or row.id in self.ops.open_states or (row.is_dir and self.db.has_children(row.id)):
+                continue
+            if row.link_id:
+                self.db.remove_link(row.link_id)
+                continue
+            if self.db.promote_link(row.id):  # the file lives on under its other names
+                self.ops._names_changed([self.db.get(row.id)])  # type: ignore[list-item]
+                continue
+            if row.fid:
+                gone.add(row.fid)
+            self.ops._remove_inode(row.id)
+        return gone
 
     def _apply_links(self, bucket_ino: int, links: list[dict], seen: set[int]) -> set[int]:
         """Create the hard links the metadata names; the ids of the links it names."""
@@ -380,7 +413,11 @@ class BucketSync:
                 # a hard link names the inode's own path; the file's entry carries the rest
                 entries.append({"p": f"{prefix}{row.name.decode()}", "k": "link",
                                 "i": self.ops.key_of(row.id)[1]})
-        return {"format": FORMAT, "saved_ns": now_ns(), "entries": entries}
+        named = {e["p"] for e in entries}
+        removed = [{"p": path, "c": at}
+                   for path, at in sorted(self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS).items())
+                   if path not in named]
+        return {"format": FORMAT, "saved_ns": now_ns(), "entries": entries, "removed": removed}
 
     async def save(self, bucket: str) -> None:
         """Store the bucket's metadata object (replacing the previous one)."""

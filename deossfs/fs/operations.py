@@ -185,6 +185,12 @@ class Operations(pyfuse3.Operations):
         parts = self.db.path_parts(ino)
         return parts[0].decode(), b"/".join(parts[1:]).decode()
 
+    def _record_removal(self, parent: int, name: bytes) -> None:
+        """The name `name` in `parent` is gone (metadata merges must not restore it)."""
+        parts = self.db.path_parts(parent) + [name]
+        if len(parts) > 1:
+            self.db.record_removal(parts[0].decode(), b"/".join(parts[1:]).decode(), now_ns())
+
     def _touch(self, directory: int) -> None:
         """An entry was added to or removed from `directory`: its mtime and ctime change."""
         t = now_ns()
@@ -469,6 +475,7 @@ class Operations(pyfuse3.Operations):
             self._touch(parent_inode)
             return
         self.db.delete(row.id)
+        self._record_removal(parent_inode, name)
         self._touch(parent_inode)
         self.changed(parent_inode)
 
@@ -547,6 +554,7 @@ class Operations(pyfuse3.Operations):
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._unlink_row(row)
+        self._record_removal(parent_inode, name)
         self._touch(parent_inode)
         self.changed(parent_inode)
 
@@ -629,6 +637,7 @@ class Operations(pyfuse3.Operations):
             elif row.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             self._unlink_row(target)
+        self._record_removal(parent_inode_old, name_old)
         if row.link_id:
             self.db.move_link(row.link_id, parent_inode_new, name_new)
             self.db.update(row.id, ctime_ns=now_ns())

@@ -1222,6 +1222,39 @@ async def test_metadata_saved_by_two_mounts_at_once_is_merged(devnet: Devnet, tm
         assert len(await metadata_objects()) == 1
 
 
+async def test_a_merge_does_not_bring_back_what_was_removed(devnet: Devnet, tmp_path: Path) -> None:
+    """A removes names while B saves changes of its own at the same time (two metadata
+    objects): the merge keeps A's removals on both mounts, unless B changed the entry
+    after A removed it (an empty file here: a file with content is gone with its chain
+    object, whatever B changes afterwards)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        bucket = await a.bucket()
+        await a.mkdir(f"{bucket}/old-dir")
+        await a.ops.symlink(await a.ino(bucket), b"old-link", b"target", CTX)
+        await publish(a, b, bucket, {"empty-file": b"", "kept.txt": b"kept", "changed-later": b""})
+        # a removes three names; b then changes another file and one of those a removed
+        root_a = await a.ino(bucket)
+        for name in (b"empty-file", b"old-link", b"changed-later"):
+            await a.ops.unlink(root_a, name, CTX)
+        await a.ops.rmdir(root_a, b"old-dir", CTX)
+        for name, mode in (("kept.txt", 0o600), ("changed-later", 0o640)):
+            await b.ops.setattr(await b.ino(f"{bucket}/{name}"), _attrs(st_mode=stat.S_IFREG | mode),
+                                Fields(update_mode=True), None, CTX)
+        await a.wait_idle()
+        await a.sync.save_all()
+        await b.sync.save_all()  # without seeing a's save: two metadata objects
+        await a.sync.refresh_bucket(bucket, force=True)  # a merges b's
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        for mount in (a, b):
+            assert sorted(await mount.listdir(bucket)) == ["changed-later", "kept.txt"]
+            assert stat.S_IMODE((await mount.attr(f"{bucket}/kept.txt")).st_mode) == 0o600
+            assert stat.S_IMODE((await mount.attr(f"{bucket}/changed-later")).st_mode) == 0o640
+
+
 async def test_a_rename_elsewhere_leaves_no_stale_name(devnet: Devnet, tmp_path: Path) -> None:
     """B listed a file (and a hashed-name file, first seen under its chain name) before A
     renamed it and saved: after B applies A's metadata only the new names are left."""
