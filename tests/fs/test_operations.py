@@ -719,11 +719,7 @@ async def test_hard_links(fs: FS) -> None:
 async def test_hard_links_reach_another_machine(devnet: Devnet, tmp_path: Path) -> None:
     """Links travel in the metadata object: the other mount shows one inode under both
     names, and drops a link removed here."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         ino = await a.write_file(f"{bucket}/data.bin", b"linked")
         await a.mkdir(f"{bucket}/dir")
         await a.ops.link(ino, await a.ino(f"{bucket}/dir"), b"alias.bin", CTX)
@@ -1086,6 +1082,17 @@ async def test_metadata_save_under_way_is_not_lost_at_unmount(fs: FS) -> None:
     assert fs.db.bucket_state(bucket)[0] == 0
 
 
+@asynccontextmanager
+async def two_machines(devnet: Devnet, tmp_path: Path) -> AsyncIterator[tuple[FS, FS, str]]:
+    """Two mounts of the devnet's account with their own workspaces, and a new bucket
+    made by the first."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
+            open_fs(config_for(devnet, tmp_path / "b")) as b:
+        yield a, b, await a.bucket()
+
+
 async def publish(a: FS, b: FS, bucket: str, files: dict[str, bytes]) -> None:
     """`a` writes the files, makes them durable and saves its metadata; `b` lists them."""
     for name, data in files.items():
@@ -1099,11 +1106,7 @@ async def publish(a: FS, b: FS, bucket: str, files: dict[str, bytes]) -> None:
 
 async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
     """A version closed (and made durable) on one machine is what the other opens next."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         first, second = os.urandom(60_000), os.urandom(80_000)
         await a.write_file(f"{bucket}/shared.bin", first)
         await a.wait_stored(f"{bucket}/shared.bin")
@@ -1128,11 +1131,7 @@ async def test_two_mounts_close_to_open(devnet: Devnet, tmp_path: Path) -> None:
 async def test_open_sees_another_mounts_closed_version(devnet: Devnet, tmp_path: Path) -> None:
     """Close-to-open: b opens a path it knows, without listing its directory, after a
     wrote a new version and published it: b reads the new version."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         await publish(a, b, bucket, {"doc.txt": b"version one"})
         assert await b.read_file(f"{bucket}/doc.txt") == b"version one"
         ino = await a.ino(f"{bucket}/doc.txt")
@@ -1155,11 +1154,7 @@ async def test_two_mounts_writing_one_path_keep_the_later_version(devnet: Devnet
     """Both mounts write the same new file before either sees the other's version: the
     later close wins on both, and the earlier version is deleted from the chain, not left
     there using territory space under the same name."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         await b.sync.refresh_buckets(force=True)
         path = f"{bucket}/both.bin"
         earlier, later = os.urandom(50_000), os.urandom(70_000)
@@ -1194,11 +1189,7 @@ async def test_metadata_saved_by_two_mounts_at_once_is_merged(devnet: Devnet, tm
     """A and B change different files and save without seeing each other's save: two
     metadata objects. The next listing merges them, the next save replaces both, and
     each mount ends with both changes."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         await publish(a, b, bucket, {"one.txt": b"changed by a", "two.txt": b"changed by b"})
 
         async def metadata_objects() -> list[str]:
@@ -1227,11 +1218,7 @@ async def test_a_merge_does_not_bring_back_what_was_removed(devnet: Devnet, tmp_
     objects): the merge keeps A's removals on both mounts, unless B changed the entry
     after A removed it (an empty file here: a file with content is gone with its chain
     object, whatever B changes afterwards)."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         await a.mkdir(f"{bucket}/old-dir")
         await a.ops.symlink(await a.ino(bucket), b"old-link", b"target", CTX)
         await publish(a, b, bucket, {"empty-file": b"", "kept.txt": b"kept", "changed-later": b""})
@@ -1258,11 +1245,7 @@ async def test_a_merge_does_not_bring_back_what_was_removed(devnet: Devnet, tmp_
 async def test_a_rename_elsewhere_leaves_no_stale_name(devnet: Devnet, tmp_path: Path) -> None:
     """B listed a file (and a hashed-name file, first seen under its chain name) before A
     renamed it and saved: after B applies A's metadata only the new names are left."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    async with open_fs(config_for(devnet, tmp_path / "a")) as a, \
-            open_fs(config_for(devnet, tmp_path / "b")) as b:
-        bucket = await a.bucket()
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
         await a.mkdir(f"{bucket}/dir")
         await a.write_file(f"{bucket}/dir/k1", b"renamed elsewhere")
         await a.write_file(f"{bucket}/zz", b"a key too short for the chain: hashed there")
