@@ -60,6 +60,11 @@ def _removed_at(removed: dict[str, int], parts: list[str]) -> int:
     return max((removed.get("/".join(parts[:n]), 0) for n in range(1, len(parts) + 1)), default=0)
 
 
+def _row_is_newer(row: Row, entry: dict) -> bool:
+    """The converse of _entry_is_newer (both false when they are the same change)."""
+    return (row.ctime_ns, row.fid or "") > (entry["c"], entry.get("f") or "")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -200,14 +205,19 @@ class BucketSync:
                     self.db.insert(parent, parts[-1].encode(), "file", stat.S_IFREG | 0o644,
                                    self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
                                    foreign_object=1, durable_generation=0)
-                elif existing.kind == "file" and existing.id not in pending and not existing.staged \
+                elif existing.kind == "file" and existing.id not in pending \
                         and existing.id not in self.ops.open_states \
-                        and (existing.foreign_object or existing.fid not in chain_fids):
-                    # a new version replaced this one under its name. While both are on
-                    # the chain (two mounts wrote the file) the listing does not choose:
-                    # the metadata objects do (_apply)
+                        and ((existing.foreign_object and not existing.staged)
+                             or (existing.fid and existing.fid not in chain_fids)):
+                    # a new version replaced this one under its name (this one is gone
+                    # from the chain, or both are another tool's). While both are on the
+                    # chain (two mounts wrote the file) the listing does not choose: the
+                    # metadata objects do (_apply). The entry's own attributes stay: a
+                    # change made here later than that version (a chmod) still wins.
                     self.ops.reader.forget(existing.fid or "")
-                    self.db.update(existing.id, fid=info.fid, size=info.file_size)
+                    if existing.staged:  # a copy of the version that is gone
+                        self.ops.staging_path(existing.id).unlink(missing_ok=True)
+                    self.db.update(existing.id, fid=info.fid, size=info.file_size, staged=0)
             # stored files deleted elsewhere
             for row in self.db.descendants(bucket_row.id):
                 if (row.kind == "file" and row.fid and row.fid not in chain_fids
@@ -252,6 +262,7 @@ class BucketSync:
         superseded: set[str] = set()
         seen: set[int] = set()
         links = [e for e in meta["entries"] if e["k"] == "link"]
+        republish = False
         bucket = self.db.get(bucket_ino).name.decode()  # type: ignore[union-attr]
         removed_here = self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS)
         for entry in meta["entries"]:
@@ -283,9 +294,12 @@ class BucketSync:
             if row is None:
                 row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
             elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"] \
-                    or (not allow_deletes and not _entry_is_newer(entry, row)):
-                # a change made here and not saved yet (the bucket is dirty) is newer than
-                # the other mount's entry: it stays, and this mount's next save publishes it
+                    or not _entry_is_newer(entry, row):
+                # a change made here later than the other mount's entry (saved or not: the
+                # other mount may have saved without seeing it) stays, and this mount's
+                # next save publishes it
+                if _row_is_newer(row, entry) and row.id not in pending and row.id not in self.ops.open_states:
+                    republish = True
                 seen.add(row.id)
                 continue
             else:
@@ -307,6 +321,8 @@ class BucketSync:
             for name, value in entry.get("x", {}).items():
                 self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
         named_links = self._apply_links(bucket_ino, links, seen)
+        if republish:
+            self.mark_dirty(bucket)
         superseded |= self._apply_removals(bucket_ino, meta.get("removed", []), pending)
         # Two mounts wrote the same path without seeing each other's version: both are
         # on the chain. The later close wins everywhere (_entry_is_newer); the mount whose
