@@ -135,19 +135,25 @@ def devnet() -> None:
 @click.option("--chain", "chain_kind", type=click.Choice(["embedded", "cess"]),
               default="embedded", show_default=True,
               help="the embedded ledger, or the real CESS runtime (chopsticks; `make devchain`)")
+@click.option("--gateway", "with_gateway", is_flag=True,
+              help="also run an HTTP gateway for the devnet's account (docs/gateway.md)")
 @handle_errors
-def devnet_up_cmd(directory: str, nodes: int, chain_kind: str) -> None:
+def devnet_up_cmd(directory: str, nodes: int, chain_kind: str, with_gateway: bool) -> None:
     """Start the devnet (creates it on first use)."""
-    from .devnet import CONFIG_NAME, devnet_up
+    from .devnet import CONFIG_NAME, devnet_up, gateway_process, start_gateway
 
     if chain_kind == "cess":
         from .devnet_cess import devnet_up_cess
 
         devnet_up_cess(Path(directory), nodes)
+        if with_gateway:
+            start_gateway(Path(directory))
     else:
-        devnet_up(Path(directory), nodes)
+        devnet_up(Path(directory), nodes, gateway=with_gateway)
     config_path = Path(directory).resolve() / CONFIG_NAME
     click.echo(f"devnet up: {nodes} storage nodes, territory 'default'")
+    if with_gateway:
+        click.echo(f"gateway: {gateway_process(Path(directory)).url}")
     click.echo(f"config: {config_path}")
     click.echo(f"use it:  export DEOSSFS_CONFIG={config_path}")
 
@@ -170,11 +176,13 @@ def devnet_down_cmd(directory: str) -> None:
 @handle_errors
 def devnet_status_cmd(directory: str, as_json: bool) -> None:
     """Show each storage node's process and what it holds."""
-    from .devnet import devnet_status
+    from .devnet import devnet_status, gateway_process
 
     rows = devnet_status(Path(directory))
+    gateway = gateway_process(Path(directory))
+    gateway_row = {"pid": gateway.pid, "alive": gateway.alive, "url": gateway.url} if gateway.pid else None
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"nodes": rows, "gateway": gateway_row}, indent=2))
         return
     if not rows:
         fail(f"no devnet in {directory}; start one with `deossfs devnet up --dir {directory}`")
@@ -182,6 +190,8 @@ def devnet_status_cmd(directory: str, as_json: bool) -> None:
         state = "up" if row["alive"] is True else ("down" if not row["alive"] else row["alive"])
         held = f"{row.get('fragments', '?')} fragments" if row["alive"] is True else ""
         click.echo(f"node{row['node']:<3} {state:<14} {row.get('endpoint') or '-':<24} {held}")
+    if gateway_row is not None:
+        click.echo(f"gateway {'up' if gateway.alive else 'down':<14} {gateway.url or '-'}")
 
 
 # ---- node ----------------------------------------------------------------
@@ -848,3 +858,7 @@ def serve_cache_cmd(obj: Context, host: str | None, port: int | None, register: 
         cache.close()
         counters.close()
         chain.close()
+
+
+# the gateway's commands live in their own module (see its docstring)
+from . import cli_gateway  # noqa: E402, F401

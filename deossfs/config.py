@@ -110,6 +110,37 @@ class AccessConfig:
     accounts: list[str] = field(default_factory=list)
 
 
+@dataclass
+class GatewayConfig:
+    """`deossfs gateway`: the HTTP gateway (DeOSS's REST API; docs/gateway.md)."""
+
+    #: host:port the gateway listens on
+    listen: str = "127.0.0.1:8080"
+    #: the bucket of uploads that name none (DeOSS v0.4.2 clients send no Bucket header);
+    #: created for the account on its first upload
+    default_bucket: str = "deoss"
+    #: "durable": an upload is answered once its fragments are stored and reported (as
+    #: `deossfs put`); "accepted": once staged in the gateway's journal and declared on the
+    #: chain, as DeOSS does (the file-state route follows the rest)
+    respond: str = "durable"
+    #: signed Messages are Unix timestamps within this many seconds of the gateway's clock
+    message_window: float = 300.0
+    #: take any signed Message forever, as DeOSS does (replayable: for old clients only)
+    accept_unfresh_messages: bool = False
+    #: uploads one account may have under way at once; more are answered 429
+    max_uploads_per_account: int = 4
+    #: bytes of uploads one account may have staged and not yet stored
+    max_bytes_per_account: int = field(default=16 * 1024**3, metadata={"size": True})
+    #: uploads whose segments are encoded and sent at once, all accounts together (each
+    #: holds up to 192 MiB of workspaces; the others wait, staged, in arrival order)
+    parallel_stores: int = 2
+    #: seconds a client may take to send its request headers, and may leave its body idle
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    #: seconds the gateway trusts its answer to "has this account authorized me?"
+    authorization_cache_seconds: float = 30.0
+
+
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
 STAGING_DIR_NAME = "staging"
 
@@ -125,6 +156,7 @@ class Config:
     peers: PeersConfig = field(default_factory=PeersConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def require_key_file(self) -> Path:
         if self.key_file is None:
@@ -156,7 +188,8 @@ class Config:
 
 
 _SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
-             "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig}
+             "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig,
+             "gateway": GatewayConfig}
 #: options outside any section
 _TOP_LEVEL = ("key_file", "workspace")
 #: environment overrides are DEOSSFS_<SECTION>_<OPTION> (and DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE)
@@ -345,6 +378,19 @@ def _validate(config: Config) -> None:
     if config.access.mode not in ("public", "private"):
         raise ConfigError("config option access.mode must be \"public\" (accounts are refused) "
                           "or \"private\" (only accounts are served)")
+    if config.gateway.respond not in ("durable", "accepted"):
+        raise ConfigError("config option gateway.respond must be \"durable\" (answer once stored) "
+                          "or \"accepted\" (answer once staged and declared, as DeOSS)")
+    parse_listen(config.gateway.listen, "gateway.listen")
+    for where, value in (("gateway.message_window", config.gateway.message_window),
+                         ("gateway.header_timeout", config.gateway.header_timeout),
+                         ("gateway.body_timeout", config.gateway.body_timeout)):
+        if value <= 0:
+            raise ConfigError(f"config option {where} must be positive")
+    for where, count in (("gateway.max_uploads_per_account", config.gateway.max_uploads_per_account),
+                         ("gateway.parallel_stores", config.gateway.parallel_stores)):
+        if count < 1:
+            raise ConfigError(f"config option {where} must be at least 1")
     if not 0 <= config.serve.port <= 65535:
         raise ConfigError("config option serve.port must be between 0 and 65535")
     if config.cache.size < 0:
@@ -372,6 +418,15 @@ def _validate(config: Config) -> None:
             for account in accounts:
                 if not valid_address(account):
                     raise ConfigError(f"config option {where}: {account!r} is not an SS58 account")
+
+
+def parse_listen(text: str, where: str = "listen") -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[::1]:8080" for IPv6); a ConfigError naming `where`."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"config option {where} must be HOST:PORT (e.g. 127.0.0.1:8080), not {text!r}")
+    return host, int(port)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),

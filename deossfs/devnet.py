@@ -145,8 +145,9 @@ def wait_ready(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def devnet_up(devnet_dir: Path, node_count: int = 12) -> Config:
-    """Create (or restart) the devnet in `devnet_dir`; idempotent."""
+def devnet_up(devnet_dir: Path, node_count: int = 12, gateway: bool = False) -> Config:
+    """Create (or restart) the devnet in `devnet_dir`; idempotent. With `gateway`, also a
+    gateway process (`deossfs gateway`) for the devnet's account."""
     if node_count < 1 or node_count > 64:
         raise InvalidInput("--nodes must be between 1 and 64")
     devnet_dir = devnet_dir.resolve()
@@ -185,10 +186,87 @@ def devnet_up(devnet_dir: Path, node_count: int = 12) -> Config:
             chain.mint_territory(territory, DEV_TERRITORY_GIB, DEV_TERRITORY_DAYS)
     finally:
         chain.close()
+    if gateway:
+        start_gateway(devnet_dir)
     return config
 
 
+# ---- the devnet's gateway ----------------------------------------------------------------
+
+
+@dataclass
+class GatewayProcess:
+    dir: Path
+    pid: int | None
+    url: str | None
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and process_alive(self.pid)
+
+
+def gateway_process(devnet_dir: Path) -> GatewayProcess:
+    directory = devnet_dir.resolve() / "gateway"
+    state: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads((directory / "process.json").read_text())
+    url = None
+    with contextlib.suppress(OSError):
+        url = (directory / "url").read_text().strip() or None
+    return GatewayProcess(directory, state.get("pid"), url)
+
+
+def start_gateway(devnet_dir: Path, timeout: float = 60.0) -> GatewayProcess:
+    """Start the devnet's gateway (on a free port) unless it runs; returns it once serving."""
+    current = gateway_process(devnet_dir)
+    if current.alive and current.url:
+        return current
+    directory = current.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    url_file = directory / "url"
+    url_file.unlink(missing_ok=True)
+    log = open(directory / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deossfs", "--config", str(devnet_dir.resolve() / CONFIG_NAME),
+         "gateway", "--listen", "127.0.0.1:0", "--url-file", str(url_file)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    (directory / "process.json").write_text(json.dumps({"pid": proc.pid}))
+    deadline = time.monotonic() + timeout
+    while not url_file.exists():
+        if proc.poll() is not None:
+            tail = (directory / "gateway.log").read_text(errors="replace")[-600:]
+            raise DeossError(f"the devnet's gateway exited at start: {tail.strip()}")
+        if time.monotonic() > deadline:
+            stop_pid(proc.pid)
+            raise TemporaryError(f"the devnet's gateway did not start within {timeout:.0f}s")
+        time.sleep(0.05)
+    return gateway_process(devnet_dir)
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop a process: `sig`, then SIGKILL if it is still there after `timeout` seconds."""
+    if not process_alive(pid):
+        return
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_gateway(devnet_dir: Path) -> bool:
+    process = gateway_process(devnet_dir)
+    if not process.alive:
+        return False
+    assert process.pid is not None
+    stop_pid(process.pid)
+    return True
+
+
 def devnet_down(devnet_dir: Path) -> int:
+    stop_gateway(devnet_dir)
     stopped = 0
     for node in node_processes(devnet_dir.resolve()):
         if node.alive:

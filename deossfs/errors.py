@@ -4,7 +4,8 @@ Every error raised across module boundaries is a `DeossError`. Each is either
 *temporary* (a retry with backoff may succeed: a node timed out, the chain is
 unreachable) or *permanent* (surfaced to the user: a bad name, no space, a
 missing key file). The CLI maps them to one-line messages (`cli_message`), the
-mount maps them to errnos (`to_errno`); both mappings live here and nowhere else.
+mount maps them to errnos (`to_errno`), the gateway to HTTP statuses
+(`to_http_status`); the mappings live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class DeossError(Exception):
 
     temporary: bool = False
     errno: int = errno.EIO
+    #: the HTTP status the gateway answers with (4xx: the client's doing, 5xx: ours)
+    http_status: int = 500
     #: what the user can do about it, appended to the CLI message
     hint: str = ""
 
@@ -31,6 +34,7 @@ class TemporaryError(DeossError):
     """Worth retrying with backoff."""
 
     temporary = True
+    http_status = 503
 
 
 class PermanentError(DeossError):
@@ -42,6 +46,20 @@ class PermanentError(DeossError):
 
 class InvalidInput(PermanentError):
     errno = errno.EINVAL
+    http_status = 400
+
+
+class RangeNotSatisfiable(InvalidInput):
+    """A byte range that starts past the end of the file."""
+
+    http_status = 416
+
+
+class RequestTimeout(InvalidInput):
+    """A client that stopped sending its request midway."""
+
+    errno = errno.ETIMEDOUT
+    http_status = 408
 
 
 class InvalidName(InvalidInput):
@@ -54,26 +72,45 @@ class NameTooLong(InvalidName):
 
 class NotFound(PermanentError):
     errno = errno.ENOENT
+    http_status = 404
 
 
 class AlreadyExists(PermanentError):
     errno = errno.EEXIST
+    http_status = 409
 
 
 class NotEmpty(PermanentError):
     errno = errno.ENOTEMPTY
+    http_status = 409
 
 
 class NoSpace(PermanentError):
     errno = errno.ENOSPC
+    http_status = 507
+
+
+class TooLarge(NoSpace):
+    """A request body bigger than the space it could take (refused before it is read)."""
+
+    errno = errno.EFBIG
+    http_status = 413
 
 
 class AccessDenied(PermanentError):
     errno = errno.EACCES
+    http_status = 403
+
+
+class Unauthenticated(AccessDenied):
+    """A request without valid credentials: no signature, a bad one, or a stale message."""
+
+    http_status = 401
 
 
 class Unsupported(PermanentError):
     errno = errno.ENOTSUP
+    http_status = 501
 
 
 class ConfigError(PermanentError):
@@ -88,20 +125,25 @@ class IntegrityError(PermanentError):
     """Bytes did not match their hash or failed authentication."""
 
     errno = errno.EIO
+    http_status = 502
 
 
 class NotEnoughNodes(PermanentError):
     errno = errno.EIO
+    http_status = 503
 
 
 class DataUnavailable(PermanentError):
     """Fewer than 4 valid fragments of a segment could be had."""
 
     errno = errno.EIO
+    http_status = 503
 
 
 class ChainError(PermanentError):
     """A call the chain refused; `name` is the CESS error name (e.g. `PurchasedSpace`)."""
+
+    http_status = 400
 
     def __init__(self, name: str, message: str | None = None, *, hint: str | None = None) -> None:
         self.name = name
@@ -123,6 +165,20 @@ class Busy(TemporaryError):
     """A local resource (a database another process holds) is busy for now."""
 
     errno = errno.EBUSY
+
+
+class NotYetStored(TemporaryError):
+    """The file is declared but its fragments are not all stored yet: ask again later."""
+
+    errno = errno.EAGAIN
+    http_status = 409
+
+
+class RateLimited(TemporaryError):
+    """An account has as many requests under way as it may (gateway limits)."""
+
+    errno = errno.EAGAIN
+    http_status = 429
 
 
 # ---- CESS error names → exception classes ----------------------------------
@@ -177,7 +233,8 @@ def chain_error(name: str, message: str | None = None) -> ChainError:
     kind = _CHAIN_ERROR_KINDS.get(name)
     cls: type = ChainError
     if kind is not None:
-        cls = type(f"ChainError_{name}", (ChainError, kind), {})
+        # the specific kind's status, not ChainError's generic one (first in the MRO)
+        cls = type(f"ChainError_{name}", (ChainError, kind), {"http_status": kind.http_status})
     return cls(name, message or name, hint=_CHAIN_HINTS.get(name))
 
 
@@ -207,6 +264,16 @@ def to_errno(exc: BaseException) -> int:
     return errno.EIO
 
 
+def to_http_status(exc: BaseException) -> int:
+    """The HTTP status the gateway answers with for an exception (500: a bug of ours)."""
+    exc = classify(exc)
+    if isinstance(exc, DeossError):
+        return exc.http_status
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return 507
+    return 500
+
+
 def cli_message(exc: BaseException) -> str:
     """The one line the CLI prints for an exception."""
     exc = classify(exc)
@@ -230,6 +297,8 @@ def cli_message(exc: BaseException) -> str:
 
 class NodeRefused(PermanentError):
     """A storage node or peer answered 4xx: it will not take (or give) this request."""
+
+    http_status = 502
 
     def __init__(self, message: str, *, status: int = 400, hint: str | None = None) -> None:
         self.status = status

@@ -9,10 +9,11 @@ threads through `trio.to_thread.run_sync`; everything else is trio.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -29,6 +30,7 @@ from .chain.interface import (
 )
 from .config import Config
 from .errors import (
+    AccessDenied,
     DataUnavailable,
     DeossError,
     IntegrityError,
@@ -37,6 +39,7 @@ from .errors import (
     NotEnoughNodes,
     NotFound,
     TemporaryError,
+    cli_message,
 )
 from .keys import Account
 from .names import chain_file_name, check_key
@@ -49,7 +52,12 @@ from .p2p.transfer import (
     refusal_message,
     send_segment,
 )
-from .processing.encryption import DECRYPT_BUFFER_SIZE, SegmentCipher, looks_encrypted
+from .processing.encryption import (
+    DECRYPT_BUFFER_SIZE,
+    PLAINTEXT_CAPACITY,
+    SegmentCipher,
+    looks_encrypted,
+)
 from .processing.layout import (
     DATA_SHARDS,
     FRAGMENT_SIZE,
@@ -67,11 +75,14 @@ from .processing.pipeline import (
     WorkspacePool,
     file_reader,
 )
-from .scheduling.selector import NodeSelector
+from .scheduling.selector import NodeSelector, Placement
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+#: called once a put's storage order is on the chain (its FID is known), before any
+#: fragment is sent: the gateway answers "accepted" uploads there
+Declared = Callable[[FilePlan], None]
 #: rounds of giving failed columns to other nodes before an upload fails
 REASSIGN_ROUNDS = 3
 #: seconds to wait for the 12 transfer reports once every fragment is sent
@@ -86,11 +97,35 @@ class ObjectEntry:
     size: int
 
 
+@dataclass
+class UploadStatus:
+    """How far a put has come, updated in place as it goes (the gateway's file-state
+    route reads it): `sent[j]` counts the segments whose fragment j a node has taken."""
+
+    state: str = "planning"  # planning, declared, uploading, reporting, stored, failed
+    fid: str | None = None
+    segments: int = 0
+    sent: list[int] = field(default_factory=lambda: [0] * TOTAL_SHARDS)
+    nodes: dict[int, str] = field(default_factory=dict)  # column -> node account
+    error: str | None = None
+
+
 class ObjectStore:
+    """put/get/list/delete of one owner's objects.
+
+    The owner is the signing account unless the store is a view made by `acting_for`
+    (a gateway storing files for accounts that authorized it): views share the node
+    client, selector, caches and workspaces, and differ in owner, territory and key.
+    """
+
     def __init__(self, config: Config, account: Account, chain: ChainClient) -> None:
         self.config = config
         self.account = account
         self.chain = chain
+        #: whose objects these are (the chain's UserBrief.user); the signer is `account`
+        self.owner = account.address
+        self.territory_name = config.storage.territory
+        self._is_view = False
         storage = config.storage
         self.selector = NodeSelector(
             preferred=list(storage.preferred_nodes),
@@ -104,12 +139,31 @@ class ObjectStore:
         #: the puts' 96 MiB workspaces, reused (pipeline.WorkspacePool says why)
         self.workspaces = WorkspacePool()
         self._probed = False
+        #: fid -> whether the file has deossfs's encrypted layout (it decides where a
+        #: plaintext offset falls); shared by views, as it is the file's, not the key's
+        self._layouts: dict[str, bool] = {}
         # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
         self.cache = SegmentCache.from_config(config, account.address, self.counters)
         self.peers = PeerNetwork(config.peers, account, chain) if config.peers.enabled else None
 
+    def acting_for(self, owner: str, *, territory: str | None = None,
+                   master_key: bytes | None = None) -> ObjectStore:
+        """A view of this store for `owner`'s objects, signed by this store's account
+        (which `owner` must have authorized on the chain), in `territory`, encrypting
+        under `master_key` (default: this store's key). Closing a view closes nothing."""
+        view = copy.copy(self)
+        view.owner = owner
+        view.territory_name = territory if territory is not None else self.territory_name
+        if master_key is not None:
+            view.cipher = SegmentCipher(master_key)
+            view.encrypted_codec = SegmentCodec(view.cipher)
+        view._is_view = True
+        return view
+
     async def aclose(self) -> None:
+        if self._is_view:
+            return
         await self.client.aclose()
         if self.peers is not None:
             await self.peers.aclose()
@@ -122,17 +176,13 @@ class ObjectStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    @property
-    def owner(self) -> str:
-        return self.account.address
-
     async def _chain(self, func: Callable, *args: object) -> object:
         return await trio.to_thread.run_sync(func, *args)
 
     # ---- territory and bucket checks ---------------------------------------
 
     async def territory(self) -> Territory:
-        name = self.config.storage.territory
+        name = self.territory_name
         territory = await self._chain(self.chain.territory, self.owner, name)
         if territory is None:
             raise NotFound(
@@ -182,6 +232,8 @@ class ObjectStore:
         self, read_into: ReadInto, size: int, bucket: str, key: str, *,
         encrypt: bool | None = None, progress: Progress | None = None,
         replace_existing: bool = True, salt_context: bytes | None = None,
+        placement: Placement | None = None, status: UploadStatus | None = None,
+        declared: Declared | None = None,
     ) -> FilePlan:
         """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain.
 
@@ -190,7 +242,25 @@ class ObjectStore:
         An encrypted retry with the same `salt_context` (by default the object's name) has
         the same FID and resumes its storage order instead of declaring (and locking
         space for) a new one; the same bytes put again under one name are a no-op.
+        `placement` steers node choice for this put (pinned nodes, a location hint);
+        `status` is kept up to date as the put goes; `declared` is called once the
+        storage order is on the chain, before any fragment is sent.
         """
+        status = status if status is not None else UploadStatus()
+        try:
+            plan = await self._put(read_into, size, bucket, key, encrypt, progress,
+                                   replace_existing, salt_context, placement, status, declared)
+        except BaseException as exc:
+            status.state, status.error = "failed", cli_message(exc)
+            raise
+        status.state = "stored"
+        return plan
+
+    async def _put(
+        self, read_into: ReadInto, size: int, bucket: str, key: str, encrypt: bool | None,
+        progress: Progress | None, replace_existing: bool, salt_context: bytes | None,
+        placement: Placement | None, status: UploadStatus, declared: Declared | None,
+    ) -> FilePlan:
         check_key(key)
         if size <= 0:
             raise InvalidInput("empty files cannot be stored on CESS (the chain rejects them)")
@@ -213,7 +283,8 @@ class ObjectStore:
                                    progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
                                    if progress else None)
             )
-            brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
+            status.fid, status.segments = plan.fid, len(plan.segments)
+            brief = UserBrief(self.owner, chain_file_name(key), bucket, self.territory_name)
             specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
             already = await self._chain(self.chain.file, plan.fid)
             pending = await self._chain(self.chain.deal, plan.fid) if already is None else None
@@ -225,8 +296,12 @@ class ObjectStore:
                 log.info("storage order for %s is pending already; not declaring it again", plan.fid)
             else:
                 await self._chain(self.chain.upload_declaration, plan.fid, specs, brief, size)
+            status.state = "declared"
+            if declared is not None:
+                declared(plan)
             if already is None:
-                await self._upload_columns(codec, plan, read_into, workspaces, progress)
+                await self._upload_columns(codec, plan, read_into, workspaces, progress,
+                                           placement, status)
             else:
                 log.info("FID %s already on the chain: added an owner, nothing to send", plan.fid)
                 if progress:
@@ -250,25 +325,34 @@ class ObjectStore:
     async def _upload_columns(
         self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,
         workspaces: list[SegmentWorkspace], progress: Progress | None,
+        placement: Placement | None, status: UploadStatus,
     ) -> None:
         nodes = await self._nodes()
+        status.state = "uploading"
         # a resumed order may have columns reported already: they stay with their nodes,
         # and those nodes (one column each per deal) get no other column
         deal = await self._chain(self.chain.deal, plan.fid)
         reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}  # type: ignore[union-attr]
         columns = set(range(TOTAL_SHARDS)) - set(reported)
-        chosen = self.selector.choose(nodes, len(columns), exclude=reported.values())
+        chosen = self.selector.choose(nodes, len(columns), exclude=reported.values(),
+                                      placement=placement)
         assignment = dict(zip(sorted(columns), chosen, strict=True))
+        for column in reported:
+            status.sent[column] = len(plan.segments)
         used = {n.account for n in chosen} | set(reported.values())
         if reported:
             log.info("storage order for %s resumed: %d of %d columns reported already",
                      plan.fid, len(reported), TOTAL_SHARDS)
         report = progress
         for round_ in range(REASSIGN_ROUNDS + 1):
+            for column in columns:
+                status.sent[column] = 0
+                status.nodes[column] = assignment[column].account
             failed = await self._send_pass(codec, plan, read_into, workspaces,
-                                           {c: assignment[c] for c in columns}, report)
+                                           {c: assignment[c] for c in columns}, report, status)
             report = None  # progress counts the first pass only
             if not failed:
+                status.state = "reporting"
                 failed = await self._await_reports(plan, assignment, columns)
                 if not failed:
                     return
@@ -277,7 +361,8 @@ class ObjectStore:
             if round_ == REASSIGN_ROUNDS:
                 raise NotEnoughNodes(f"upload of {plan.fid} failed: {refusal_message(failed.values())}")
             try:
-                replacements = self.selector.choose(nodes, len(failed), exclude=used)
+                replacements = self.selector.choose(nodes, len(failed), exclude=used,
+                                                    placement=placement)
             except NotEnoughNodes as exc:
                 raise NotEnoughNodes(
                     f"upload of {plan.fid} failed and no other node can take its columns: "
@@ -293,7 +378,7 @@ class ObjectStore:
     async def _send_pass(
         self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,
         workspaces: list[SegmentWorkspace], assignment: dict[int, StorageNode],
-        progress: Progress | None,
+        progress: Progress | None, status: UploadStatus,
     ) -> dict[int, ColumnFailure]:
         """Rebuild every segment and send the given columns; pipelined two segments deep."""
         failed: dict[int, ColumnFailure] = {}
@@ -307,6 +392,9 @@ class ObjectStore:
             try:
                 await send_segment(self.client, plan.fid, ws.fragments,
                                    plan.segments[index].fragment_hashes, assignment, failed)
+                for column in assignment:
+                    if column not in failed:
+                        status.sent[column] += 1
                 if progress:
                     progress(codec.segment_span(index, plan.size)[1] - codec.segment_span(index, plan.size)[1] // 2)
             finally:
@@ -510,6 +598,91 @@ class ObjectStore:
         if failures:
             raise failures[0]
 
+    async def encrypted_layout(self, info: FileInfo) -> bool:
+        """Whether `info` is stored in deossfs's encrypted layout (PLAINTEXT_CAPACITY bytes of
+        plaintext per segment) rather than CESS's plain one. The segment count tells for
+        most sizes; otherwise segment 0's authenticated header does (one fetch, cached)."""
+        known = self._layouts.get(info.fid)
+        if known is not None:
+            return known
+        plain = segment_count(info.file_size, SEGMENT_SIZE)
+        encrypted = segment_count(info.file_size, PLAINTEXT_CAPACITY)
+        if plain != encrypted:
+            result = len(info.segments) == encrypted
+        else:
+            ws = self.workspaces.take()
+            try:
+                await self._fetch_decoded(info, 0, ws)
+                result = looks_encrypted(ws.segment)
+            finally:
+                self.workspaces.give(ws)
+        if len(self._layouts) > 10_000:
+            self._layouts.clear()
+        self._layouts[info.fid] = result
+        return result
+
+    async def read_range(self, info: FileInfo, start: int, end: int,
+                         sink: Callable[[memoryview], Awaitable[object]]) -> None:
+        """Pass the plaintext bytes [start, end) of a stored file to `sink`, in order, as
+        views valid only during the call. Only the segments the range touches are fetched,
+        the next one while `sink` consumes the current (an HTTP response sends at network
+        speed); memory is two 32 MiB workspaces and, encrypted, one plaintext buffer."""
+        end = min(end, info.file_size)
+        if start >= end:
+            return
+        encrypted = await self.encrypted_layout(info)
+        capacity = PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE
+        first, last = start // capacity, (end - 1) // capacity
+        workspaces = [SegmentWorkspace(with_parity=False) for _ in range(min(2, last - first + 1))]
+        plaintext = bytearray(DECRYPT_BUFFER_SIZE) if encrypted else None
+        done: dict[int, trio.Event] = {}
+        failures: list[BaseException] = []
+
+        def slot(index: int) -> SegmentWorkspace:
+            return workspaces[(index - first) % len(workspaces)]
+
+        async def fetch(index: int) -> None:
+            try:
+                await self._fetch_decoded(info, index, slot(index))
+            except BaseException as exc:  # raised in order by the consumer below
+                failures.append(exc)
+            finally:
+                done[index].set()
+
+        try:
+            async with _nursery() as nursery:
+                done[first] = trio.Event()
+                nursery.start_soon(fetch, first)
+                for index in range(first, last + 1):
+                    await done[index].wait()
+                    if failures:
+                        raise failures[0]
+                    ws = slot(index)
+                    if plaintext is not None:
+                        length = await trio.to_thread.run_sync(self._decrypt_segment, info, index, ws, plaintext)
+                        data = memoryview(plaintext)[:length]
+                    else:
+                        data = ws.segment[: self.plain_codec.segment_span(index, info.file_size)[1]]
+                    if index < last:
+                        # the other workspace held the segment sink consumed last: free now
+                        done[index + 1] = trio.Event()
+                        nursery.start_soon(fetch, index + 1)
+                    offset = index * capacity
+                    await sink(data[max(start - offset, 0): min(end - offset, len(data))])
+                if failures:
+                    raise failures[0]
+        finally:
+            for ws in workspaces:
+                ws.release_pages()
+
+    def _decrypt_segment(self, info: FileInfo, index: int, ws: SegmentWorkspace, out: bytearray) -> int:
+        try:
+            length = self.cipher.decrypt_into(ws.segment, index, out)
+        except IntegrityError:
+            raise AccessDenied(f"file {info.fid[:16]}… is encrypted under another key",
+                               hint="read it with the key (or the Cipher) that stored it") from None
+        return min(length, self.encrypted_codec.segment_span(index, info.file_size)[1])
+
     async def read_segment_into(self, info: FileInfo, index: int, ws: SegmentWorkspace,
                                 out: bytearray) -> tuple[int, bool]:
         """Segment `index`'s plaintext into `out` (DECRYPT_BUFFER_SIZE or more bytes).
@@ -552,7 +725,7 @@ class ObjectStore:
         """Record an existing FID under another name (rename without re-upload)."""
         check_key(key)
         info = await self.file_info(fid)
-        brief = UserBrief(self.owner, chain_file_name(key), bucket, self.config.storage.territory)
+        brief = UserBrief(self.owner, chain_file_name(key), bucket, self.territory_name)
         if any(b.user == self.owner for b in info.owners):
             # CESS refuses a second declaration by an owner (`Existed`): the chain keeps
             # the name the file was stored under; the mount's metadata has the new one
@@ -568,7 +741,7 @@ class ObjectStore:
 
 
 @contextlib.asynccontextmanager
-async def _nursery() -> AsyncIterator[trio.Nursery]:
+async def single_error_nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery whose lone error comes out as itself, not in an ExceptionGroup, so the
     store raises what it documents (DeossError, OSError) and callers can catch it."""
     try:
@@ -578,6 +751,9 @@ async def _nursery() -> AsyncIterator[trio.Nursery]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             raise group.exceptions[0] from None
         raise
+
+
+_nursery = single_error_nursery
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -196,20 +196,28 @@ class ReplayGuard:
         return timestamp_ms
 
     def _remember(self, key: str, timestamp_ms: int) -> None:
+        if not self.remember(key, timestamp_ms):
+            raise _refuse("replayed request")
+
+    def remember(self, key: str, timestamp_ms: int) -> bool:
+        """Record a message (`key`, made at `timestamp_ms`); False if it was seen already.
+
+        Callers check freshness first: a message older than the window is forgotten."""
         with self._lock:
             now_ms = time.time_ns() // 1_000_000
             if now_ms >= self._next_prune_ms:
                 self._prune(now_ms)
             if key in self._seen:
-                raise _refuse("replayed request")
+                return False
             if self._db is not None:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO seen (key, ts_ms) VALUES (?, ?)", (key, timestamp_ms)
                 )
                 if cursor.rowcount == 0:
                     self._seen[key] = timestamp_ms
-                    raise _refuse("replayed request")
+                    return False
             self._seen[key] = timestamp_ms
+            return True
 
     def _prune(self, now_ms: int) -> None:
         # a message older than the window is refused as stale, so need not be remembered

@@ -24,6 +24,20 @@ from ..errors import NotEnoughNodes
 from ..processing.layout import TOTAL_SHARDS
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one upload's fragments should go, beside the configured preferences.
+
+    `preferred` pins the upload to these node accounts as `storage.preferred_nodes` does
+    (DeOSS's repeated `Miner` header); `location` (latitude, longitude) is a hint that
+    placement policies may use (DeOSS's `Latitude`/`Longitude` headers); the built-in
+    choice records it and does not use it.
+    """
+
+    preferred: tuple[str, ...] = ()
+    location: tuple[float, float] | None = None
+
+
 @dataclass
 class NodeHealth:
     rtt: float | None = None  # seconds; None = not measured
@@ -44,7 +58,14 @@ class NodeSelector:
     @property
     def pinned(self) -> bool:
         """12 or more preferred nodes: only they may take files."""
-        return len(set(self.preferred) - set(self.blocked)) >= TOTAL_SHARDS
+        return self._pinned(self.preferred)
+
+    def _pinned(self, preferred: Iterable[str]) -> bool:
+        return len(set(preferred) - set(self.blocked)) >= TOTAL_SHARDS
+
+    def _preferred(self, placement: Placement | None) -> list[str]:
+        """An upload's own pinned nodes replace the configured ones."""
+        return list(placement.preferred) if placement and placement.preferred else self.preferred
 
     def penalized(self, account: str) -> bool:
         health = self.health.get(account)
@@ -79,13 +100,13 @@ class NodeSelector:
             and self._health(node.account).failed_until <= now
         ]
 
-    def rank(self, nodes: Iterable[StorageNode]) -> list[StorageNode]:
+    def rank(self, nodes: Iterable[StorageNode], placement: Placement | None = None) -> list[StorageNode]:
         """Usable nodes, best first."""
         usable = self.usable(nodes)
-        preferred_set = set(self.preferred)
+        preferred_set = set(self._preferred(placement))
         preferred = [n for n in usable if n.account in preferred_set]
         self.rng.shuffle(preferred)
-        if self.pinned or len(preferred) >= TOTAL_SHARDS:
+        if self._pinned(preferred_set) or len(preferred) >= TOTAL_SHARDS:
             return preferred
         others = [n for n in usable if n.account not in preferred_set]
 
@@ -98,12 +119,12 @@ class NodeSelector:
         return preferred + others
 
     def choose(self, nodes: Iterable[StorageNode], count: int = TOTAL_SHARDS,
-               exclude: Iterable[str] = ()) -> list[StorageNode]:
+               exclude: Iterable[str] = (), placement: Placement | None = None) -> list[StorageNode]:
         """`count` distinct usable nodes, or NotEnoughNodes."""
         excluded = set(exclude)
-        ranked = [n for n in self.rank(nodes) if n.account not in excluded]
+        ranked = [n for n in self.rank(nodes, placement) if n.account not in excluded]
         if len(ranked) < count:
-            if self.pinned:
+            if self._pinned(self._preferred(placement)):
                 raise NotEnoughNodes(
                     f"only {len(ranked)} of the preferred storage nodes are usable, {count} needed "
                     "(12 or more preferred nodes pin files to them)",

@@ -1,0 +1,95 @@
+"""Running the gateway: hypercorn on trio, the upload service, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from functools import partial
+
+import hypercorn.trio.tcp_server as _hypercorn_tcp
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from ..chain.interface import ChainClient
+from ..config import Config, parse_listen
+from ..keys import Account
+from ..store import ObjectStore
+from .app import build_app
+from .auth import RequestVerifier
+from .engine import GatewayEngine
+from .uploads import UploadService
+
+log = logging.getLogger(__name__)
+
+
+def _hypercorn_config(config: Config, listen: str) -> HypercornConfig:
+    host, port = parse_listen(listen, "gateway.listen")
+    hyper = HypercornConfig()
+    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hyper.accesslog = None  # the gateway logs its own line per request (http.AccessLog)
+    hyper.errorlog = logging.getLogger("deossfs.gateway.http")
+    hyper.include_server_header = False
+    # hypercorn's read timeout would also cut a long download (the client sends nothing
+    # while it receives); its keep-alive timeout covers a connection that never completes
+    # its request headers, and the routes time out a stalled body themselves
+    hyper.read_timeout = None
+    hyper.keep_alive_timeout = config.gateway.header_timeout
+    hyper.h11_max_incomplete_size = 64 * 1024
+    return hyper
+
+
+async def serve_gateway(config: Config, account: Account, chain: ChainClient,
+                        listen: str | None = None, *,
+                        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until cancelled; reports the URL it listens at through task_status."""
+    # hypercorn reads 64 KiB at a time; uploads are GiBs, and larger reads cut the
+    # per-request Python work several-fold (the gateway process runs only this server)
+    _hypercorn_tcp.MAX_RECV = 1024 * 1024
+    settings = config.gateway
+    if settings.accept_unfresh_messages:
+        log.warning("gateway.accept_unfresh_messages is on: signed requests can be replayed "
+                    "forever, as with DeOSS. Turn it off once clients send fresh Messages.")
+    store = ObjectStore(config, account, chain)
+    engine = GatewayEngine(config, account, chain, store)
+    engine.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+    verifier = await trio.to_thread.run_sync(
+        partial(RequestVerifier, engine.workspace / "seen-messages.sqlite3",
+                settings.message_window, settings.accept_unfresh_messages))
+    uploads = await trio.to_thread.run_sync(UploadService, engine)
+    app = build_app(engine, uploads, verifier)
+    hyper = _hypercorn_config(config, listen or settings.listen)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(uploads.run)
+            binds: list[str] = await nursery.start(partial(serve, app, hyper, mode="asgi"))
+            url = binds[0] if binds else f"http://{hyper.bind[0]}"
+            log.info("gateway of %s serving at %s", account.address, url)
+            task_status.started(url)
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+        uploads.close()
+        verifier.close()
+
+
+def run_gateway(config: Config, account: Account, chain: ChainClient, listen: str | None = None,
+                on_ready: object = None) -> None:
+    """Blocking `serve_gateway` for the CLI: until SIGINT or SIGTERM. Uploads under way are
+    resumed from the journal at the next start."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve_gateway, config, account, chain, listen))
+            if callable(on_ready):
+                on_ready(url)
+            if threading.current_thread() is not threading.main_thread():
+                return
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    log.info("SIGTERM: stopping the gateway")
+                    nursery.cancel_scope.cancel()
+                    return
+
+    trio.run(main)
