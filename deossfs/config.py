@@ -139,6 +139,11 @@ class GatewayConfig:
     body_timeout: float = 60.0
     #: seconds the gateway trusts its answer to "has this account authorized me?"
     authorization_cache_seconds: float = 30.0
+    #: an accepted upload that fails for the network's reasons (nodes, chain) is tried this
+    #: many times in all, the first retry after retry_seconds, each next one 4x later (at
+    #: most 10 min), before it is reported failed
+    upload_attempts: int = 5
+    retry_seconds: float = 5.0
 
 
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
@@ -388,7 +393,8 @@ def _validate(config: Config) -> None:
         if value <= 0:
             raise ConfigError(f"config option {where} must be positive")
     for where, count in (("gateway.max_uploads_per_account", config.gateway.max_uploads_per_account),
-                         ("gateway.parallel_stores", config.gateway.parallel_stores)):
+                         ("gateway.parallel_stores", config.gateway.parallel_stores),
+                         ("gateway.upload_attempts", config.gateway.upload_attempts)):
         if count < 1:
             raise ConfigError(f"config option {where} must be at least 1")
     if not 0 <= config.serve.port <= 65535:

@@ -274,6 +274,40 @@ def to_http_status(exc: BaseException) -> int:
     return 500
 
 
+#: the class a gateway client raises for an HTTP error status (the converse of http_status)
+_BY_HTTP_STATUS: dict[int, type[DeossError]] = {
+    400: InvalidInput, 401: Unauthenticated, 403: AccessDenied, 404: NotFound,
+    405: Unsupported, 408: RequestTimeout, 409: AlreadyExists, 413: TooLarge,
+    416: RangeNotSatisfiable, 429: RateLimited, 501: Unsupported, 502: IntegrityError,
+    503: TemporaryError, 504: TemporaryError, 507: NoSpace,
+}
+
+
+def error_kind(exc: BaseException) -> str:
+    """The taxonomy's name for an error ("NotFound"), sent with gateway errors so clients
+    raise the same class (a chain refusal names its kind, e.g. AlreadyExists)."""
+    for cls in type(exc).__mro__:
+        if cls.__name__.startswith("ChainError_"):
+            continue
+        if cls.__module__ == __name__ and cls is not ChainError:
+            return cls.__name__
+    return "DeossError"
+
+
+def from_http_status(status: int, message: str, kind: str | None = None) -> DeossError:
+    """The error a client of the gateway raises for an answer with `status` (and the
+    `kind` the gateway named, when it is one of the taxonomy's classes)."""
+    named = globals().get(kind or "")
+    cls = named if isinstance(named, type) and issubclass(named, DeossError) else None
+    if cls is None or cls is ChainError:
+        cls = _BY_HTTP_STATUS.get(status)
+    if cls is None:
+        cls = TemporaryError if status >= 500 else InvalidInput
+    error = cls(message)
+    error.http_status = status
+    return error
+
+
 def cli_message(exc: BaseException) -> str:
     """The one line the CLI prints for an exception."""
     exc = classify(exc)

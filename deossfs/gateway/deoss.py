@@ -31,6 +31,7 @@ from ..errors import (
     NotYetStored,
     TooLarge,
     cli_message,
+    error_kind,
 )
 from ..names import check_key
 from ..processing.hashes import is_hash
@@ -67,8 +68,8 @@ def error_response(exc: BaseException, status: int) -> JSONResponse:
     headers = {"WWW-Authenticate": 'DeOSS realm="deossfs"'} if status == 401 else None
     if status == 429:
         headers = {"Retry-After": "5"}
-    return JSONResponse({"code": status, "msg": cli_message(exc), "data": None},
-                        status_code=status, headers=headers)
+    return JSONResponse({"code": status, "msg": cli_message(exc), "data": None,
+                         "error": error_kind(exc)}, status_code=status, headers=headers)
 
 
 def _header_list(request: Request, name: str) -> list[str]:

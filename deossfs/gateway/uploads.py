@@ -46,9 +46,8 @@ log = logging.getLogger(__name__)
 RETAIN_FAILED = 7 * 24 * 3600.0
 #: resumable uploads not completed within this long are dropped
 RETAIN_RESUMABLE = 24 * 3600.0
-#: background attempts of an upload before it is reported failed (temporary errors only)
-MAX_ATTEMPTS = 5
-RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0)
+#: the longest wait between two background attempts of an upload
+MAX_RETRY_DELAY = 600.0
 FINAL_STATES = ("stored", "failed")
 
 
@@ -184,6 +183,8 @@ class _Flight:
     done: trio.Event = field(default_factory=trio.Event)
     plan: FilePlan | None = None
     error: BaseException | None = None
+    #: a request waits for the outcome (it reports a failure to its client)
+    awaited: bool = False
 
 
 class UploadService:
@@ -260,6 +261,7 @@ class UploadService:
         raises what the put raised if it fails before that point."""
         await self._db(self.journal.save, record)
         flight = self._start(record, store, reservation)
+        flight.awaited = True
         if record.respond == "accepted":
             await _first_of(flight.declared, flight.done)
             if flight.plan is None and flight.error is not None:
@@ -289,9 +291,10 @@ class UploadService:
                         flight.plan = await self._put(flight, store)
                     break
                 except DeossError as exc:
-                    delay = RETRY_DELAYS[min(record.attempts, len(RETRY_DELAYS)) - 1]
+                    settings = self.engine.config.gateway
+                    delay = min(settings.retry_seconds * 4 ** (record.attempts - 1), MAX_RETRY_DELAY)
                     retry = (_retryable(exc) and record.respond == "accepted"
-                             and record.attempts < MAX_ATTEMPTS)
+                             and record.attempts < settings.upload_attempts)
                     if not retry:
                         raise
                     log.warning("upload %s/%s for %s failed (%s); retrying in %.0f s",
@@ -303,9 +306,14 @@ class UploadService:
             # stored: the chain answers for it from now on
             await self._db(self.journal.delete, record.id)
             self.staging_path(record.id).unlink(missing_ok=True)
-        except Exception as exc:  # reported in the journal and to a waiting request
+        except Exception as exc:  # reported to the waiting request, or kept in the journal
             flight.error = exc
-            await self._fail(record, cli_message(exc))
+            if flight.awaited and record.respond == "durable":
+                # the client hears of it in the answer: nothing is left to report later
+                await self._db(self.journal.delete, record.id)
+                self.staging_path(record.id).unlink(missing_ok=True)
+            else:
+                await self._fail(record, cli_message(exc))
         finally:
             reservation.release()
             flight.done.set()
