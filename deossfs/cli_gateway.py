@@ -70,3 +70,25 @@ def authorize_cmd(obj: Context, gateway_account: str, cancel: bool) -> None:
         return
     _chain_call(obj, lambda c, a, ch: ch.authorize(gateway_account))
     click.echo(f"gateway {gateway_account} may now store, read and delete this account's files")
+
+
+@gateway.command("sign")
+@click.option("--curl", is_flag=True, help="print them as curl -H arguments")
+@click.pass_obj
+@handle_errors
+def gateway_sign(obj: Context, curl: bool) -> None:
+    """Print fresh Account, Message and Signature headers for one request to a gateway,
+    signed with this config's key (each Message is accepted once, for 5 minutes):
+
+        curl -X PUT $GW/file $(deossfs gateway sign --curl) -F file=@photo.jpg
+    """
+    from .gateway_client import GatewayClient
+
+    config = obj.config()
+    account = obj.account(config)
+    headers = GatewayClient("http://unused", account).sign()
+    if curl:
+        click.echo(" ".join(f"-H {name}:{value}" for name, value in headers.items()))
+    else:
+        for name, value in headers.items():
+            click.echo(f"{name}: {value}")

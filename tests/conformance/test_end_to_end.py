@@ -127,3 +127,32 @@ def test_file_copied_through_the_mount_ends_active(
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
         chain.close()
+
+
+def test_gateway_upload_download_delete_on_the_runtime(cess_devnet: Devnet) -> None:
+    """The gateway's DeOSS routes on the real runtime: an upload (its default bucket
+    created on the chain), a download, and a delete. ~17 extrinsics."""
+    from deossfs.chain.cess import CessChain
+    from deossfs.config import load_config
+    from deossfs.devnet import start_gateway, stop_gateway
+    from deossfs.gateway_client import GatewayClient
+
+    config = load_config(cess_devnet.config)
+    chain = CessChain(config.chain.endpoints)
+    gateway = start_gateway(cess_devnet.dir)
+    owner = load_key_file(cess_devnet.dir / "account.key")
+    try:
+        assert gateway.url
+        with GatewayClient(gateway.url, owner) as client:
+            data = os.urandom(2_000_000)
+            fid = client.upload(data, "via-gateway.bin", territory="default")
+            info = chain.file(fid)
+            assert info is not None and info.state is FileState.ACTIVE
+            assert [(b.user, b.file_name, b.bucket_name) for b in info.owners] == [
+                (owner.address, "via-gateway.bin", "deoss")]
+            assert client.download(fid) == data
+            client.delete(fid)
+            assert chain.file(fid) is None
+    finally:
+        stop_gateway(cess_devnet.dir)
+        chain.close()
