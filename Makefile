@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEVNET ?= .devnet
-APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin
+APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin curl
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install system-packages venv devchain run test lint bench clean devnet-down
@@ -38,7 +38,7 @@ devchain: venv
 	@$(PY) -m deossfs.devnet_cess install
 
 run: install
-	$(VENV)/bin/deossfs devnet up --dir $(DEVNET)
+	$(VENV)/bin/deossfs devnet up --dir $(DEVNET) --gateway
 	@bash contrib/demo.sh $(DEVNET)
 
 # unmount first (waits for the mount's pending uploads; nothing mounted is fine), then the nodes

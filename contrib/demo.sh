@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the devnet: store a file and read it back, byte for byte, first with the
-# CLI, then through the FUSE mount, which is left mounted at DEVNET/mnt.
+# CLI, then through the HTTP gateway (DeOSS's REST API, with curl), then through the FUSE
+# mount, which is left mounted at DEVNET/mnt.
 # Idempotent: a second run reuses the bucket and the mount.
 #   usage: contrib/demo.sh [DEVNET_DIR]   (after `deossfs devnet up --dir DEVNET_DIR`)
 set -euo pipefail
@@ -36,6 +37,27 @@ echo "== get it back"
 $DEOSSFS get demo/sample.bin "$WORK/back.bin"
 cmp "$WORK/sample.bin" "$WORK/back.bin" && echo "== identical: $(sha256sum < "$WORK/back.bin" | cut -c1-16)…"
 $DEOSSFS ls demo
+
+echo
+GW=$(cat "$DEVNET/gateway/url" 2>/dev/null || true)
+if [ -n "$GW" ] && curl -sf "$GW/version" >/dev/null; then
+  echo "== the HTTP gateway at $GW (DeOSS's REST API; docs/gateway.md)"
+  head -c 50000000 /dev/urandom > "$WORK/via-gateway.bin"
+  start=$(millis)
+  answer=$(curl -sS -X PUT "$GW/file" $($DEOSSFS gateway sign --curl) -H "Bucket: demo" \
+           -F "file=@$WORK/via-gateway.bin")
+  fid=$("$PY" -c 'import json, sys; print(json.load(sys.stdin)["data"]["fid"])' <<<"$answer")
+  echo "   PUT /file of 50 MB: durable after $(( $(millis) - start )) ms, fid ${fid:0:16}…"
+  curl -sSf "$GW/file/download/$fid" $($DEOSSFS gateway sign --curl) -o "$WORK/gateway-back.bin"
+  cmp "$WORK/via-gateway.bin" "$WORK/gateway-back.bin" && echo "   GET /file/download: identical"
+  curl -sSf "$GW/file/download/$fid" $($DEOSSFS gateway sign --curl) -H "Range: bytes=1000-1999" \
+    -o "$WORK/range.bin"
+  cmp <(tail -c +1001 "$WORK/via-gateway.bin" | head -c 1000) "$WORK/range.bin" \
+    && echo "   a 1000-byte Range: identical (206, one segment fetched)"
+  echo "   the mount and the CLI see it too: $($DEOSSFS ls demo | grep -c via-gateway.bin) object named via-gateway.bin in demo/"
+else
+  echo "== no gateway on this devnet (start one with: deossfs devnet up --dir $DEVNET_ARG --gateway)"
+fi
 
 echo
 if mounted "$MNT"; then
@@ -99,5 +121,8 @@ rmdir "$READER_MNT"
 
 echo
 echo "devnet running, mounted at $DEVNET_ARG/mnt (log: $DEVNET_ARG/workspace/mount.log)"
+if [ -n "$GW" ]; then
+  echo "gateway at $GW (log: $DEVNET_ARG/gateway/gateway.log); sign requests with: deossfs gateway sign --curl"
+fi
 echo "unmount with: .venv/bin/deossfs umount $DEVNET_ARG/mnt   (waits for pending uploads)"
 echo "stop everything with: make devnet-down   (unmounts, then stops the nodes)"
