@@ -22,7 +22,7 @@ from deossfs.errors import (
 from deossfs.processing.layout import FRAGMENT_SIZE, SEGMENT_SIZE
 from deossfs.processing.pipeline import SegmentCodec, bytes_reader
 
-from ..harness import ledger, nodes_by_account, wait_for
+from ..harness import Mounted, config_for, ledger, nodes_by_account, wait_for
 from .conftest import GatewayProcess, Gateways, new_user, random_bytes, raw_exchange
 
 pytestmark = pytest.mark.slow
@@ -330,3 +330,37 @@ def test_bad_requests_get_a_status_and_a_reason(gateway: GatewayProcess, gateway
         assert gateway.alive
     staging = Path(gateway.dir) / "workspace" / "gateway" / "staging"
     wait_for(lambda: not any(staging.iterdir()), 30, "the staging area to be empty")
+
+
+@pytest.mark.mount
+def test_a_mount_and_the_gateway_read_each_others_files(gateway: GatewayProcess, gateways: Gateways,
+                                                        tmp_path: Path) -> None:
+    """The same account's mount and gateway: a file copied into the mount is downloaded
+    through the gateway by its FID, and one uploaded through the gateway is read in the
+    mount, both encrypted with the account's key."""
+    import os
+    import shutil
+
+    if not Path("/dev/fuse").exists():
+        pytest.skip("/dev/fuse is absent")
+    gateways.devnet.cli("bucket", "create", "mount-gw")
+    mounted = Mounted(config_for(gateways.devnet, tmp_path / "machine"), tmp_path / "mnt")
+    try:
+        mounted.mount()
+        written = random_bytes(1_200_000)
+        (tmp_path / "w.bin").write_bytes(written)
+        shutil.copyfile(tmp_path / "w.bin", mounted.path("mount-gw", "written-in-mount.bin"))
+        mounted.wait_durable()
+        fid = os.getxattr(mounted.path("mount-gw", "written-in-mount.bin"), "user.deossfs.fid").decode()
+        with gateway.client(gateways.account) as client:
+            assert client.download(fid) == written
+            uploaded = random_bytes(800_000)
+            client.upload(uploaded, "uploaded-via-gateway.bin", bucket="mount-gw")
+        target = mounted.path("mount-gw", "uploaded-via-gateway.bin")
+        wait_for(target.exists, 30, "the gateway's upload to appear in the mount")
+        assert target.read_bytes() == uploaded
+        target.unlink()
+        mounted.path("mount-gw", "written-in-mount.bin").unlink()
+        mounted.wait_durable()
+    finally:
+        mounted.cleanup()
