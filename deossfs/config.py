@@ -132,8 +132,9 @@ class GatewayConfig:
     #: bytes of uploads one account may have staged and not yet stored
     max_bytes_per_account: int = field(default=16 * 1024**3, metadata={"size": True})
     #: uploads whose segments are encoded and sent at once, all accounts together (each
-    #: holds up to 192 MiB of workspaces; the others wait, staged, in arrival order)
-    parallel_stores: int = 2
+    #: holds up to 192 MiB of workspaces; the others wait, staged, in arrival order). One
+    #: keeps both cores busy: the storage nodes of a devnet take the other
+    parallel_stores: int = 1
     #: seconds a client may take to send its request headers, and may leave its body idle
     header_timeout: float = 30.0
     body_timeout: float = 60.0

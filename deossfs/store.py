@@ -71,6 +71,7 @@ from .processing.pipeline import (
     FilePlan,
     ReadInto,
     SegmentCodec,
+    SegmentPlanner,
     SegmentWorkspace,
     WorkspacePool,
     file_reader,
@@ -233,7 +234,7 @@ class ObjectStore:
         encrypt: bool | None = None, progress: Progress | None = None,
         replace_existing: bool = True, salt_context: bytes | None = None,
         placement: Placement | None = None, status: UploadStatus | None = None,
-        declared: Declared | None = None,
+        declared: Declared | None = None, plan: FilePlan | None = None,
     ) -> FilePlan:
         """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain.
 
@@ -244,12 +245,13 @@ class ObjectStore:
         space for) a new one; the same bytes put again under one name are a no-op.
         `placement` steers node choice for this put (pinned nodes, a location hint);
         `status` is kept up to date as the put goes; `declared` is called once the
-        storage order is on the chain, before any fragment is sent.
+        storage order is on the chain, before any fragment is sent. A `plan` made already
+        (`planner` below: pass 1 while the bytes arrived) saves pass 1.
         """
         status = status if status is not None else UploadStatus()
         try:
             plan = await self._put(read_into, size, bucket, key, encrypt, progress,
-                                   replace_existing, salt_context, placement, status, declared)
+                                   replace_existing, salt_context, placement, status, declared, plan)
         except BaseException as exc:
             status.state, status.error = "failed", cli_message(exc)
             raise
@@ -260,6 +262,7 @@ class ObjectStore:
         self, read_into: ReadInto, size: int, bucket: str, key: str, encrypt: bool | None,
         progress: Progress | None, replace_existing: bool, salt_context: bytes | None,
         placement: Placement | None, status: UploadStatus, declared: Declared | None,
+        plan: FilePlan | None,
     ) -> FilePlan:
         check_key(key)
         if size <= 0:
@@ -278,11 +281,14 @@ class ObjectStore:
         workspaces = [self.workspaces.take()]
         try:
             # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
-            plan = await trio.to_thread.run_sync(
-                lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
-                                   progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
-                                   if progress else None)
-            )
+            if plan is None:
+                plan = await trio.to_thread.run_sync(
+                    lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
+                                       progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
+                                       if progress else None)
+                )
+            elif plan.size != size or plan.encrypted != encrypt:
+                raise ValueError("the plan given to put is of other bytes")
             status.fid, status.segments = plan.fid, len(plan.segments)
             brief = UserBrief(self.owner, chain_file_name(key), bucket, self.territory_name)
             specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
@@ -314,6 +320,17 @@ class ObjectStore:
             for ws in workspaces:
                 self.workspaces.give(ws)
             workspaces.clear()
+
+    def planner(self, bucket: str, key: str, encrypt: bool | None = None,
+                salt_context: bytes | None = None) -> tuple[SegmentPlanner, SegmentWorkspace]:
+        """A pass-1 planner for bytes of BUCKET/KEY that are still arriving, with the codec
+        and salt context `put` would use, and the workspace it borrows (give it back to
+        `self.workspaces` when done); its plan is then passed to `put`."""
+        if encrypt is None:
+            encrypt = self.config.storage.encryption
+        codec = self.encrypted_codec if encrypt else self.plain_codec
+        ws = self.workspaces.take()
+        return SegmentPlanner(codec, ws, salt_context or f"object:{bucket}/{key}".encode()), ws
 
     async def _nodes(self) -> list[StorageNode]:
         nodes: list[StorageNode] = await self._chain(self.chain.storage_nodes)  # type: ignore[assignment]

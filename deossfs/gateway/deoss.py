@@ -8,6 +8,7 @@ encryption by default — is listed in docs/gateway.md with every route.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
@@ -38,7 +39,7 @@ from ..processing.hashes import is_hash
 from ..processing.layout import TOTAL_SHARDS, charged_space
 from ..processing.pipeline import FilePlan
 from ..scheduling.selector import Placement
-from ..store import ObjectStore
+from ..store import ObjectStore, single_error_nursery
 from .auth import RequestVerifier, canonical_account
 from .engine import GatewayEngine, Reservation
 from .http import (
@@ -50,7 +51,7 @@ from .http import (
     receive_multipart,
     receive_raw,
 )
-from .uploads import UploadRecord, UploadService
+from .uploads import ReceivePlanner, UploadRecord, UploadService
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class DeossApi:
 
     async def _store(self, request: Request, owner: str, upload_id: str, staged: StagingFile,
                      key: str, options: tuple[str, str, str | None, bool, Placement],
-                     reservation: Reservation) -> FilePlan | str:
+                     reservation: Reservation, plan: FilePlan | None = None) -> FilePlan | str:
         """Hand a staged body to the upload service (which now owns the reservation)."""
         bucket, territory, cipher, encrypt, placement = options
         store = self.engine.store_for(owner, territory, cipher)
@@ -191,11 +192,12 @@ class DeossApi:
             placement={"preferred": list(placement.preferred),
                        "location": list(placement.location) if placement.location else None},
             respond=self.config.respond)
-        return await self.uploads.submit(record, store, reservation)
+        return await self.uploads.submit(record, store, reservation, plan)
 
     async def _receive(self, request: Request, owner: str, options: tuple, multipart: bool,
                        name: str | None = None) -> FilePlan | str:
-        """Stage the request's one file and store it; the result of UploadService.submit."""
+        """Stage the request's one file and store it; the result of UploadService.submit.
+        The body is hashed (pass 1) while it arrives, so storing it starts with pass 2."""
         bucket, territory, cipher, encrypt, _ = options
         store = self.engine.store_for(owner, territory, cipher)
         length = declared_length(request)
@@ -203,32 +205,47 @@ class DeossApi:
             await self._check_space(store, length, encrypt)
         reservation = self.engine.reserve(owner, length or 0)
         staged: StagingFile | None = None
+        planners: list[ReceivePlanner] = []
         try:
             if name is not None:
                 check_key(name)
-            if multipart:
-                ids: list[str] = []
+            async with single_error_nursery() as nursery:
+                def plan_while_receiving(staged_file: StagingFile, key: str) -> None:
+                    planner = ReceivePlanner(store, bucket, key, encrypt, staged_file,
+                                             self.engine.planning_slots)
+                    planners.append(planner)
+                    nursery.start_soon(planner.run)
 
-                def new_file(_filename: str) -> StagingFile:
-                    upload_id, staged_file = self._new_staging()
-                    ids.append(upload_id)
-                    return staged_file
+                if multipart:
+                    ids: list[str] = []
 
-                files = await receive_multipart(request, "file", new_file, self.config.body_timeout,
-                                                max_files=1)
-                if not files:
-                    raise InvalidInput("the form has no file field named 'file'",
-                                       hint="send the file as the multipart field 'file'")
-                staged, upload_id = files[0].staged, ids[0]
-                key = name or _decoded_name(files[0].filename)
-                check_key(key)
-            else:
-                upload_id, staged = self._new_staging()
-                await receive_raw(request, staged, self.config.body_timeout)
-                assert name is not None
-                key = name
+                    def new_file(filename: str) -> StagingFile:
+                        upload_id, staged_file = self._new_staging()
+                        ids.append(upload_id)
+                        key = name or _decoded_name(filename)
+                        with contextlib.suppress(DeossError):  # refused below, once received
+                            plan_while_receiving(staged_file, check_key(key))
+                        return staged_file
+
+                    files = await receive_multipart(request, "file", new_file, self.config.body_timeout,
+                                                    max_files=1)
+                    if not files:
+                        raise InvalidInput("the form has no file field named 'file'",
+                                           hint="send the file as the multipart field 'file'")
+                    staged, upload_id = files[0].staged, ids[0]
+                    key = name or _decoded_name(files[0].filename)
+                    check_key(key)
+                else:
+                    assert name is not None
+                    upload_id, staged = self._new_staging()
+                    key = name
+                    plan_while_receiving(staged, key)
+                    await receive_raw(request, staged, self.config.body_timeout)
+                for planner in planners:
+                    planner.body_complete()
+            plan = planners[0].plan() if planners else None
             reservation.grow(staged.size)
-            result = await self._store(request, owner, upload_id, staged, key, options, reservation)
+            result = await self._store(request, owner, upload_id, staged, key, options, reservation, plan)
         except BaseException:
             reservation.release()
             if staged is not None:

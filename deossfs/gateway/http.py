@@ -112,6 +112,9 @@ class StagingFile:
         self.too_large = too_large
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        #: bytes written to the file so far, and who wants to know when it grows
+        self.flushed = 0
+        self.on_flush: Callable[[int], None] | None = None
 
     @classmethod
     def existing(cls, path: os.PathLike[str] | str, size: int) -> StagingFile:
@@ -119,6 +122,7 @@ class StagingFile:
         staged = cls.__new__(cls)
         staged.path, staged.fd, staged.size = os.fspath(path), -1, size
         staged.limit, staged.too_large, staged._pending, staged._pending_bytes = None, None, [], 0
+        staged.flushed, staged.on_flush = size, None
         return staged
 
     def write(self, data: bytes) -> None:
@@ -138,6 +142,9 @@ class StagingFile:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view):]
+            self.flushed += len(data)
+            if self.on_flush is not None:
+                self.on_flush(self.flushed)
 
     def close(self) -> None:
         if self.fd >= 0:

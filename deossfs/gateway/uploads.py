@@ -35,10 +35,11 @@ import trio
 
 from ..errors import DeossError, NotFound, cli_message
 from ..processing.layout import TOTAL_SHARDS
-from ..processing.pipeline import FilePlan, file_reader
+from ..processing.pipeline import FilePlan, SegmentPlanner, file_reader
 from ..scheduling.selector import Placement
 from ..store import ObjectStore, UploadStatus
 from .engine import GatewayEngine, Reservation
+from .http import StagingFile
 
 log = logging.getLogger(__name__)
 
@@ -255,16 +256,16 @@ class UploadService:
     # ---- submitting -----------------------------------------------------------------
 
     async def submit(self, record: UploadRecord, store: ObjectStore,
-                     reservation: Reservation) -> FilePlan | str:
+                     reservation: Reservation, plan: FilePlan | None = None) -> FilePlan | str:
         """Journal a staged upload and store it in the background. Returns the plan once
         the file is durable (respond "durable"), or its FID once declared ("accepted");
         raises what the put raised if it fails before that point."""
         await self._db(self.journal.save, record)
-        flight = self._start(record, store, reservation)
+        flight = self._start(record, store, reservation, plan)
         flight.awaited = True
         if record.respond == "accepted":
             await _first_of(flight.declared, flight.done)
-            if flight.plan is None and flight.error is not None:
+            if not flight.declared.is_set() and flight.error is not None:
                 raise flight.error
             assert flight.status.fid is not None
             return flight.status.fid
@@ -274,9 +275,10 @@ class UploadService:
         assert flight.plan is not None
         return flight.plan
 
-    def _start(self, record: UploadRecord, store: ObjectStore, reservation: Reservation) -> _Flight:
+    def _start(self, record: UploadRecord, store: ObjectStore, reservation: Reservation,
+               plan: FilePlan | None = None) -> _Flight:
         assert self._nursery is not None, "UploadService.run is not running"
-        flight = _Flight(record, UploadStatus())
+        flight = _Flight(record, UploadStatus(), plan=plan)
         self._flights[record.id] = flight
         self._nursery.start_soon(self._store, flight, store, reservation)
         return flight
@@ -334,7 +336,7 @@ class UploadService:
 
             plan = await store.put(file_reader(fd), record.size, record.bucket, record.key,
                                    encrypt=record.encrypt, placement=record.placement_hint(),
-                                   status=flight.status, declared=declared)
+                                   status=flight.status, declared=declared, plan=flight.plan)
             if not flight.declared.is_set():
                 declared(plan)  # the FID was stored already: nothing new to declare
             return plan
@@ -377,9 +379,11 @@ class UploadService:
         reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}
         if flight is not None:
             status, record = flight.status, flight.record
-            return {"fid": fid, "state": status.state, "size": record.size,
+            # a failed attempt of an upload that will be tried again is not the end of it
+            state = "retrying" if status.state == "failed" else status.state
+            return {"fid": fid, "state": state, "size": record.size,
                     "bucket": record.bucket, "name": record.key, "segments": status.segments,
-                    "error": record.error,
+                    "error": status.error or record.error,
                     "fragments": [{"column": j, "node": reported.get(j, status.nodes.get(j)),
                                    "sent_segments": status.sent[j], "reported": j in reported}
                                   for j in range(TOTAL_SHARDS)]}
@@ -400,6 +404,69 @@ class UploadService:
 
     def close(self) -> None:
         self.journal.close()
+
+
+class ReceivePlanner:
+    """Pass 1 of a put while its body arrives (hashing overlaps the transfer): every
+    segment is planned in a worker thread as soon as its bytes are staged, the last one
+    when the body is complete. Holds a 96 MiB workspace, so only `slots` bodies are
+    planned this way at once; the others are planned by `put` afterwards."""
+
+    def __init__(self, store: ObjectStore, bucket: str, key: str, encrypt: bool,
+                 staged: StagingFile, slots: trio.Semaphore) -> None:
+        self.store, self.bucket, self.key, self.encrypt = store, bucket, key, encrypt
+        self.staged = staged
+        self.slots = slots
+        self._wake = trio.Event()
+        self._done = False
+        self._failed: BaseException | None = None
+        self._planner: SegmentPlanner | None = None
+
+    def _flushed(self, _total: int) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            self.slots.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        planner, ws = self.store.planner(self.bucket, self.key, self.encrypt)
+        fd = -1
+        try:
+            fd = os.open(self.staged.path, os.O_RDONLY)
+            self.staged.on_flush = self._flushed
+            capacity = planner.codec.capacity
+            reader = file_reader(fd)
+            while True:
+                while self.staged.flushed >= planner.planned_bytes + capacity:
+                    await trio.to_thread.run_sync(planner.add, reader, capacity)
+                if self._done:
+                    break
+                await self._wake.wait()
+                self._wake = trio.Event()
+            size = self.staged.size
+            while planner.planned_bytes < size:
+                await trio.to_thread.run_sync(planner.add, reader, min(capacity, size - planner.planned_bytes))
+            self._planner = planner
+        except Exception as exc:  # put plans again, and reports it there if it is real
+            self._failed = exc
+        finally:
+            self.staged.on_flush = None
+            if fd >= 0:
+                os.close(fd)
+            self.store.workspaces.give(ws)
+            self.slots.release()
+
+    def body_complete(self) -> None:
+        self._done = True
+        self._wake.set()
+
+    def plan(self) -> FilePlan | None:
+        """The plan, once `run` has returned after body_complete (None if it did not plan)."""
+        if self._planner is None or self._failed is not None or not self.staged.size:
+            return None
+        return self._planner.finish(self.staged.size)
 
 
 def _retryable(exc: DeossError) -> bool:

@@ -104,6 +104,39 @@ class FilePlan:
     segments: tuple[SegmentPlan, ...]
 
 
+class SegmentPlanner:
+    """Pass 1 one segment at a time, in order: a body still arriving is planned segment by
+    segment as its bytes land (every segment but the last is full, whatever the total
+    size), so the hashing overlaps the transfer. Blocking; not thread-safe."""
+
+    def __init__(self, codec: SegmentCodec, ws: SegmentWorkspace, salt_context: bytes | None) -> None:
+        self.codec = codec
+        self.ws = ws
+        self.salt_context = salt_context
+        self.segments: list[SegmentPlan] = []
+
+    @property
+    def planned_bytes(self) -> int:
+        return len(self.segments) * self.codec.capacity
+
+    def add(self, read_into: ReadInto, length: int) -> None:
+        """Plan the next segment: `length` plaintext bytes (the capacity, but for the last)."""
+        index = len(self.segments)
+        ws = self.ws
+        salt = self.codec.load_span(ws, read_into, index, index * self.codec.capacity, length,
+                                    None, self.salt_context)
+        self.codec.encode(ws)
+        seg_hash, frag_hashes = self.codec.hash_segment(ws)
+        self.segments.append(SegmentPlan(index, seg_hash, frag_hashes, salt))
+
+    def finish(self, size: int) -> FilePlan:
+        if len(self.segments) != self.codec.segment_count(size):
+            raise ValueError(f"planned {len(self.segments)} segments of a {size}-byte file")
+        fid = merkle_root(s.hash for s in self.segments)
+        return FilePlan(fid=fid, size=size, encrypted=self.codec.cipher is not None,
+                        segments=tuple(self.segments))
+
+
 def file_reader(fd: int) -> ReadInto:
     """A ReadInto over an open file descriptor (pread, so threads can share it)."""
 
@@ -157,6 +190,11 @@ class SegmentCodec:
         Encrypted, the salt is `salt`, else derived from `salt_context` and the plaintext
         (`SegmentCipher.salt_for`), else random; the one used is returned."""
         offset, length = self.segment_span(index, size)
+        return self.load_span(ws, read_into, index, offset, length, salt, salt_context)
+
+    def load_span(self, ws: SegmentWorkspace, read_into: ReadInto, index: int, offset: int,
+                  length: int, salt: bytes | None, salt_context: bytes | None = None) -> bytes | None:
+        """`load` of the `length` plaintext bytes at `offset` (the segment's span)."""
         if self.cipher is None:
             got = read_into(offset, ws.segment[:length]) if length else 0
             if got != length:
@@ -193,17 +231,13 @@ class SegmentCodec:
 
         With `salt_context` (encrypted files), the same bytes planned again under the same
         context give the same FID; without it every plan is a fresh encryption."""
-        ws = ws or SegmentWorkspace()
-        segments = []
+        planner = SegmentPlanner(self, ws or SegmentWorkspace(), salt_context)
         for index in range(self.segment_count(size)):
-            salt = self.load(ws, read_into, index, size, None, salt_context)
-            self.encode(ws)
-            seg_hash, frag_hashes = self.hash_segment(ws)
-            segments.append(SegmentPlan(index, seg_hash, frag_hashes, salt))
+            length = self.segment_span(index, size)[1]
+            planner.add(read_into, length)
             if progress:
-                progress(self.segment_span(index, size)[1])
-        fid = merkle_root(s.hash for s in segments)
-        return FilePlan(fid=fid, size=size, encrypted=self.cipher is not None, segments=tuple(segments))
+                progress(length)
+        return planner.finish(size)
 
     def rebuild(self, ws: SegmentWorkspace, read_into: ReadInto, plan: FilePlan, index: int) -> None:
         """Pass 2: recreate segment `index` exactly as planned (same salt)."""
