@@ -113,6 +113,8 @@ class GatewayEngine:
         self._usage: dict[str, _Usage] = {}
         #: uploads encoding and sending segments now, all accounts together (FIFO)
         self.store_slots = trio.Semaphore(config.gateway.parallel_stores)
+        #: bodies hashed (pass 1) while they arrive: each holds a 96 MiB workspace
+        self.planning_slots = trio.Semaphore(1)
 
     @property
     def address(self) -> str:
