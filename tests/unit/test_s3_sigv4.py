@@ -187,6 +187,14 @@ def test_unsigned_amz_header_is_refused() -> None:
     assert request.with_header("X-Forwarded-For", "10.0.0.1").verify() is not None
 
 
+def test_a_signed_header_left_out_is_refused() -> None:
+    request = capture(lambda: HTTPS.put_object(Bucket="b", Key="k", Body=b"x",
+                                               Metadata={"empty": ""}))
+    assert "x-amz-meta-empty" in (request.header("authorization") or "")
+    error = refused(request.with_header("x-amz-meta-empty", None), "SignatureDoesNotMatch")
+    assert "x-amz-meta-empty" in str(error)
+
+
 def test_session_tokens_are_refused() -> None:
     request = capture(lambda: HTTPS.get_object(Bucket="b", Key="k"))
     refused(request.with_header("X-Amz-Security-Token", "token"), "InvalidToken", 400)

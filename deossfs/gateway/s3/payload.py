@@ -35,7 +35,7 @@ import hashlib
 import hmac
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
@@ -205,11 +205,14 @@ _EMPTY_LINE_STATES = {
 class PayloadVerifier:
     """Checks one request body as it is fed; see the module's docstring.
 
-    `verified` is the request's `verify_request` result (None for an anonymous
+    `headers` are the request's (a HeaderMap or (name, value) pairs); `verified` is
+    its `verify_request` result (None for an anonymous
     request: its body may be a plain one, hex-digested or not, or unsigned aws-chunked).
     Raises S3AuthError at once for bad headers (Content-MD5, x-amz-checksum-*...)."""
 
-    def __init__(self, headers: HeaderMap, verified: VerifiedRequest | None = None) -> None:
+    def __init__(self, headers: HeaderMap | Iterable[tuple[str, str]],
+                 verified: VerifiedRequest | None = None) -> None:
+        headers = HeaderMap.of(headers)
         self._verified = verified
         if verified is not None:
             self.mode, content_sha256 = verified.payload_mode, verified.content_sha256

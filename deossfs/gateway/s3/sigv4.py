@@ -456,6 +456,13 @@ def _verify(
             },
         )
 
+    absent = [name for name in parsed.signed_headers if name not in headers]
+    if absent:  # else a signed empty header could be dropped unnoticed
+        raise S3AuthError(
+            "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+            f"signature you provided: the signed header {absent[0]} is not in the request.",
+            details={"AWSAccessKeyId": parsed.access_key_id},
+        )
     scope = f"{parsed.date}/{parsed.region}/{SERVICE}/{TERMINATOR}"
     signing_key = derive_signing_key(key.secret, parsed.date, parsed.region)
     signing = ChunkSigning(signing_key, amz_date, scope, parsed.signature)
