@@ -145,6 +145,12 @@ class GatewayConfig:
     #: most 10 min), before it is reported failed
     upload_attempts: int = 5
     retry_seconds: float = 5.0
+    #: S3: the domain of virtual-host-style requests (BUCKET.domain); empty: path style only
+    domain: str = ""
+    #: S3: the region the gateway answers as (GetBucketLocation; any region signs)
+    region: str = "us-east-1"
+    #: S3: multipart uploads left incomplete this many days are dropped with their parts
+    multipart_expiry_days: float = 7.0
 
 
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
