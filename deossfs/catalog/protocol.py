@@ -34,6 +34,22 @@ FORMAT = 1
 #: how long a removed name is published in the metadata object (a merge of two objects
 #: saved at once must not restore it); merges happen within minutes of the saves
 REMOVALS_KEPT_NS = 3600 * 10**9
+#: a changed bucket's metadata object is saved once the bucket has had no change for
+#: SAVE_QUIET seconds, or SAVE_MAX_DELAY after its first unsaved change: each save is a
+#: whole CESS object (12 fragments of 8 MiB and a storage order), not to be made for every
+#: file of a copy under way
+SAVE_QUIET = 5.0
+SAVE_MAX_DELAY = 30.0
+SAVE_TICK = 1.0
+
+
+def save_due(first_change: float | None, last_change: float | None, now: float) -> bool:
+    """Is a save of a bucket with unsaved changes due (monotonic times; no first change
+    known: left unsaved by an earlier run, due now)?"""
+    if first_change is None:
+        return True
+    last = first_change if last_change is None else last_change
+    return now - last >= SAVE_QUIET or now - first_change >= SAVE_MAX_DELAY
 
 
 def entry_is_newer(entry: dict, ctime_ns: int, fid: str | None) -> bool:
