@@ -6,9 +6,15 @@ from ..config import Config
 from ..errors import ConfigError
 from ..keys import Account
 from .interface import ChainClient
+from .naming import NamedBuckets
 
 
 def open_chain(config: Config, account: Account | None) -> ChainClient:
+    """The chain a config names, with deossfs' bucket names (chain/naming.py)."""
+    return NamedBuckets(_open_backend(config, account))  # type: ignore[return-value]
+
+
+def _open_backend(config: Config, account: Account | None) -> ChainClient:
     backend = config.chain.backend
     if backend == "embedded":
         from .ledger import EmbeddedLedger

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..catalog.protocol import META_DIR
 from ..chain.interface import TerritoryState
 from ..chain.names import bucket_name_problem
 from ..errors import DeossError, classify, cli_message, to_errno
@@ -42,7 +43,6 @@ ATTR_TIMEOUT = 1.0
 REFRESH_SECONDS = 2.0
 #: the longest an open waits for the chain to check for a newer version (close-to-open)
 OPEN_REFRESH_SECONDS = 1.0
-META_DIR = ".deossfs"
 #: the longest name of one path component, as on local file systems
 NAME_MAX = 255
 #: larger than any territory: growing a file past it is EFBIG, not a territory query

@@ -559,8 +559,8 @@ async def test_names_the_mount_refuses(fs: FS) -> None:
     bucket = await fs.bucket()
     parent = await fs.ino(bucket)
     await fs.write_file(f"{bucket}/file.txt", b"data")
-    # bucket names follow the chain's rules
-    for name in (b"Bad_Name", b"ab", b"x" * 64, b"has space", b"-leading", b"jam"):
+    # bucket names follow S3's rules (a `j`, which the chain refuses, is escaped: test_s3_names.py)
+    for name in (b"Bad_Name", b"ab", b"x" * 64, b"has space", b"-leading", b"a..b"):
         assert await errno_of(fs.ops.mkdir(ROOT_INODE, name, 0o755, CTX)) == errno.EINVAL, name
     assert await errno_of(fs.ops.mkdir(ROOT_INODE, bucket.encode(), 0o755, CTX)) == errno.EEXIST
     # names must be UTF-8 (object keys are strings on the chain)
