@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEVNET ?= .devnet
-APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin curl
+APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin curl rclone restic s3fs
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install system-packages venv devchain run test lint bench clean devnet-down

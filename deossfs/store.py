@@ -143,6 +143,8 @@ class ObjectStore:
         #: fid -> whether the file has deossfs's encrypted layout (it decides where a
         #: plaintext offset falls); shared by views, as it is the file's, not the key's
         self._layouts: dict[str, bool] = {}
+        #: segments being fetched from peers or nodes now, (fid, index) -> set when done
+        self._fetching: dict[tuple[str, int], trio.Event] = {}
         # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
         self.cache = SegmentCache.from_config(config, account.address, self.counters)
@@ -507,11 +509,28 @@ class ObjectStore:
         the local cache, then peers (first answer matching the chain's segment hash),
         then storage nodes (data fragments land in place). What came from peers or
         nodes enters the cache. `endpoints` (node account -> URL) is looked up only
-        if the nodes are needed."""
+        if the nodes are needed. Readers of a segment another task is fetching (ranged
+        GETs of one segment in parallel) wait for it and read it from the cache."""
         segment = info.segments[index]
+        flight = self._fetching.get((info.fid, index))
+        if flight is not None and self.cache.enabled:
+            await flight.wait()
         if await self.cache.aget_into(info.fid, index, ws.segment, segment.hash):
             await self._count(hits=1, bytes_from_cache=SEGMENT_SIZE)
             return
+        mine = (info.fid, index) not in self._fetching
+        if mine:
+            self._fetching[(info.fid, index)] = trio.Event()
+        try:
+            await self._fetch_missing(info, index, ws, endpoints)
+        finally:
+            if mine:
+                self._fetching.pop((info.fid, index)).set()
+
+    async def _fetch_missing(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                             endpoints: dict[str, str] | None) -> None:
+        """_fetch_decoded's part after a cache miss: peers, then storage nodes."""
+        segment = info.segments[index]
         await self._count(misses=1)
         if self.peers is not None:
             peer = await self.peers.fetch_segment(info.fid, index, segment.hash, ws.segment)

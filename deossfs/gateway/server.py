@@ -14,7 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from ..catalog import Catalogs
+from ..catalog.catalog import Catalogs
 from ..chain.interface import ChainClient
 from ..config import Config, parse_listen
 from ..keys import Account

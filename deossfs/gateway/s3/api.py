@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ...catalog import Catalog, Catalogs
+from ...catalog.catalog import Catalog, Catalogs
 from ...errors import AlreadyExists, DeossError, InvalidInput, NoSuchBucket
 from ..credentials import KeyStore
 from ..engine import GatewayEngine
