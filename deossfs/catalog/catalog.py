@@ -340,7 +340,7 @@ class Catalog:
         existing = self.index.get(bucket, path)
         if existing is None or existing.kind == kind:
             return
-        what = {"dir": "a folder holding other keys", "link": "a hard link in the mount",
+        what = {"dir": "a folder (a directory in the mount)", "link": "a hard link in the mount",
                 "symlink": "a symbolic link in the mount",
                 "special": "a special file in the mount"}.get(existing.kind, "a file")
         raise KeyConflict(f"{path_key(path, kind == 'dir') or path!r} cannot be stored: that "
@@ -477,7 +477,8 @@ class Catalog:
         conflict = len(metas) > 1
         for fid in unseen:
             try:
-                meta = decode_object(await self.store.read_object(fid))
+                blob = await self.store.read_object(fid)
+                meta = await trio.to_thread.run_sync(decode_object, blob)
             except (IntegrityError, ValueError, zlib.error) as exc:
                 # e.g. saved by a mount with another key: left alone, never replaced
                 log.warning("bucket %s: metadata object %s is unreadable here (%s); ignoring it",
