@@ -34,6 +34,11 @@ FORMAT = 1
 #: how long a removed name is published in the metadata object (a merge of two objects
 #: saved at once must not restore it); merges happen within minutes of the saves
 REMOVALS_KEPT_NS = 3600 * 10**9
+#: the ctime of an entry made for an object found on the chain and named in no metadata
+#: object (another tool's, or one whose writer has not saved its metadata yet): older than
+#: any change a writer made, so that whoever knows the object's real attributes wins every
+#: merge, rather than the one that merely listed it later
+FOREIGN_CTIME_NS = 1
 #: a changed bucket's metadata object is saved once the bucket has had no change for
 #: SAVE_QUIET seconds, or SAVE_MAX_DELAY after its first unsaved change: each save is a
 #: whole CESS object (12 fragments of 8 MiB and a storage order), not to be made for every

@@ -27,6 +27,7 @@ import zlib
 import trio
 
 from ..catalog.protocol import (
+    FOREIGN_CTIME_NS,
     META_DIR,
     META_KEY,
     REMOVALS_KEPT_NS,
@@ -184,7 +185,8 @@ class BucketSync:
                 if existing is None:
                     self.db.insert(parent, parts[-1].encode(), "file", stat.S_IFREG | 0o644,
                                    self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
-                                   foreign_object=1, durable_generation=0)
+                                   foreign_object=1, durable_generation=0,
+                                   ctime_ns=FOREIGN_CTIME_NS)
                 elif existing.kind == "file" and existing.id not in pending \
                         and existing.id not in self.ops.open_states \
                         and ((existing.foreign_object and not existing.staged)
