@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -427,3 +428,50 @@ def test_s3_and_the_cli_share_one_namespace(s3, bucket: str, gateways: Gateways,
     assert s3.get_object(Bucket=bucket, Key="from-cli.txt")["Body"].read() == b"from the cli"
     info = json.loads(gateways.devnet.cli("stat", "--json", f"{bucket}/from-s3/notes.txt").stdout)
     assert info["size"] == len(b"from s3")
+
+
+@pytest.mark.mount
+def test_s3_and_the_mount_share_one_namespace(s3, bucket: str, gateways: Gateways,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    """An object put over S3 is a file in the mount, with its S3 attributes as xattrs, under
+    its escaped name; a file written in the mount is an S3 object."""
+    import shutil
+
+    from ..harness import Mounted, config_for, wait_for
+
+    if not Path("/dev/fuse").exists():
+        pytest.skip("/dev/fuse is absent")
+    s3.put_object(Bucket=bucket, Key="photos/2026/cat.jpg", Body=b"meow" * 1000,
+                  ContentType="image/jpeg", Metadata={"camera": "x100"})
+    s3.put_object(Bucket=bucket, Key="a//b", Body=b"escaped")
+    mounted = Mounted(config_for(gateways.devnet, tmp_path / "machine"), tmp_path / "mnt")
+    try:
+        mounted.mount()
+        cat = mounted.path(bucket, "photos", "2026", "cat.jpg")
+        wait_for(cat.exists, 60, "the S3 object to appear in the mount")
+        assert cat.read_bytes() == b"meow" * 1000
+
+        def xattrs() -> bool:  # they come with the gateway's metadata object (5-30 s)
+            try:
+                return os.getxattr(cat, "user.s3.content-type") == b"image/jpeg"
+            except OSError:
+                return False
+
+        wait_for(xattrs, 90, "the S3 attributes to reach the mount", interval=1)
+        assert os.getxattr(cat, "user.s3.meta.camera") == b"x100"
+        assert mounted.path(bucket, "a", "~~", "b").read_bytes() == b"escaped"
+        shutil.copyfile(cat, mounted.path(bucket, "from-mount.jpg"))
+        mounted.wait_durable()
+
+        def listed() -> set[str]:
+            return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+        wait_for(lambda: "from-mount.jpg" in listed(), 60, "the mount's file to be listed over S3")
+        assert s3.get_object(Bucket=bucket, Key="from-mount.jpg")["Body"].read() == b"meow" * 1000
+        s3.delete_object(Bucket=bucket, Key="a//b")
+        wait_for(lambda: not mounted.path(bucket, "a").exists(), 60,
+                 "the S3 delete to reach the mount")
+        mounted.path(bucket, "from-mount.jpg").unlink()
+        mounted.wait_durable()
+    finally:
+        mounted.cleanup()
