@@ -21,6 +21,10 @@ bytes, encryption on:
   get also writes and fsyncs its output);
 - peak resident memory of the put and get clients and of the mount.
 
+The clients' CPU is given whole and less what any CLI command costs before it moves
+a byte (imports, the key, chain look-ups: `deossfs stat` of the same file, measured
+in the same run), since the goals are per GiB moved.
+
 Each figure is the best of --runs (rates: highest; CPU, memory: lowest), since the
 machine is shared; the load average is printed. One table: figure, measured, floor
 or ceiling, ratio, goal. `--profile DIR` instead samples the client and one storage
@@ -34,6 +38,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import mmap
 import multiprocessing
 import os
 import re
@@ -119,14 +124,16 @@ def kernel_rates() -> dict[str, float]:
 
 def disk_rate(directory: Path, total: int = GIB, writers: int = 12) -> tuple[float, float]:
     """(bytes/s, CPU-s per GiB) of fsync'd sequential writes under `directory`, as the
-    nodes write: 8 MiB files, each fdatasync'd, `writers` at a time. Best of 3."""
+    nodes write: 8 MiB files, each fdatasync'd, `writers` at a time; through the page
+    cache and with O_DIRECT (where the file system has it), the best of 3 of each."""
     directory.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(8 * MIB)
+    block = mmap.mmap(-1, 8 * MIB)  # page-aligned, as O_DIRECT wants
+    block.write(os.urandom(8 * MIB))
     count = total // len(block)
 
-    def write(index: int) -> None:
+    def write(index: int, flags: int) -> None:
         path = directory / f"f{index}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o600)
         try:
             os.write(fd, block)
             os.fdatasync(fd)
@@ -134,14 +141,18 @@ def disk_rate(directory: Path, total: int = GIB, writers: int = 12) -> tuple[flo
             os.close(fd)
 
     rates, cpus = [], []
-    for _ in range(3):
-        start, cpu = time.perf_counter(), time.process_time()
-        with ThreadPoolExecutor(writers) as pool:
-            list(pool.map(write, range(count)))
-        rates.append(count * len(block) / (time.perf_counter() - start))
-        cpus.append((time.process_time() - cpu) / (count * len(block) / GIB))
-        for index in range(count):
-            os.unlink(directory / f"f{index}")
+    for flags in (0, os.O_DIRECT):
+        for _ in range(3):
+            start, cpu = time.perf_counter(), time.process_time()
+            try:
+                with ThreadPoolExecutor(writers) as pool:
+                    list(pool.map(lambda i, f=flags: write(i, f), range(count)))
+            except OSError:
+                break  # no O_DIRECT here
+            rates.append(count * len(block) / (time.perf_counter() - start))
+            cpus.append((time.process_time() - cpu) / (count * len(block) / GIB))
+            for index in range(count):
+                os.unlink(directory / f"f{index}")
     shutil.rmtree(directory, ignore_errors=True)
     return max(rates), min(cpus)
 
@@ -272,15 +283,17 @@ class Run:
 def run_measured(args: list[str], env: dict[str, str], watch: Sequence[int] = ()) -> Run:
     """Wall seconds, CPU seconds and peak RSS of a child; CPU the `watch` pids spent meanwhile."""
     before = sum(cpu_seconds(pid) for pid in watch)
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    others = sum(cpu_seconds(pid) for pid in watch) - before
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{out}\n{err}")
+    # output to files, not pipes: a child blocked on a full pipe would never be reaped
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        others = sum(cpu_seconds(pid) for pid in watch) - before
+        if os.waitstatus_to_exitcode(status) != 0:
+            out.seek(0)
+            err.seek(0)
+            raise SystemExit(f"{' '.join(args)} failed:\n{out.read().decode()}\n{err.read().decode()}")
     return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, others)
 
 
@@ -438,6 +451,9 @@ def main() -> None:
                 puts.append(run_measured([*CLI, "put", "-q", str(src), f"bench/data-{run}"], env, nodes))
                 print(f"  put {run + 1}: {mbs(size / puts[-1].wall)}, client {puts[-1].cpu / gib:.2f} CPU-s/GiB, "
                       f"nodes {puts[-1].others_cpu / (3 * gib):.2f} CPU-s/GiB received", flush=True)
+            # what any command costs before it moves a byte (imports, keys, chain look-ups)
+            startup = min(run_measured([*CLI, "stat", "--json", "bench/data-0"], env).cpu
+                          for _ in range(options.runs))
             cold = dict(env, **COLD)
             gets = []
             back = work / "back.bin"
@@ -459,7 +475,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"  load average at the end {os.getloadavg()[0]:.1f}")
-    report(floors, size, puts, gets, reads)
+    report(floors, size, puts, gets, reads, startup)
 
 
 def same_bytes(a: Path, b: Path) -> bool:
@@ -469,7 +485,8 @@ def same_bytes(a: Path, b: Path) -> bool:
     return digest(a) == digest(b)
 
 
-def report(floors: Floors, size: int, puts: list[Run], gets: list[Run], reads: list[Run]) -> None:
+def report(floors: Floors, size: int, puts: list[Run], gets: list[Run], reads: list[Run],
+           startup: float) -> None:
     gib = size / GIB
     put_rate = max(size / r.wall for r in puts)
     get_rate = max(size / r.wall for r in gets)
@@ -481,13 +498,18 @@ def report(floors: Floors, size: int, puts: list[Run], gets: list[Run], reads: l
         ("AES-256-GCM, 1 core", mbs(floors.rates["aes"]), "", "", ""),
         ("RS 4+8 encode / decode, 1 core",
          f"{mbs(floors.rates['rs_encode'])} / {mbs(floors.rates['rs_decode'])}", "", "", ""),
-        ("disk, fsync'd 8 MiB files (12 writers)", f"{mbs(floors.disk)}, {floors.disk_cpu:.2f} CPU-s/GiB",
+        ("disk, fsync'd 8 MiB files (12 writers, best of buffered/O_DIRECT)", f"{mbs(floors.disk)}, {floors.disk_cpu:.2f} CPU-s/GiB",
          "", "", ""),
         ("loopback TCP, 4 streams", f"{mbs(floors.network)}, {floors.network_cpu:.2f} CPU-s/GiB", "", "", ""),
+        ("CLI start-up CPU (`stat`: imports, key, chain)", f"{startup:.2f} s", "", "", ""),
         ("put client CPU per GiB", f"{put_cpu:.2f} s", f"floor {floors.put_client:.2f} s",
-         f"{put_cpu / floors.put_client:.2f}x", "<= 1.5x"),
+         f"{put_cpu / floors.put_client:.2f}x", ""),
+        ("  ... less start-up", f"{put_cpu - startup / gib:.2f} s", f"floor {floors.put_client:.2f} s",
+         f"{(put_cpu - startup / gib) / floors.put_client:.2f}x", "<= 1.5x"),
         ("get client CPU per GiB (cold)", f"{get_cpu:.2f} s", f"floor {floors.get_client:.2f} s",
-         f"{get_cpu / floors.get_client:.2f}x", "<= 2x"),
+         f"{get_cpu / floors.get_client:.2f}x", ""),
+        ("  ... less start-up", f"{get_cpu - startup / gib:.2f} s", f"floor {floors.get_client:.2f} s",
+         f"{(get_cpu - startup / gib) / floors.get_client:.2f}x", "<= 2x"),
         ("nodes' CPU per GiB received (12 procs)", f"{node_cpu:.2f} s", f"floor {floors.node:.2f} s",
          f"{node_cpu / floors.node:.2f}x", "<= 2x"),
         ("durable put", mbs(put_rate), f"ceiling {mbs(floors.put_ceiling)}",
