@@ -153,11 +153,12 @@ def _stale(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     if sock is None:
         return True
+    poller = select.poll()  # not select(): descriptors past 1023 are common in a mount
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
+        return bool(poller.poll(0))
+    except OSError:
         return True
-    return bool(readable)
 
 
 class _Pool:
