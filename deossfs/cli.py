@@ -193,9 +193,12 @@ def devnet_status_cmd(directory: str, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=15001, show_default=True)
 @click.option("--idle-space", default=256 * GIB, show_default=True, help="bytes offered")
+@click.option("--listen-fd", type=int, hidden=True,
+              help="serve this inherited, already bound socket instead of --host/--port")
 @click.pass_obj
 @handle_errors
-def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int) -> None:
+def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int,
+             listen_fd: int | None) -> None:
     """Run a storage node daemon (cess-miner fragment protocol over HTTP)."""
     from .keys import create_key_file, load_key_file
     from .node.server import run_node
@@ -206,7 +209,7 @@ def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int
     config = obj.config()
     chain = obj.chain(config, account)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    run_node(node_dir, account, chain, host, port, idle_space)
+    run_node(node_dir, account, chain, host, port, idle_space, listen_fd=listen_fd)
 
 
 # ---- territory -------------------------------------------------------------

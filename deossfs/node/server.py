@@ -850,11 +850,14 @@ async def serve_node(
     public_endpoint: str | None = None,
     window_seconds: float = 120,
     retry_interval: float = 5.0,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a storage node in `node_dir` on host:port until cancelled.
 
-    Port 0 picks a free port. Once listening, the node registers
+    Port 0 picks a free port; `listen_fd` serves a socket the caller already bound
+    (`deossfs devnet up` binds each node's port and hands it over, so two devnets
+    starting at once cannot pick the same one). Once listening, the node registers
     `http://host:port` (or `public_endpoint`) with `idle_space` bytes on the
     chain, then reports that endpoint through `task_status.started`.
     """
@@ -872,7 +875,7 @@ async def serve_node(
     # server, so changing the module's constant affects nothing else.
     _hypercorn_tcp.MAX_RECV = 1024 * 1024
     config = Config()
-    config.bind = [_bind_address(host, port)]
+    config.bind = [f"fd://{listen_fd}" if listen_fd is not None else _bind_address(host, port)]
     config.accesslog = None
     config.errorlog = logging.getLogger("deossfs.node.http")
     config.read_timeout = 60  # a sender that stalls this long mid-request is dropped
