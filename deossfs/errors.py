@@ -68,6 +68,12 @@ class NoSpace(PermanentError):
     errno = errno.ENOSPC
 
 
+class FileTooLarge(PermanentError):
+    """Larger than one CESS storage order can hold (processing.layout.MAX_SEGMENTS)."""
+
+    errno = errno.EFBIG
+
+
 class AccessDenied(PermanentError):
     errno = errno.EACCES
 

@@ -31,6 +31,7 @@ from .config import Config
 from .errors import (
     DataUnavailable,
     DeossError,
+    FileTooLarge,
     IntegrityError,
     InvalidInput,
     NoSpace,
@@ -49,10 +50,16 @@ from .p2p.transfer import (
     refusal_message,
     send_segment,
 )
-from .processing.encryption import DECRYPT_BUFFER_SIZE, SegmentCipher, looks_encrypted
+from .processing.encryption import (
+    DECRYPT_BUFFER_SIZE,
+    PLAINTEXT_CAPACITY,
+    SegmentCipher,
+    looks_encrypted,
+)
 from .processing.layout import (
     DATA_SHARDS,
     FRAGMENT_SIZE,
+    MAX_SEGMENTS,
     SEGMENT_SIZE,
     TOTAL_SHARDS,
     ZERO_FRAGMENT_HASH,
@@ -197,6 +204,10 @@ class ObjectStore:
         if encrypt is None:
             encrypt = self.config.storage.encryption
         codec = self.encrypted_codec if encrypt else self.plain_codec
+        if codec.segment_count(size) > MAX_SEGMENTS:
+            raise FileTooLarge(f"{size} bytes is more than one CESS file holds "
+                               f"({largest_file(encrypt)} bytes, {MAX_SEGMENTS} segments)",
+                               hint="split it into smaller files")
         if salt_context is None:
             salt_context = f"object:{bucket}/{key}".encode()
         await self.require_bucket(bucket)
@@ -565,6 +576,12 @@ class ObjectStore:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
         with contextlib.suppress(NotFound):
             await self._chain(self.chain.delete_file, self.owner, fid)
+
+
+def largest_file(encrypted: bool) -> int:
+    """The most bytes one object can hold: MAX_SEGMENTS segments (an encrypted segment
+    carries a little less than 32 MiB of plaintext)."""
+    return MAX_SEGMENTS * (PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE)
 
 
 @contextlib.asynccontextmanager

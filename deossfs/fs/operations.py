@@ -30,7 +30,7 @@ from ..errors import DeossError, classify, cli_message, to_errno
 from ..names import MAX_KEY_BYTES
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
-from ..store import ObjectStore
+from ..store import ObjectStore, largest_file
 from .db import ROOT_INODE, Database, Row, now_ns
 from .reader import SegmentReader
 
@@ -45,8 +45,11 @@ OPEN_REFRESH_SECONDS = 1.0
 META_DIR = ".deossfs"
 #: the longest name of one path component, as on local file systems
 NAME_MAX = 255
-#: larger than any territory: growing a file past it is EFBIG, not a territory query
-MAX_FILE_SIZE = 2**50
+#: the longest path below a bucket (`dir/sub/file`). More than PATH_MAX (4,096): only
+#: absolute paths are bound by it, and programs that work with relative paths build
+#: deeper trees (pjdfstest makes PATH_MAX - 1 bytes below its own directory); less than
+#: the store's MAX_KEY_BYTES by room for the trash's hidden prefix (fs/trash.py)
+MAX_PATH_BYTES = MAX_KEY_BYTES - 256
 #: readdir offsets above this are hard links (below: inode numbers)
 LINK_OFFSET = 1 << 48
 XATTR_PREFIX = b"user.deossfs."
@@ -245,11 +248,41 @@ class Operations(pyfuse3.Operations):
         if parent == ROOT_INODE:
             return
         parts = self.db.path_parts(parent)
-        if parent != ROOT_INODE and len(parts) == 1 and name == META_DIR.encode():
+        if len(parts) == 1 and name == META_DIR.encode():
             raise fuse_error(errno.EPERM, "%s is reserved for deossfs metadata", META_DIR)
-        key_len = sum(len(p) + 1 for p in parts[1:]) + len(name)
-        if key_len > MAX_KEY_BYTES:
-            raise fuse_error(errno.ENAMETOOLONG, "object key longer than %d bytes refused", MAX_KEY_BYTES)
+        self._check_path_length(self._key_length(parts) + (1 if len(parts) > 1 else 0) + len(name))
+
+    @staticmethod
+    def _key_length(parts: list[bytes]) -> int:
+        """Bytes of the path below the bucket of `parts` (bucket first)."""
+        return max(0, sum(len(p) + 1 for p in parts[1:]) - 1)
+
+    @staticmethod
+    def _check_path_length(length: int) -> None:
+        if length > MAX_PATH_BYTES:
+            raise fuse_error(errno.ENAMETOOLONG, "refused a path of %d bytes below its bucket "
+                             "(at most %d)", length, MAX_PATH_BYTES)
+
+    def _subtree_depth(self, directory: int) -> int:
+        """Bytes the longest path below `directory` adds to its own (`/a/b`: 4)."""
+        deepest = 0
+        stack = [(directory, 0)]
+        while stack:
+            ino, length = stack.pop()
+            for row in self.db.children(ino) + self.db.link_children(ino):
+                below = length + 1 + len(row.name)
+                deepest = max(deepest, below)
+                if row.is_dir and not row.link_id:
+                    stack.append((row.id, below))
+        return deepest
+
+    def _existing(self, parent: int, name: bytes) -> Row:
+        """The entry `name` in `parent`: ENAMETOOLONG for a name no entry may have, else
+        ENOENT when there is none (a lookup first asks the chain)."""
+        row = self.db.child(parent, name)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG if len(name) > NAME_MAX else errno.ENOENT)
+        return row
 
     async def _refresh_for(self, parent: int) -> None:
         if parent == ROOT_INODE:
@@ -288,10 +321,7 @@ class Operations(pyfuse3.Operations):
         row = self.db.child(parent_inode, name)
         if row is None and not self._never_a_bucket(parent_inode, name):
             await self._refresh_for(parent_inode)
-            row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attrs(row)
+        return self.attrs(self._existing(parent_inode, name))
 
     @staticmethod
     def _never_a_bucket(parent_inode: int, name: bytes) -> bool:
@@ -370,6 +400,8 @@ class Operations(pyfuse3.Operations):
         await self._check_writable_territory()
         state = self.open_states.get(row.id)
         current = state.size if state is not None and state.size is not None else row.size
+        if size > self._size_limit(row):
+            raise self._too_large(row, size)
         if size > current:  # growing writes zeros: they need territory space too
             await self._reserve_space(current, size)
         await self._ensure_staged(row, truncate=(size == 0))
@@ -451,9 +483,7 @@ class Operations(pyfuse3.Operations):
         return self.attrs(row)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode, name)
         if not row.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if self.db.has_children(row.id):
@@ -548,9 +578,7 @@ class Operations(pyfuse3.Operations):
         return entry
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode, name)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._unlink_row(row)
@@ -607,9 +635,7 @@ class Operations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise fuse_error(errno.EINVAL, "rename: RENAME_EXCHANGE is not supported")
-        row = self.db.child(parent_inode_old, name_old)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode_old, name_old)
         if ROOT_INODE in (parent_inode_old, parent_inode_new):
             # buckets cannot be renamed on CESS; EXDEV makes mv copy and delete instead
             raise fuse_error(errno.EXDEV, "rename of a bucket is not possible on CESS; mv copies instead")
@@ -617,6 +643,9 @@ class Operations(pyfuse3.Operations):
             # a FID is declared once per owner: it cannot change bucket; mv copies instead
             raise fuse_error(errno.EXDEV, "rename between buckets is not possible on CESS; mv copies instead")
         self._check_name(parent_inode_new, name_new)
+        if row.is_dir:  # its deepest entry must fit at the new place too
+            new_parts = self.db.path_parts(parent_inode_new) + [name_new]
+            self._check_path_length(self._key_length(new_parts) + self._subtree_depth(row.id))
         # a directory (checked before the target goes) must not move into itself
         probe = parent_inode_new
         while probe != ROOT_INODE:
@@ -827,6 +856,12 @@ class Operations(pyfuse3.Operations):
         end = off + len(buf)
         current = state.size if state.size is not None else os.fstat(handle.fd).st_size
         if end > current:
+            row = self.row(handle.ino)
+            limit = self._size_limit(row)
+            if off >= limit:
+                raise self._too_large(row, end)
+            if end > limit:  # as local file systems do: a short write up to the limit
+                buf, end = buf[: limit - off], limit
             await self._reserve_space(current, end)
         # a handle kept open across fsync may write while that version uploads
         self._detach_from_upload(handle.ino)
@@ -855,11 +890,17 @@ class Operations(pyfuse3.Operations):
             written += done
         return written
 
+    @staticmethod
+    def _size_limit(row: Row) -> int:
+        """The largest size the file can have: what one CESS storage order holds."""
+        return largest_file(bool(row.encrypted))
+
+    def _too_large(self, row: Row, size: int) -> pyfuse3.FUSEError:
+        return fuse_error(errno.EFBIG, "refused to make inode %d %d bytes long: a file on CESS "
+                          "holds at most %d bytes", row.id, size, self._size_limit(row))
+
     async def _reserve_space(self, old_size: int, new_size: int) -> None:
         """ENOSPC when the territory cannot take this file (12 x 8 MiB per segment)."""
-        if new_size > MAX_FILE_SIZE:
-            raise fuse_error(errno.EFBIG, "refused a file of %d bytes: deossfs files end at %d bytes",
-                             new_size, MAX_FILE_SIZE)
         old_segments = segment_count(old_size, PLAINTEXT_CAPACITY) if old_size else 0
         new_segments = segment_count(new_size, PLAINTEXT_CAPACITY)
         if new_segments == old_segments:

@@ -27,7 +27,7 @@ from deossfs.errors import NotFound
 from deossfs.fs.db import ROOT_INODE, Database
 from deossfs.fs.metadata import META_KEY, SAVE_QUIET, BucketSync
 from deossfs.fs.mount import DB_NAME, workspace_for
-from deossfs.fs.operations import REFRESH_SECONDS, Operations
+from deossfs.fs.operations import MAX_PATH_BYTES, REFRESH_SECONDS, Operations
 from deossfs.fs.uploader import Uploader
 from deossfs.keys import load_key_file
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
@@ -584,6 +584,40 @@ async def test_names_the_mount_refuses(fs: FS) -> None:
     assert await errno_of(fs.ops.create(parent, b"k" * 1100, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) \
         == errno.ENAMETOOLONG
     assert await fs.listdir(bucket) == ["file.txt", "sub"]
+
+
+async def test_paths_below_a_bucket_end_at_max_path_bytes(fs: FS) -> None:
+    """Deep trees are taken up to MAX_PATH_BYTES below the bucket, in every call that makes
+    a name; a rename that would push an entry of a moved directory past it is refused."""
+    bucket = await fs.bucket()
+    ino = await fs.ino(bucket)
+    length = -1  # of the path below the bucket so far
+    while length + 201 + 2 <= MAX_PATH_BYTES:
+        ino = (await fs.ops.mkdir(ino, b"d" * 200, stat.S_IFDIR | 0o755, CTX)).st_ino
+        length += 201
+    room = MAX_PATH_BYTES - length - 1  # the longest name that still fits here
+    assert 0 < room < 200
+    for call in (fs.ops.mkdir(ino, b"n" * (room + 1), stat.S_IFDIR | 0o755, CTX),
+                 fs.ops.create(ino, b"n" * (room + 1), stat.S_IFREG | 0o644, os.O_WRONLY, CTX),
+                 fs.ops.symlink(ino, b"n" * (room + 1), b"x", CTX),
+                 fs.ops.mknod(ino, b"n" * (room + 1), stat.S_IFIFO | 0o644, 0, CTX)):
+        assert await errno_of(call) == errno.ENAMETOOLONG
+    info, _ = await fs.ops.create(ino, b"f" * room, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)
+    await fs.ops.write(info.fh, 0, b"at the limit")
+    await fs.ops.release(info.fh)
+    assert await errno_of(fs.ops.rename(ino, b"f" * room, ino, b"n" * (room + 1), 0, CTX)) \
+        == errno.ENAMETOOLONG
+    assert fs.db.child(ino, b"f" * room) is not None
+    # a directory holding the deep tree cannot move one byte deeper
+    top = await fs.ino(f"{bucket}/{'d' * 200}")
+    await fs.mkdir(f"{bucket}/x")
+    assert await errno_of(fs.ops.rename(await fs.ino(bucket), b"d" * 200, await fs.ino(f"{bucket}/x"),
+                                        b"d" * 200, 0, CTX)) == errno.ENAMETOOLONG
+    assert fs.db.get(top).parent == await fs.ino(bucket)  # type: ignore[union-attr]
+    key = f"{('d' * 200 + '/') * ((length + 1) // 201)}{'f' * room}"
+    assert len(key.encode()) == MAX_PATH_BYTES
+    fid = await fs.wait_stored(f"{bucket}/{key}")
+    assert fid and await fs.store.read_object(fid) == b"at the limit"
 
 
 async def test_rmdir_and_unlink_errnos(fs: FS) -> None:

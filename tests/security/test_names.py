@@ -14,6 +14,7 @@ from deossfs.chain.factory import open_chain
 from deossfs.config import load_config
 from deossfs.errors import InvalidName, NameTooLong
 from deossfs.keys import load_key_file
+from deossfs.names import MAX_KEY_BYTES, S3_MAX_KEY_BYTES, check_key
 from deossfs.processing.pipeline import bytes_reader
 from deossfs.store import ObjectStore
 
@@ -68,9 +69,17 @@ def test_get_refuses_bad_object_names(secure_devnet: Devnet, tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_s3_keeps_its_own_key_bound() -> None:
+    """The store takes deep keys (a mount's trees); S3 callers ask for S3's 1,024 bytes."""
+    assert check_key("k" * 4000) == "k" * 4000
+    assert check_key("k" * S3_MAX_KEY_BYTES, S3_MAX_KEY_BYTES)
+    with pytest.raises(NameTooLong):
+        check_key("k" * (S3_MAX_KEY_BYTES + 1), S3_MAX_KEY_BYTES)
+
+
 @pytest.mark.parametrize(("key", "error"), [
     ("a\x00b.txt", InvalidName), ("\x00", InvalidName), ("a/\x00/b", InvalidName),
-    ("x" * 1025, NameTooLong), ("caf\udce9.txt", InvalidName), ("..", InvalidName),
+    ("x" * (MAX_KEY_BYTES + 1), NameTooLong), ("caf\udce9.txt", InvalidName), ("..", InvalidName),
     ("a/../b", InvalidName),
 ])
 async def test_the_store_refuses_names_argv_cannot_carry(secure_devnet: Devnet, key: str,
