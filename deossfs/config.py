@@ -110,6 +110,21 @@ class AccessConfig:
     accounts: list[str] = field(default_factory=list)
 
 
+#: what `mount.fsync` may be
+FSYNC_MODES = ("network", "local")
+
+
+@dataclass
+class MountConfig:
+    #: what fsync (and msync) waits for: "network" = the file is durable on CESS
+    #: (fragments fsynced on 12 nodes, the file Active on the chain); "local" = its content
+    #: is journaled and fsynced on this machine's disk, and the upload follows
+    fsync: str = "network"
+    #: seconds a chain file must exist before the mount's background check
+    #: (storage.verify_interval) deletes it as an orphan (docs/reliability.md)
+    orphan_grace: float = 24 * 3600.0
+
+
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
 STAGING_DIR_NAME = "staging"
 
@@ -125,6 +140,7 @@ class Config:
     peers: PeersConfig = field(default_factory=PeersConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    mount: MountConfig = field(default_factory=MountConfig)
 
     def require_key_file(self) -> Path:
         if self.key_file is None:
@@ -156,7 +172,8 @@ class Config:
 
 
 _SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
-             "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig}
+             "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig,
+             "mount": MountConfig}
 #: options outside any section
 _TOP_LEVEL = ("key_file", "workspace")
 #: environment overrides are DEOSSFS_<SECTION>_<OPTION> (and DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE)
@@ -345,6 +362,9 @@ def _validate(config: Config) -> None:
     if config.access.mode not in ("public", "private"):
         raise ConfigError("config option access.mode must be \"public\" (accounts are refused) "
                           "or \"private\" (only accounts are served)")
+    if config.mount.fsync not in FSYNC_MODES:
+        raise ConfigError("config option mount.fsync must be \"network\" (fsync waits until the "
+                          "file is durable on CESS) or \"local\" (until it is on this machine's disk)")
     if not 0 <= config.serve.port <= 65535:
         raise ConfigError("config option serve.port must be between 0 and 65535")
     if config.cache.size < 0:
@@ -353,7 +373,8 @@ def _validate(config: Config) -> None:
                          ("storage.request_timeout", config.storage.request_timeout)):
         if value <= 0:
             raise ConfigError(f"config option {where} must be positive")
-    for where, value in (("peers.penalty_seconds", config.peers.penalty_seconds),
+    for where, value in (("mount.orphan_grace", config.mount.orphan_grace),
+                         ("peers.penalty_seconds", config.peers.penalty_seconds),
                          ("peers.refresh_seconds", config.peers.refresh_seconds),
                          ("storage.node_penalty_seconds", config.storage.node_penalty_seconds)):
         if value < 0:

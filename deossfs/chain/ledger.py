@@ -95,6 +95,7 @@ from ..errors import (
 from ..keys import Account, valid_address, verify_signature
 from ..processing.layout import FRAGMENT_SIZE, MAX_SEGMENTS, TOTAL_SHARDS, charged_space
 from .interface import (
+    BLOCK_SECONDS,
     BucketInfo,
     ChainClient,
     ChainEvent,
@@ -119,7 +120,6 @@ from .names import check_bucket_name, check_file_name, check_territory_name
 T = TypeVar("T")
 
 SCHEMA_VERSION = "1"
-BLOCK_SECONDS = 6
 BLOCKS_PER_DAY = 14400  # 86400 s / 6 s
 GIB = 1024**3
 TOKEN = 10**18  # 1 TCESS in its smallest unit (18 decimals)

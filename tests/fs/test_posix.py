@@ -191,6 +191,36 @@ def test_name_max(bucket: Path) -> None:
     assert os.readlink(bucket / "long-target") == target
 
 
+def test_each_user_has_their_own_trash(bucket: Path) -> None:
+    """`gio trash` by two users of an --allow-other mount: each item goes to its user's
+    `.Trash-$UID` (mode 0700, theirs), which the other cannot look into."""
+    home = Path(tempfile.mkdtemp(prefix="deossfs-nobody-"))
+    os.chown(home, NOBODY, NOBODY)
+    try:
+        theirs = bucket / "trash-theirs.txt"
+        as_nobody("sh", "-c", f"echo theirs > {theirs}")
+        mine = bucket / "trash-mine.txt"
+        mine.write_text("mine")
+        env = ["env", f"HOME={home}", "GIO_USE_VFS=local", "LC_ALL=C", "gio", "trash"]
+        result = as_nobody(*env, str(theirs))
+        assert result.returncode == 0, result.stderr
+        result = subprocess.run([*env, str(mine)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        root = bucket.parent
+        their_trash, my_trash = root / f".Trash-{NOBODY}", root / f".Trash-{os.getuid()}"
+        st = their_trash.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o700)
+        assert "trash-theirs.txt" in as_nobody("ls", str(their_trash / "files")).stdout
+        assert "trash-theirs.txt" not in os.listdir(my_trash / "files")
+        assert "trash-mine.txt" in os.listdir(my_trash / "files")
+        assert "Permission denied" in as_nobody("ls", str(my_trash / "files")).stderr
+        assert not theirs.exists() and not mine.exists()
+        # nobody makes anyone else's trash directory
+        assert "Permission denied" in as_nobody("mkdir", str(root / ".Trash-4242")).stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def test_o_trunc_changes_mtime_and_ctime(bucket: Path) -> None:
     for name, content in (("empty-trunc", b""), ("full-trunc", b"content")):
         path = bucket / name

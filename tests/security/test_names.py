@@ -40,7 +40,7 @@ def cli_bytes(devnet: Devnet, *args: bytes) -> subprocess.CompletedProcess:
 BAD_TARGETS = [
     b"sec/../escape.txt", b"sec/a/../../escape.txt", b"sec/./a.txt", b"sec/a/./b.txt",
     b"sec//a.txt", b"sec/a/", b"sec/", b"sec", b"/sec/a.txt", b"sec/..", b"sec/.",
-    b"sec/" + b"x" * 2000, b"sec/" + b"d/" * 600 + b"f", b"sec/caf\xe9.txt", b"sec/\xff\xfe",
+    b"sec/" + b"x" * (MAX_KEY_BYTES + 1), b"sec/" + b"d/" * (MAX_KEY_BYTES // 2) + b"f", b"sec/caf\xe9.txt", b"sec/\xff\xfe",
     b"../sec/a.txt", b"Sec/a.txt", b"s/a.txt", b"sec" + b"x" * 100 + b"/a.txt", b"\xff/a.txt",
 ]
 
