@@ -34,6 +34,7 @@ from .errors import (
     AccessDenied,
     DataUnavailable,
     DeossError,
+    FileTooLarge,
     IntegrityError,
     InvalidInput,
     NoSpace,
@@ -62,6 +63,7 @@ from .processing.encryption import (
 from .processing.layout import (
     DATA_SHARDS,
     FRAGMENT_SIZE,
+    MAX_SEGMENTS,
     SEGMENT_SIZE,
     TOTAL_SHARDS,
     ZERO_FRAGMENT_HASH,
@@ -271,6 +273,10 @@ class ObjectStore:
         if encrypt is None:
             encrypt = self.config.storage.encryption
         codec = self.encrypted_codec if encrypt else self.plain_codec
+        if codec.segment_count(size) > MAX_SEGMENTS:
+            raise FileTooLarge(f"{size} bytes is more than one CESS file holds "
+                               f"({largest_file(encrypt)} bytes, {MAX_SEGMENTS} segments)",
+                               hint="split it into smaller files")
         if salt_context is None:
             salt_context = f"object:{bucket}/{key}".encode()
         await self.require_bucket(bucket)
@@ -763,6 +769,12 @@ class ObjectStore:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
         with contextlib.suppress(NotFound):
             await self._chain(self.chain.delete_file, self.owner, fid)
+
+
+def largest_file(encrypted: bool) -> int:
+    """The most bytes one object can hold: MAX_SEGMENTS segments (an encrypted segment
+    carries a little less than 32 MiB of plaintext)."""
+    return MAX_SEGMENTS * (PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE)
 
 
 @contextlib.asynccontextmanager

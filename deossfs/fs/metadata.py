@@ -22,20 +22,20 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import stat
 import time
-import zlib
 
 import trio
 
 from ..errors import DeossError, cli_message
 from ..processing.pipeline import bytes_reader
 from .db import ROOT_INODE, Row, now_ns
-from .operations import META_DIR, REFRESH_SECONDS, Operations
+from .metaobject import FORMAT, META_DIR, META_KEY, decode, encode
+from .operations import REFRESH_SECONDS, Operations
 
 log = logging.getLogger(__name__)
 
-META_KEY = f"{META_DIR}/metadata.json"
 #: a changed bucket's metadata object is saved once the bucket has had no change for
 #: SAVE_QUIET seconds, or SAVE_MAX_DELAY after its first unsaved change: each save is a
 #: whole CESS object (12 fragments of 8 MiB and a storage order), not to be made for every
@@ -46,7 +46,6 @@ SAVE_TICK = 1.0
 #: how long a removed name is published in the metadata object (a merge of two objects
 #: saved at once must not restore it); merges happen within minutes of the saves
 REMOVALS_KEPT_NS = 3600 * 10**9
-FORMAT = 1
 
 
 def _entry_is_newer(entry: dict, row: Row) -> bool:
@@ -124,7 +123,8 @@ class BucketSync:
                 self.db.insert(ROOT_INODE, name.encode(), "dir", stat.S_IFDIR | 0o755,
                                self.ops.uid, self.ops.gid)
         for name, row in local.items():
-            if name not in names and not self._has_pending(row.id):  # type: ignore[operator]
+            if name not in names and not self.ops.trash.is_root(row) \
+                    and not self._has_pending(row.id):  # type: ignore[operator]
                 self._remove_tree(row)
 
     def _has_pending(self, ino: int) -> bool:
@@ -240,9 +240,9 @@ class BucketSync:
         conflict = len(metas) > 1
         for fid in unseen:
             try:
-                meta = json.loads(zlib.decompress(await self.store.read_object(fid)))
+                meta = decode(await self.store.read_object(fid))
                 self._apply(bucket_ino, meta, allow_deletes=not dirty and not conflict)
-            except (DeossError, ValueError, zlib.error) as exc:
+            except (DeossError, ValueError) as exc:
                 log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
                 continue
             if conflict:
@@ -255,8 +255,6 @@ class BucketSync:
             self.mark_dirty(bucket)
 
     def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unknown metadata format {meta.get('format')}")
         pending = {u[0] for u in self.db.pending_uploads()}
         named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
         superseded: set[str] = set()
@@ -286,7 +284,7 @@ class BucketSync:
                       "atime_ns": entry["a"], "mtime_ns": entry["t"], "ctime_ns": entry["c"]}
             if entry["k"] == "file":
                 values.update(fid=entry.get("f"), size=entry["s"], encrypted=entry.get("e", 1),
-                              foreign_object=0, durable_generation=0)
+                              foreign_object=0, durable_generation=0, inline=int("i" in entry))
             if entry["k"] == "symlink":
                 values["target"] = base64.b64decode(entry["l"])
             if entry["k"] == "special":
@@ -316,6 +314,8 @@ class BucketSync:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)
                             values["staged"] = 0
                 self.db.update(row.id, **values)
+            if "i" in entry:  # content kept in the metadata object (fs/trash.py)
+                self._write_inline(row.id, base64.b64decode(entry["i"]))
             seen.add(row.id)
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
             for name, value in entry.get("x", {}).items():
@@ -348,6 +348,13 @@ class BucketSync:
                 for row in self.db.link_children(directory):
                     if row.link_id not in named_links:
                         self.db.remove_link(row.link_id)
+
+    def _write_inline(self, ino: int, content: bytes) -> None:
+        path = self.ops.staging_path(ino)
+        tmp = path.with_suffix(".inline")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+        self.db.update(ino, staged=1, size=len(content), state="stored")
 
     def _apply_removals(self, bucket_ino: int, removals: list[dict], pending: set[int]) -> set[str]:
         """Names the other mount removed after this mount's last change to them go here
@@ -406,7 +413,13 @@ class BucketSync:
                 path = f"{prefix}{row.name.decode()}"
                 entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
                                "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
-                if row.kind == "file":
+                if row.kind == "file" and row.inline:
+                    try:  # kept here, not on CESS: its content travels in the metadata object
+                        content = self.ops.staging_path(row.id).read_bytes()[: row.size]
+                    except FileNotFoundError:
+                        content = b""
+                    entry.update(s=len(content), i=_b64(content))
+                elif row.kind == "file":
                     if row.size and not row.fid:
                         continue  # content not durable yet: published by the save after its upload
                     size = row.size
@@ -461,7 +474,7 @@ class BucketSync:
             # merged into this snapshot: replaced by it (a merge after this point waits
             # for the next save)
             replaced = set(self._merged.get(bucket, ()))
-            blob = zlib.compress(json.dumps(snapshot, separators=(",", ":")).encode(), 6)
+            blob = encode(snapshot)
             try:
                 plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
                                             encrypt=True, replace_existing=False)
