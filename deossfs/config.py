@@ -153,6 +153,21 @@ class GatewayConfig:
     multipart_expiry_days: float = 7.0
 
 
+#: what `mount.fsync` may be
+FSYNC_MODES = ("network", "local")
+
+
+@dataclass
+class MountConfig:
+    #: what fsync (and msync) waits for: "network" = the file is durable on CESS
+    #: (fragments fsynced on 12 nodes, the file Active on the chain); "local" = its content
+    #: is journaled and fsynced on this machine's disk, and the upload follows
+    fsync: str = "network"
+    #: seconds a chain file must exist before the mount's background check
+    #: (storage.verify_interval) deletes it as an orphan (docs/reliability.md)
+    orphan_grace: float = 24 * 3600.0
+
+
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
 STAGING_DIR_NAME = "staging"
 
@@ -169,6 +184,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    mount: MountConfig = field(default_factory=MountConfig)
 
     def require_key_file(self) -> Path:
         if self.key_file is None:
@@ -201,7 +217,7 @@ class Config:
 
 _SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
              "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig,
-             "gateway": GatewayConfig}
+             "gateway": GatewayConfig, "mount": MountConfig}
 #: options outside any section
 _TOP_LEVEL = ("key_file", "workspace")
 #: environment overrides are DEOSSFS_<SECTION>_<OPTION> (and DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE)
@@ -404,6 +420,9 @@ def _validate(config: Config) -> None:
                          ("gateway.upload_attempts", config.gateway.upload_attempts)):
         if count < 1:
             raise ConfigError(f"config option {where} must be at least 1")
+    if config.mount.fsync not in FSYNC_MODES:
+        raise ConfigError("config option mount.fsync must be \"network\" (fsync waits until the "
+                          "file is durable on CESS) or \"local\" (until it is on this machine's disk)")
     if not 0 <= config.serve.port <= 65535:
         raise ConfigError("config option serve.port must be between 0 and 65535")
     if config.cache.size < 0:
@@ -412,7 +431,8 @@ def _validate(config: Config) -> None:
                          ("storage.request_timeout", config.storage.request_timeout)):
         if value <= 0:
             raise ConfigError(f"config option {where} must be positive")
-    for where, value in (("peers.penalty_seconds", config.peers.penalty_seconds),
+    for where, value in (("mount.orphan_grace", config.mount.orphan_grace),
+                         ("peers.penalty_seconds", config.peers.penalty_seconds),
                          ("peers.refresh_seconds", config.peers.refresh_seconds),
                          ("storage.node_penalty_seconds", config.storage.node_penalty_seconds)):
         if value < 0:

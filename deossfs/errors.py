@@ -117,6 +117,12 @@ class TooLarge(NoSpace):
     http_status = 413
 
 
+class FileTooLarge(PermanentError):
+    """Larger than one CESS storage order can hold (processing.layout.MAX_SEGMENTS)."""
+
+    errno = errno.EFBIG
+
+
 class AccessDenied(PermanentError):
     errno = errno.EACCES
     http_status = 403

@@ -29,10 +29,12 @@ from .chain.interface import (
     UserBrief,
 )
 from .config import Config
+from .directio import DirectWriter
 from .errors import (
     AccessDenied,
     DataUnavailable,
     DeossError,
+    FileTooLarge,
     IntegrityError,
     InvalidInput,
     NoSpace,
@@ -61,6 +63,7 @@ from .processing.encryption import (
 from .processing.layout import (
     DATA_SHARDS,
     FRAGMENT_SIZE,
+    MAX_SEGMENTS,
     SEGMENT_SIZE,
     TOTAL_SHARDS,
     ZERO_FRAGMENT_HASH,
@@ -272,6 +275,10 @@ class ObjectStore:
         if encrypt is None:
             encrypt = self.config.storage.encryption
         codec = self.encrypted_codec if encrypt else self.plain_codec
+        if codec.segment_count(size) > MAX_SEGMENTS:
+            raise FileTooLarge(f"{size} bytes is more than one CESS file holds "
+                               f"({largest_file(encrypt)} bytes, {MAX_SEGMENTS} segments)",
+                               hint="split it into smaller files")
         if salt_context is None:
             salt_context = f"object:{bucket}/{key}".encode()
         await self.require_bucket(bucket)
@@ -593,7 +600,10 @@ class ObjectStore:
         return entry
 
     async def read_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
-        """Fetch, decode and write every segment in order, two segments in flight."""
+        """Fetch, decode and write every segment in order into `fd` (a new, empty file),
+        two segments in flight. Written past the page cache where the file system
+        allows (directio: copying a GiB into fresh page cache pages cost a get more CPU
+        than decrypting and hashing it)."""
         endpoints = None  # the nodes are looked up by the first segment that needs them
         count = len(info.segments)
         workspaces = [SegmentWorkspace(with_parity=False) for _ in range(min(count, 2))]
@@ -613,26 +623,30 @@ class ObjectStore:
             finally:
                 ready[index].set()
 
-        async with _nursery() as nursery:
-            for index in range(count):
-                ws = workspaces[index % len(workspaces)]
-                await ready[index].wait()
-                if failures:
-                    raise failures[0]
-                if index + 1 < count:
-                    ready[index + 1] = trio.Event()
-                    nursery.start_soon(prefetch, index + 1, workspaces[(index + 1) % len(workspaces)])
-                if index == 0 and first_length is not None:  # decrypted by codec_for
-                    data = memoryview(decrypt_buffer)[:first_length]
-                else:
-                    data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size,
-                                                         decrypt_buffer)
-                offset = index * codec.capacity
-                await trio.to_thread.run_sync(_pwrite_all, fd, data, offset)
-                if progress:
-                    progress(len(data))
-        if failures:
-            raise failures[0]
+        writer = DirectWriter.over(fd)
+        try:
+            async with _nursery() as nursery:
+                for index in range(count):
+                    ws = workspaces[index % len(workspaces)]
+                    await ready[index].wait()
+                    if failures:
+                        raise failures[0]
+                    if index + 1 < count:
+                        ready[index + 1] = trio.Event()
+                        nursery.start_soon(prefetch, index + 1, workspaces[(index + 1) % len(workspaces)])
+                    if index == 0 and first_length is not None:  # decrypted by codec_for
+                        data = memoryview(decrypt_buffer)[:first_length]
+                    else:
+                        data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size,
+                                                             decrypt_buffer)
+                    await trio.to_thread.run_sync(writer.write, data)  # segments in order, back to back
+                    if progress:
+                        progress(len(data))
+            if failures:
+                raise failures[0]
+            await trio.to_thread.run_sync(writer.flush)
+        finally:
+            writer.close()
 
     async def encrypted_layout(self, info: FileInfo) -> bool:
         """Whether `info` is stored in deossfs's encrypted layout (PLAINTEXT_CAPACITY bytes of
@@ -776,6 +790,12 @@ class ObjectStore:
             await self._chain(self.chain.delete_file, self.owner, fid)
 
 
+def largest_file(encrypted: bool) -> int:
+    """The most bytes one object can hold: MAX_SEGMENTS segments (an encrypted segment
+    carries a little less than 32 MiB of plaintext)."""
+    return MAX_SEGMENTS * (PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE)
+
+
 @contextlib.asynccontextmanager
 async def single_error_nursery() -> AsyncIterator[trio.Nursery]:
     """A nursery whose lone error comes out as itself, not in an ExceptionGroup, so the
@@ -790,14 +810,6 @@ async def single_error_nursery() -> AsyncIterator[trio.Nursery]:
 
 
 _nursery = single_error_nursery
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 __all__ = ["ObjectStore", "ObjectEntry", "DataUnavailable", "DeossError"]

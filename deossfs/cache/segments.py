@@ -37,6 +37,7 @@ import diskcache
 import trio
 
 from ..config import Config
+from ..directio import DirectWriter
 from ..processing.hashes import is_hash
 from ..processing.layout import SEGMENT_SIZE
 from .counters import Counters
@@ -51,15 +52,40 @@ DISK_HEADROOM = 256 * 1024 * 1024
 
 
 class _SegmentDisk(diskcache.Disk):
-    """diskcache's Disk, minus the partial file a failed write (disk full) leaves behind."""
+    """diskcache's Disk, minus the partial file a failed write (disk full) leaves behind.
+
+    Segments are written past the page cache where the file system allows (directio
+    says why: on the machines measured, a put spent ~1.5 CPU-s per GiB copying the
+    segments it caches into fresh page cache pages)."""
 
     def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> Any:
         try:
-            return super()._write(full_path, iterator, mode, encoding)
+            if mode != "xb":
+                return super()._write(full_path, iterator, mode, encoding)
+            return self._write_direct(full_path, iterator)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.remove(full_path)
             raise
+
+    @staticmethod
+    def _write_direct(full_path: str, iterator: Any) -> int:
+        # as diskcache's own _write: another cache may remove the directory meanwhile
+        for attempt in range(1, 11):
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(full_path))
+            try:
+                writer = DirectWriter(full_path, mode=0o644)
+            except FileNotFoundError:
+                if attempt == 10:
+                    raise
+                continue
+            with writer:
+                for chunk in iterator:
+                    writer.write(chunk)
+                writer.flush()
+                return writer.size
+        raise AssertionError("unreachable")
 
 
 def min_size(segment_size: int = SEGMENT_SIZE) -> int:

@@ -107,8 +107,16 @@ def encode_object(snapshot: dict) -> bytes:
 
 
 def decode_object(blob: bytes) -> dict:
-    """A metadata object's content; ValueError (or zlib.error) when it is not one."""
-    meta = json.loads(zlib.decompress(blob))
+    """A metadata object's content; ValueError when it is not one deossfs can read."""
+    try:
+        meta = json.loads(zlib.decompress(blob))
+    except zlib.error as exc:
+        raise ValueError(f"not a metadata object: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"unknown metadata format {meta.get('format') if isinstance(meta, dict) else meta!r}")
     return meta
+
+
+def file_versions(meta: dict) -> dict[str, str]:
+    """path -> FID of every file a metadata object names with content."""
+    return {e["p"]: e["f"] for e in meta.get("entries", []) if e.get("k") == "file" and e.get("f")}

@@ -20,9 +20,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import stat
 import time
-import zlib
 
 import trio
 
@@ -105,7 +105,8 @@ class BucketSync:
                 self.db.insert(ROOT_INODE, name.encode(), "dir", stat.S_IFDIR | 0o755,
                                self.ops.uid, self.ops.gid)
         for name, row in local.items():
-            if name not in names and not self._has_pending(row.id):  # type: ignore[operator]
+            if name not in names and not self.ops.trash.is_root(row) \
+                    and not self._has_pending(row.id):  # type: ignore[operator]
                 self._remove_tree(row)
 
     def _has_pending(self, ino: int) -> bool:
@@ -224,7 +225,7 @@ class BucketSync:
             try:
                 meta = decode_object(await self.store.read_object(fid))
                 self._apply(bucket_ino, meta, allow_deletes=not dirty and not conflict)
-            except (DeossError, ValueError, zlib.error) as exc:
+            except (DeossError, ValueError) as exc:
                 log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
                 continue
             if conflict:
@@ -266,7 +267,7 @@ class BucketSync:
                       "atime_ns": entry["a"], "mtime_ns": entry["t"], "ctime_ns": entry["c"]}
             if entry["k"] == "file":
                 values.update(fid=entry.get("f"), size=entry["s"], encrypted=entry.get("e", 1),
-                              foreign_object=0, durable_generation=0)
+                              foreign_object=0, durable_generation=0, inline=int("i" in entry))
             if entry["k"] == "symlink":
                 values["target"] = base64.b64decode(entry["l"])
             if entry["k"] == "special":
@@ -296,6 +297,8 @@ class BucketSync:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)
                             values["staged"] = 0
                 self.db.update(row.id, **values)
+            if "i" in entry:  # content kept in the metadata object (fs/trash.py)
+                self._write_inline(row.id, base64.b64decode(entry["i"]))
             seen.add(row.id)
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
             for name, value in decode_xattrs(entry).items():
@@ -328,6 +331,13 @@ class BucketSync:
                 for row in self.db.link_children(directory):
                     if row.link_id not in named_links:
                         self.db.remove_link(row.link_id)
+
+    def _write_inline(self, ino: int, content: bytes) -> None:
+        path = self.ops.staging_path(ino)
+        tmp = path.with_suffix(".inline")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+        self.db.update(ino, staged=1, size=len(content), state="stored")
 
     def _apply_removals(self, bucket_ino: int, removals: list[dict], pending: set[int]) -> set[str]:
         """Names the other mount removed after this mount's last change to them go here
@@ -386,7 +396,13 @@ class BucketSync:
                 path = f"{prefix}{row.name.decode()}"
                 entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
                                "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
-                if row.kind == "file":
+                if row.kind == "file" and row.inline:
+                    try:  # kept here, not on CESS: its content travels in the metadata object
+                        content = self.ops.staging_path(row.id).read_bytes()[: row.size]
+                    except FileNotFoundError:
+                        content = b""
+                    entry.update(s=len(content), i=b64(content))
+                elif row.kind == "file":
                     if row.size and not row.fid:
                         continue  # content not durable yet: published by the save after its upload
                     size = row.size

@@ -1,6 +1,6 @@
-"""The storage node daemon: cess-miner's fragment API over HTTP, on trio + hypercorn.
+"""The storage node daemon: cess-miner's fragment API over HTTP (node/http.py's threads).
 
-Routes (a hand-written ASGI router; there are only three):
+Routes (there are only three):
 - `PUT /fragment` - store a fragment of a pending deal. Headers `Fid`, `Fragment`,
   `Account`, `Message`, `Signature`; body multipart/form-data with the field
   `file` (filename = fragment hash), or a raw `application/octet-stream` body.
@@ -21,12 +21,15 @@ Reports the chain could not take are retried in the background.
 
 Every refusal is a JSON `{"code": <status>, "msg": ...}` with a 4xx status (507
 when the node is full, 503 when the chain is unreachable) and one log line.
-Blocking work - signature checks, SQLite, chain calls, hashing batches, fsync -
-runs in worker threads so the event loop keeps serving other transfers.
+Each connection is served by a thread of its own (node/http.py says why), so the
+handlers here are plain blocking code: signature checks, SQLite, chain calls,
+hashing, writes and fsync run where the request is; reports that the chain is slow
+to take finish in a background thread, and failed ones are retried by a trio task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -35,16 +38,14 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import hypercorn.trio.tcp_server as _hypercorn_tcp
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -62,22 +63,15 @@ from ..keys import Account
 from ..p2p.signing import ReplayGuard
 from ..processing.hashes import is_hash
 from ..processing.layout import FRAGMENT_SIZE, TOTAL_SHARDS, ZERO_FRAGMENT_HASH
+from .http import ClientGone, Exchange, ThreadedServer
 from .store import FragmentStore, FragmentWriter
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 #: multipart framing around an 8 MiB fragment is a few hundred bytes; allow some slack
 MAX_BODY = FRAGMENT_SIZE + 64 * 1024
-#: bytes gathered before one hash+write batch goes to a worker thread
-FLUSH_BYTES = 1024 * 1024
-#: a GET response is sent in pieces of this size
-READ_CHUNK = 1024 * 1024
-_ZERO_CHUNK = bytes(READ_CHUNK)
+#: the zero fragment is answered from this block
+_ZERO_CHUNK = bytes(1024 * 1024)
 _RANGE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
 
 
@@ -89,10 +83,6 @@ class Refusal(Exception):
         self.status = status
         self.message = message
         self.headers = list(headers)
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request body was complete."""
 
 
 # ---- reports -------------------------------------------------------------------
@@ -161,85 +151,23 @@ def report_columns(
 # ---- request helpers -------------------------------------------------------------
 
 
-@dataclass
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    client: str
-    receive: Receive
-    body_done: bool = False
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
-
-
-def _request_from_scope(scope: Scope, receive: Receive) -> _Request:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
-        name = raw_name.decode("latin-1").lower()
-        # the first occurrence wins, for the signature check and the handler alike
-        headers.setdefault(name, raw_value.decode("latin-1"))
-    client = scope.get("client")
-    peer = f"{client[0]}:{client[1]}" if client else "?"
-    return _Request(
-        method=scope.get("method", ""),
-        path=scope.get("path", ""),
-        headers=headers,
-        client=peer,
-        receive=receive,
-    )
-
-
-async def _next_chunk(request: _Request) -> bytes | None:
-    """The next piece of the request body, or None at its end."""
-    while not request.body_done:
-        message = await request.receive()
-        kind = message.get("type")
-        if kind == "http.disconnect":
-            request.body_done = True
-            raise ClientGone()
-        if kind != "http.request":
-            continue
-        if not message.get("more_body", False):
-            request.body_done = True
-        chunk = message.get("body", b"")
-        if chunk:
-            return chunk
-    return None
-
-
-async def _drain(request: _Request, limit: int = MAX_BODY) -> None:
+def _drain(request: Exchange, limit: int = MAX_BODY) -> None:
     """Read and drop an unwanted body so the client sees our answer, not a reset."""
-    received = 0
-    with trio.move_on_after(30):
-        try:
-            while (chunk := await _next_chunk(request)) is not None:
-                received += len(chunk)
-                if received > limit:
-                    return  # too much: answer anyway; the server then closes the connection
-        except ClientGone:
-            pass
+    with contextlib.suppress(ClientGone):
+        request.read_body(lambda piece: None, limit)
 
 
 def _json_bytes(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def _send_json(
-    send: Send, status: int, payload: dict, headers: Iterable[tuple[str, str]] = ()
+def _send_json(
+    request: Exchange, status: int, payload: dict, headers: Iterable[tuple[str, str]] = ()
 ) -> None:
-    body = _json_bytes(payload)
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    raw_headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    request.respond(status, [("content-type", "application/json"), *headers], _json_bytes(payload))
 
 
-def _hash_header(request: _Request, name: str) -> str:
+def _hash_header(request: Exchange, name: str) -> str:
     value = request.header(name)
     if value is None:
         raise Refusal(400, f"missing {name} header")
@@ -270,45 +198,31 @@ def _parse_range(value: str, size: int) -> tuple[int, int]:
 
 
 class _UploadSink:
-    """Collects the fragment's bytes and hands them, in batches, to a worker thread.
+    """The fragment's bytes, hashed and written as they arrive (in the connection's thread).
 
-    Parser callbacks only append memoryviews of the received chunks (no copy); a
-    batch of about `FLUSH_BYTES` is then hashed and written with one `writev` off
-    the event loop. Bytes beyond `FRAGMENT_SIZE` are counted, not kept.
+    Bytes beyond `FRAGMENT_SIZE` are counted, not kept. The zero fragment is never
+    stored, only hashed (if it is sent with a body at all).
     """
 
     def __init__(self, store: FragmentStore, fid: str, fragment_hash: str) -> None:
         self.store = store
         self.fid = fid
         self.fragment_hash = fragment_hash
-        self.pending: list[memoryview] = []
-        self.pending_bytes = 0
         self.size = 0
         self.writer: FragmentWriter | None = None
-        # the zero fragment is never stored, only hashed (if it is sent with a body at all)
         self._hasher = hashlib.sha256() if fragment_hash == ZERO_FRAGMENT_HASH else None
 
-    def add(self, data: bytes, start: int, end: int) -> None:
+    def add(self, data: bytes | bytearray, start: int, end: int) -> None:
         self.size += end - start
-        if self.size > FRAGMENT_SIZE:
+        if self.size > FRAGMENT_SIZE or end == start:
             return
-        self.pending.append(memoryview(data)[start:end])
-        self.pending_bytes += end - start
-
-    async def flush(self, *, force: bool = False) -> None:
-        if not self.pending or (self.pending_bytes < FLUSH_BYTES and not force):
-            return
-        batch, self.pending, self.pending_bytes = self.pending, [], 0
-        await trio.to_thread.run_sync(self._write, batch)
-
-    def _write(self, batch: list[memoryview]) -> None:
+        view = memoryview(data)[start:end]
         if self._hasher is not None:
-            for view in batch:
-                self._hasher.update(view)
+            self._hasher.update(view)
             return
         if self.writer is None:
             self.writer = self.store.open_writer(self.fid, self.fragment_hash)
-        self.writer.write_many(batch)
+        self.writer.write(view)
 
     def hexdigest(self) -> str:
         if self._hasher is not None:
@@ -349,8 +263,8 @@ class _MultipartReader:
             max_size=MAX_BODY,
         )
 
-    def feed(self, chunk: bytes) -> None:
-        self.parser.write(chunk)
+    def feed(self, chunk: bytes | bytearray) -> None:
+        self.parser.write(chunk)  # type: ignore[arg-type] - it reads any bytes-like with find()
 
     def _part_begin(self) -> None:
         self._disposition = b""
@@ -394,7 +308,7 @@ class _MultipartReader:
 
 
 class NodeApp:
-    """State and request handlers of one storage node (an ASGI application)."""
+    """State and request handlers of one storage node (blocking; one thread per request)."""
 
     def __init__(
         self,
@@ -417,40 +331,28 @@ class NodeApp:
         self.capacity = capacity
         self.retry_interval = retry_interval
         self.report_wait = report_wait
-        self._uploads = trio.CapacityLimiter(max_uploads)
+        self._uploads = threading.BoundedSemaphore(max_uploads)
+        self._lock = threading.Lock()
         #: deals whose report failed for a temporary reason; retried in the background
         self.pending_reports: set[str] = set()
         #: fid -> fragments sent to this node since its last report for that fid (the
         #: never stored zero fragment too): what it may report a column for
         self._received: dict[str, set[str]] = {}
-        self._report_locks: dict[str, trio.Lock] = {}
-        self._nursery: trio.Nursery | None = None
+        self._report_locks: dict[str, threading.Lock] = {}
+        #: reports the chain is slow to take finish here, not in the gateway's request
+        self._reporters = ThreadPoolExecutor(max_workers=4, thread_name_prefix="report")
 
-    # ---- ASGI entry ------------------------------------------------------------
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope.get("type")
-        if kind == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if kind != "http":
-            if kind == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
-            return
-        request = _request_from_scope(scope, receive)
-        started = False
+    def close(self) -> None:
+        self._reporters.shutdown(wait=True)
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message.get("type") == "http.response.start":
-                started = True
-            await send(message)
-
+    # ---- entry ---------------------------------------------------------------------
+    def handle(self, request: Exchange) -> None:
+        """Answer one request (node/http.py calls this in the connection's thread)."""
         try:
-            await self._route(request, tracked_send)
+            self._route(request)
         except ClientGone:
-            log.info(
-                "%s %s from %s: client went away", request.method, request.path, request.client
-            )
+            log.info("%s %s from %s: client went away", request.method, request.path, request.client)
+            raise
         except Exception as exc:
             refusal = self._as_refusal(exc)
             level = (
@@ -466,12 +368,12 @@ class NodeApp:
                 refusal.message,
                 exc_info=level == logging.ERROR,
             )
-            if started:
-                return  # mid-body: nothing sensible to add; the server closes the stream
+            if request.responded:
+                raise ClientGone() from None  # mid-body: nothing sensible to add; close
             if request.method == "PUT" and not request.body_done:
-                await _drain(request)
-            await _send_json(
-                send,
+                _drain(request)
+            _send_json(
+                request,
                 refusal.status,
                 {"code": refusal.status, "msg": refusal.message},
                 refusal.headers,
@@ -499,17 +401,8 @@ class NodeApp:
             return Refusal(500, f"{type(exc).__name__}: {exc}")
         return Refusal(500, f"internal error ({type(exc).__name__})")
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message.get("type") == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message.get("type") == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    async def _route(self, request: _Request, send: Send) -> None:
-        routes: dict[str, dict[str, Callable[[_Request, Send], Awaitable[None]]]] = {
+    def _route(self, request: Exchange) -> None:
+        routes: dict[str, dict[str, Callable[[Exchange], None]]] = {
             "/fragment": {"PUT": self._put_fragment, "GET": self._get_fragment},
             "/status": {"GET": self._status},
         }
@@ -521,13 +414,13 @@ class NodeApp:
             raise Refusal(
                 405, f"method {request.method[:10]} not allowed", [("allow", ", ".join(methods))]
             )
-        await handler(request, send)
+        handler(request)
 
     # ---- GET /status -------------------------------------------------------------
-    async def _status(self, request: _Request, send: Send) -> None:
+    def _status(self, request: Exchange) -> None:
         count, used = self.store.stats()
-        await _send_json(
-            send,
+        _send_json(
+            request,
             200,
             {
                 "code": 200,
@@ -541,7 +434,7 @@ class NodeApp:
         )
 
     # ---- PUT /fragment -------------------------------------------------------------
-    async def _put_fragment(self, request: _Request, send: Send) -> None:
+    def _put_fragment(self, request: Exchange) -> None:
         fid = _hash_header(request, "Fid")
         fragment = _hash_header(request, "Fragment")
         boundary = self._boundary(request)
@@ -550,35 +443,33 @@ class NodeApp:
             if not declared.strip().isdigit():
                 raise Refusal(400, "bad Content-Length")
             if int(declared) > MAX_BODY:
-                request.body_done = True  # not worth reading: answer, then the connection closes
+                request.stop_reading()  # not worth reading: answer, then the connection closes
                 raise Refusal(413, f"body larger than a fragment ({FRAGMENT_SIZE} bytes)")
 
-        signer = await trio.to_thread.run_sync(
-            self.guard.check, request.headers, "PUT", fid, fragment
-        )
-        deal = await trio.to_thread.run_sync(self.chain.deal, fid)
+        signer = self.guard.check(request.headers, "PUT", fid, fragment)
+        deal = self.chain.deal(fid)
         if deal is None:
             # not a storage order: maybe a lost fragment being re-homed here (a restoral order)
-            await trio.to_thread.run_sync(self._claim_restoral, signer, fid, fragment)
+            self._claim_restoral(signer, fid, fragment)
         else:
             if not any(fragment in segment.fragment_hashes for segment in deal.segments):
                 raise Refusal(403, "fragment is not part of this deal")
-            await self._require_user_or_gateway(signer, deal.user.user)
+            self._require_user_or_gateway(signer, deal.user.user)
         if fragment != ZERO_FRAGMENT_HASH and not self.store.has(fid, fragment):
             _, used = self.store.stats()
             if self.capacity is not None and used + FRAGMENT_SIZE > self.capacity:
                 raise Refusal(507, "node storage is full")
 
-        async with self._uploads:
-            await self._receive_fragment(request, fid, fragment, boundary)
+        with self._uploads:
+            self._receive_fragment(request, fid, fragment, boundary)
         if deal is None:
-            await self._complete_restoral(fragment)
+            self._complete_restoral(fragment)
         else:
-            await self._after_store(fid, fragment)
-        await _send_json(send, 200, {"code": 200, "msg": "ok"})
+            self._after_store(fid, fragment)
+        _send_json(request, 200, {"code": 200, "msg": "ok"})
 
     def _claim_restoral(self, signer: str, fid: str, fragment: str) -> None:
-        """Accept `fragment` of stored file `fid` only under a restoral order we hold (blocking).
+        """Accept `fragment` of stored file `fid` only under a restoral order we hold.
 
         The order must be for this file; the sender an owner of it (or a gateway one
         authorized). An order nobody holds is claimed now (`claim_restoral_order`); one
@@ -602,20 +493,20 @@ class NodeApp:
             raise Refusal(409, f"cannot claim the restoral order: {exc}") from None
         log.info("claimed the restoral order of fragment %s… of %s…", fragment[:16], fid[:16])
 
-    async def _complete_restoral(self, fragment: str) -> None:
+    def _complete_restoral(self, fragment: str) -> None:
         """The fragment is stored: become its holder on the chain (`restoral_order_complete`).
 
         If the chain is unreachable the PUT is answered 503; the fragment stays, and
         the sender's retry completes the order.
         """
         try:
-            await trio.to_thread.run_sync(self.chain.restoral_order_complete, fragment)
+            self.chain.restoral_order_complete(fragment)
         except ChainError as exc:
             raise Refusal(409, f"the restoral order could not be completed: {exc}") from None
         log.info("restored fragment %s…", fragment[:16])
 
     @staticmethod
-    def _boundary(request: _Request) -> bytes | None:
+    def _boundary(request: Exchange) -> bytes | None:
         """The multipart boundary, or None for a raw octet-stream body."""
         content_type = request.header("content-type") or ""
         kind, params = parse_options_header(content_type)
@@ -630,30 +521,24 @@ class NodeApp:
             415, "body must be multipart/form-data (field `file`) or application/octet-stream"
         )
 
-    async def _require_user_or_gateway(self, signer: str, user: str) -> None:
+    def _require_user_or_gateway(self, signer: str, user: str) -> None:
         if signer == user:
             return
-        gateways = await trio.to_thread.run_sync(self.chain.authorized_gateways, user)
-        if signer not in gateways:
+        if signer not in self.chain.authorized_gateways(user):
             raise Refusal(403, "signer is neither the deal's user nor a gateway it authorized")
 
-    async def _receive_fragment(
-        self, request: _Request, fid: str, fragment: str, boundary: bytes | None
+    def _receive_fragment(
+        self, request: Exchange, fid: str, fragment: str, boundary: bytes | None
     ) -> None:
         sink = _UploadSink(self.store, fid, fragment)
         reader = _MultipartReader(boundary, sink) if boundary is not None else None
-        received = 0
         try:
-            while (chunk := await _next_chunk(request)) is not None:
-                received += len(chunk)
-                if received > MAX_BODY:
-                    request.body_done = True  # stop reading; the connection closes after the answer
-                    raise Refusal(413, f"body larger than a fragment ({FRAGMENT_SIZE} bytes)")
-                if reader is not None:
-                    reader.feed(chunk)
-                else:
-                    sink.add(chunk, 0, len(chunk))
-                await sink.flush()
+            received = request.read_body(
+                reader.feed if reader is not None else lambda piece: sink.add(piece, 0, len(piece)),
+                MAX_BODY,
+            )
+            if received > MAX_BODY:
+                raise Refusal(413, f"body larger than a fragment ({FRAGMENT_SIZE} bytes)")
             if sink.size > FRAGMENT_SIZE:
                 raise Refusal(413, f"fragment larger than {FRAGMENT_SIZE} bytes")
             if reader is not None:
@@ -663,7 +548,6 @@ class NodeApp:
                     raise Refusal(400, "multipart body has no `file` field")
                 if reader.filename is not None and reader.filename != fragment:
                     raise Refusal(400, "the file's filename must be its fragment hash")
-            await sink.flush(force=True)
             if fragment == ZERO_FRAGMENT_HASH and sink.size == 0:
                 return  # cess-miner convention: the zero fragment comes without a body
             if sink.size != FRAGMENT_SIZE:
@@ -671,55 +555,49 @@ class NodeApp:
             if sink.hexdigest() != fragment:
                 raise Refusal(400, "fragment data does not match the Fragment hash")
             if sink.writer is not None:
-                await trio.to_thread.run_sync(sink.writer.commit)
+                sink.writer.commit()
         finally:
             # no-op after a commit; otherwise drops the temporary file
             sink.abort()
 
     # ---- reports ---------------------------------------------------------------------
-    async def _after_store(self, fid: str, fragment: str) -> None:
-        self._received.setdefault(fid, set()).add(fragment)
-        if self._nursery is None:
-            await self._report(fid)
-            return
+    def _after_store(self, fid: str, fragment: str) -> None:
+        with self._lock:
+            self._received.setdefault(fid, set()).add(fragment)
         # wait briefly so a fast chain has the report when the PUT returns; a slow one
         # finishes in the background rather than holding the gateway's request
-        done = trio.Event()
-
-        async def report_then_signal() -> None:
-            try:
-                await self._report(fid)
-            finally:
-                done.set()
-
-        self._nursery.start_soon(report_then_signal)
-        with trio.move_on_after(self.report_wait):
-            await done.wait()
-
-    async def _report(self, fid: str) -> None:
-        lock = self._report_locks.setdefault(fid, trio.Lock())
         try:
-            async with lock:  # one report attempt per deal at a time
+            future = self._reporters.submit(self.report, fid)
+        except RuntimeError:  # shutting down: the retry task or a restart reports it
+            return
+        wait_futures([future], timeout=self.report_wait)
+
+    def report(self, fid: str) -> None:
+        """Report a held column of `fid` if there is one (blocking); a failure to reach
+        the chain leaves it for `retry_reports`."""
+        with self._lock:
+            lock = self._report_locks.setdefault(fid, threading.Lock())
+        with lock:  # one report attempt per deal at a time
+            with self._lock:
                 received = self._received.get(fid)
-                try:
-                    index = await trio.to_thread.run_sync(
-                        report_columns, self.chain, self.store, fid,
-                        None if received is None else set(received),
-                    )
-                except ChainUnavailable as exc:
-                    log.info("transfer report for %s… postponed: %s", fid[:16], exc)
+                received = None if received is None else set(received)
+            try:
+                index = report_columns(self.chain, self.store, fid, received)
+            except ChainUnavailable as exc:
+                log.info("transfer report for %s… postponed: %s", fid[:16], exc)
+                with self._lock:
                     self.pending_reports.add(fid)
-                    return
-                except Exception:
-                    log.exception("transfer report for %s… failed; will retry", fid[:16])
+                return
+            except Exception:
+                log.exception("transfer report for %s… failed; will retry", fid[:16])
+                with self._lock:
                     self.pending_reports.add(fid)
-                    return
+                return
+            with self._lock:
                 # reported, or nothing reportable (yet): the next fragment re-triggers it
                 self.pending_reports.discard(fid)
                 if index is not None:
                     self._received.pop(fid, None)
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._report_locks.pop(fid, None)
 
     async def retry_reports(self) -> None:
@@ -729,8 +607,10 @@ class NodeApp:
         chain outage left owed (see `recover_pending`).
         """
         while True:
-            for fid in list(self.pending_reports):
-                await self._report(fid)
+            with self._lock:
+                owed = list(self.pending_reports)
+            for fid in owed:
+                await trio.to_thread.run_sync(self.report, fid)
             await trio.sleep(self.retry_interval)
 
     def recover_pending(self) -> None:
@@ -738,13 +618,11 @@ class NodeApp:
         self.pending_reports.update(self.store.fids())
 
     # ---- GET /fragment -------------------------------------------------------------
-    async def _get_fragment(self, request: _Request, send: Send) -> None:
+    def _get_fragment(self, request: Exchange) -> None:
         fid = _hash_header(request, "Fid")
         fragment = _hash_header(request, "Fragment")
-        signer = await trio.to_thread.run_sync(
-            self.guard.check, request.headers, "GET", fid, fragment
-        )
-        allowed = await trio.to_thread.run_sync(self._may_read, signer, fid)
+        signer = self.guard.check(request.headers, "GET", fid, fragment)
+        allowed = self._may_read(signer, fid)
         if allowed is None:
             raise Refusal(404, f"no file or pending deal {fid}")
         if not allowed:
@@ -758,51 +636,17 @@ class NodeApp:
         else:
             start, end = _parse_range(range_header, size)
             status = 206
-        headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"content-length", str(end - start).encode()),
-            (b"accept-ranges", b"bytes"),
-        ]
+        headers = [("content-type", "application/octet-stream"), ("accept-ranges", "bytes")]
         if status == 206:
-            headers.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
-
+            headers.append(("content-range", f"bytes {start}-{end - 1}/{size}"))
         if fragment == ZERO_FRAGMENT_HASH:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await self._send_zeros(send, end - start)
+            request.respond_repeated(status, headers, _ZERO_CHUNK, end - start)
             return
-        fd = await trio.to_thread.run_sync(os.open, self.store.path(fid, fragment), os.O_RDONLY)
+        fd = os.open(self.store.path(fid, fragment), os.O_RDONLY)
         try:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            position = start
-            while position < end:
-                count = min(READ_CHUNK, end - position)
-                chunk = await trio.to_thread.run_sync(os.pread, fd, count, position)
-                if not chunk:
-                    raise OSError(errno.EIO, "fragment file shrank while being sent")
-                position += len(chunk)
-                await send(
-                    {"type": "http.response.body", "body": chunk, "more_body": position < end}
-                )
-            if start == end:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            request.respond_file(status, headers, fd, start, end - start)
         finally:
             os.close(fd)
-
-    @staticmethod
-    async def _send_zeros(send: Send, length: int) -> None:
-        remaining = length
-        while remaining > 0:
-            count = min(READ_CHUNK, remaining)
-            remaining -= count
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": _ZERO_CHUNK if count == READ_CHUNK else bytes(count),
-                    "more_body": remaining > 0,
-                }
-            )
-        if length == 0:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _may_read(self, signer: str, fid: str) -> bool | None:
         """True if `signer` may read `fid`'s fragments; None if the chain knows no such file."""
@@ -818,19 +662,6 @@ class NodeApp:
         if signer in users:
             return True
         return any(signer in self.chain.authorized_gateways(user) for user in dict.fromkeys(users))
-
-    # ---- running ---------------------------------------------------------------------
-    async def run_background(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Own the nursery for report tasks and run the retry loop (until cancelled)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await self.retry_reports()
-            finally:
-                self._nursery = None
 
 
 def _bind_address(host: str, port: int) -> str:
@@ -850,11 +681,14 @@ async def serve_node(
     public_endpoint: str | None = None,
     window_seconds: float = 120,
     retry_interval: float = 5.0,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a storage node in `node_dir` on host:port until cancelled.
 
-    Port 0 picks a free port. Once listening, the node registers
+    Port 0 picks a free port; `listen_fd` serves a socket the caller already bound
+    (`deossfs devnet up` binds each node's port and hands it over, so two devnets
+    starting at once cannot pick the same one). Once listening, the node registers
     `http://host:port` (or `public_endpoint`) with `idle_space` bytes on the
     chain, then reports that endpoint through `task_status.started`.
     """
@@ -866,30 +700,21 @@ async def serve_node(
     guard = await trio.to_thread.run_sync(ReplayGuard, node_dir / "replay.sqlite3", window_seconds)
     node = NodeApp(store, chain, account, guard, capacity=idle_space, retry_interval=retry_interval)
     await trio.to_thread.run_sync(node.recover_pending)
-
-    # hypercorn reads 64 KiB per receive; a node takes 8 MiB bodies, and 1 MiB reads
-    # cut its per-request Python work several-fold. The node process runs only this
-    # server, so changing the module's constant affects nothing else.
-    _hypercorn_tcp.MAX_RECV = 1024 * 1024
-    config = Config()
-    config.bind = [_bind_address(host, port)]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("deossfs.node.http")
-    config.read_timeout = 60  # a sender that stalls this long mid-request is dropped
-    config.keep_alive_timeout = 30
-    config.include_server_header = False
+    server = ThreadedServer(host, port, node.handle, listen_fd=listen_fd)
     try:
+        server.start()
+        endpoint = public_endpoint or f"http://{_bind_address(server.address[0], server.address[1])}"
+        node.endpoint = endpoint
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run_background)
-            binds: list[str] = await nursery.start(partial(serve, node, config, mode="asgi"))
-            endpoint = public_endpoint or (
-                binds[0] if binds else f"http://{_bind_address(host, port)}"
-            )
-            node.endpoint = endpoint
+            nursery.start_soon(node.retry_reports)
             await trio.to_thread.run_sync(chain.register_storage_node, endpoint, idle_space)
             log.info("storage node %s serving at %s", account.address, endpoint)
             task_status.started(endpoint)
+            await trio.sleep_forever()
     finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.stop)
+            await trio.to_thread.run_sync(node.close)
         guard.close()
 
 

@@ -1,0 +1,100 @@
+"""directio.DirectWriter: the bytes in the file are the caller's, whatever their alignment,
+O_DIRECT where the file system has it, ordinary writes where it has not."""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from deossfs.directio import ALIGNMENT, STAGING_SIZE, DirectWriter, is_aligned
+
+
+def _chunks() -> list[memoryview]:
+    aligned = mmap.mmap(-1, 2 * STAGING_SIZE)
+    aligned.write(os.urandom(2 * STAGING_SIZE))
+    odd = os.urandom(STAGING_SIZE + 123)
+    return [
+        memoryview(aligned)[:STAGING_SIZE],  # straight from the caller's buffer
+        memoryview(odd),  # through the staging buffer, across its end
+        memoryview(aligned)[STAGING_SIZE:],  # aligned, but after staged bytes: staged too
+        memoryview(b"tail"),  # an odd-sized end
+    ]
+
+
+def test_aligned_means_address_and_length() -> None:
+    buffer = mmap.mmap(-1, 2 * ALIGNMENT)
+    assert is_aligned(memoryview(buffer))
+    assert not is_aligned(memoryview(buffer)[1 : ALIGNMENT + 1])
+    assert not is_aligned(memoryview(buffer)[: ALIGNMENT - 1])
+
+
+def test_mixed_writes_give_the_same_bytes(tmp_path: Path) -> None:
+    chunks = _chunks()
+    path = tmp_path / "out.bin"
+    with DirectWriter(path) as writer:
+        direct_at_start = writer.direct
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.flush()
+        assert writer.size == sum(len(c) for c in chunks)
+    assert path.read_bytes() == b"".join(bytes(c) for c in chunks)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert direct_at_start == _has_o_direct(tmp_path)
+
+
+def _has_o_direct(directory: Path) -> bool:
+    probe = directory / f"probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink()
+    return True
+
+
+def test_over_a_callers_file_gives_it_back_as_it_was(tmp_path: Path) -> None:
+    chunks = _chunks()
+    path = tmp_path / "theirs.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        writer = DirectWriter.over(fd)
+        assert writer.direct == _has_o_direct(tmp_path)
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.flush()
+        writer.close()
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags  # O_DIRECT off again, fd still open
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(bytes(c) for c in chunks)
+
+
+def test_exclusive_refuses_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "there"
+    path.write_bytes(b"x")
+    with pytest.raises(FileExistsError):
+        DirectWriter(path)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no tmpfs at /dev/shm")
+def test_tmpfs_same_bytes_direct_only_where_offered() -> None:
+    """tmpfs has O_DIRECT only since Linux 6.6: either way the file holds the same bytes."""
+    directory = Path("/dev/shm")
+    path = directory / f"deossfs-directio-{os.getpid()}"
+    try:
+        chunks = _chunks()
+        with DirectWriter(path) as writer:
+            assert writer.direct == _has_o_direct(directory)
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.flush()
+        assert path.read_bytes() == b"".join(bytes(c) for c in chunks)
+    finally:
+        path.unlink(missing_ok=True)
