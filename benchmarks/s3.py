@@ -91,6 +91,16 @@ def main() -> None:
         s3.upload_file(str(source), "bench", "boto3.bin", Config=transfer)
         upload_seconds = time.perf_counter() - start
         s3_reader = client(reading.url, reading.create_key(reader_config))
+        # the second gateway learns the object's S3 attributes (its multipart ETag) from the
+        # writer's metadata object, saved 5-30 s after the upload (docs/semantics.md); until
+        # then it names the object by its FID's ETag, and download_file's If-Match would
+        # see the ETag change under it. Not part of the download's time.
+        etag = s3.head_object(Bucket="bench", Key="boto3.bin")["ETag"]
+        deadline = time.monotonic() + 120
+        while s3_reader.head_object(Bucket="bench", Key="boto3.bin")["ETag"] != etag:
+            if time.monotonic() > deadline:
+                raise SystemExit("the reader gateway never saw the writer's metadata object")
+            time.sleep(1)
         start = time.perf_counter()
         s3_reader.download_file("bench", "boto3.bin", str(work / "boto3-back.bin"), Config=transfer)
         download_seconds = time.perf_counter() - start
