@@ -11,6 +11,7 @@ nothing is named.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import time
@@ -34,6 +35,7 @@ from . import xml
 from .context import S3Call, S3Error, code_and_status
 from .multipart import MAX_PART_NUMBER, MAX_PART_SIZE, multipart_etag
 from .payload import PayloadResult, PayloadVerifier, stored_content_encoding
+from .sigv4 import header_text
 
 #: S3's largest single PUT
 MAX_PUT_SIZE = 5 * 1024**3
@@ -60,12 +62,12 @@ def attributes_of(call: S3Call) -> dict[str, Any]:
     metadata = {}
     for name in call.headers.names():
         if name.startswith("x-amz-meta-"):
-            metadata[name[len("x-amz-meta-"):]] = call.headers.get(name) or ""
+            metadata[name[len("x-amz-meta-"):]] = header_text(call.headers.get(name) or "")
     headers = {}
     for name in STORED_HEADERS:
         value = stored_content_encoding(call.headers) if name == "content-encoding" else call.header(name)
         if value:
-            headers[name] = value
+            headers[name] = header_text(value)
     return {"content_type": call.header("content-type"), "metadata": metadata, "headers": headers}
 
 
@@ -75,10 +77,18 @@ def object_headers(record: ObjectRecord) -> dict[str, str]:
                "content-type": record.content_type or "binary/octet-stream",
                "accept-ranges": "bytes"}
     for name, value in record.headers.items():
-        headers[name] = value
+        headers[name] = ascii_header(value)
     for name, value in record.metadata.items():
-        headers[f"x-amz-meta-{name}"] = value
+        headers[f"x-amz-meta-{name}"] = ascii_header(value)
     return headers
+
+
+def ascii_header(value: str) -> str:
+    """A stored value as a response header: as it is when ASCII, else RFC 2047's
+    `=?UTF-8?B?...?=`, as S3 returns non-ASCII metadata (HTTP headers carry no UTF-8)."""
+    if value.isascii():
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8", "replace")).decode() + "?="
 
 
 def _http_time(value: str | None) -> float | None:
