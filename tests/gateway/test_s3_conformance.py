@@ -9,7 +9,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from .conftest import code, random_bytes, status
+from .conftest import Gateways, code, create_key, random_bytes, status
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -120,3 +120,45 @@ def test_get_object_by_part_number(s3, bucket: str) -> None:  # noqa: ANN001
     with pytest.raises(ClientError) as caught:
         s3.get_object(Bucket=bucket, Key="single", PartNumber=2)
     assert code(caught.value) == "InvalidPart" and status(caught.value) == 400
+
+
+def test_non_ascii_metadata(s3, bucket: str) -> None:  # noqa: ANN001
+    """botocore sends non-ASCII metadata as UTF-8 bytes and signs them so: the signature
+    holds, and the value comes back as S3 returns it, RFC 2047-encoded."""
+    from email.header import decode_header
+
+    value = "Zürich 日本"
+    s3.put_object(Bucket=bucket, Key="m", Body=b"x", Metadata={"place": value, "plain": "ascii"},
+                  ContentDisposition='attachment; filename="résumé.txt"')
+    got = s3.head_object(Bucket=bucket, Key="m")
+    encoded = got["Metadata"]["place"]
+    assert encoded.startswith("=?UTF-8?B?")
+    (raw, charset), = decode_header(encoded)
+    assert raw.decode(charset) == value and got["Metadata"]["plain"] == "ascii"
+    (raw, charset), = decode_header(got["ContentDisposition"])
+    assert raw.decode(charset) == 'attachment; filename="résumé.txt"'
+    assert s3.get_object(Bucket=bucket, Key="m")["Metadata"]["place"] == encoded
+
+
+def test_unencrypted_bytes_in_a_second_bucket_are_an_invalid_request(gateways: Gateways) -> None:
+    """CESS keeps an account's unencrypted file once, in one bucket: the same bytes put in
+    a second bucket are refused with a plain InvalidRequest (not BucketAlreadyOwnedByYou,
+    which would point a client at the bucket), and nothing is named."""
+    plain = gateways.extra("plain", storage={"encryption": False}).start()
+    try:
+        s3 = create_key(plain).client()
+        first, second = (f"plain-{label}-{uuid.uuid4().hex[:8]}" for label in ("a", "b"))
+        data = random_bytes(4096)
+        for name in (first, second):
+            s3.create_bucket(Bucket=name)
+        s3.put_object(Bucket=first, Key="k", Body=data)
+        with pytest.raises(ClientError) as caught:
+            s3.put_object(Bucket=second, Key="k", Body=data)
+        assert code(caught.value) == "InvalidRequest" and status(caught.value) == 409
+        assert "stored unencrypted in bucket" in caught.value.response["Error"]["Message"]
+        assert "Contents" not in s3.list_objects_v2(Bucket=second)
+        s3.delete_object(Bucket=first, Key="k")
+        for name in (first, second):
+            s3.delete_bucket(Bucket=name)
+    finally:
+        plain.stop()
