@@ -123,13 +123,22 @@ def test_get_object_by_part_number(s3, bucket: str) -> None:  # noqa: ANN001
 
 
 def test_non_ascii_metadata(s3, bucket: str) -> None:  # noqa: ANN001
-    """botocore sends non-ASCII metadata as UTF-8 bytes and signs them so: the signature
-    holds, and the value comes back as S3 returns it, RFC 2047-encoded."""
+    """Header values sent as UTF-8 bytes (botocore signs and sends them so when a caller
+    sets them; its Metadata parameter itself takes ASCII only): the signature holds, and
+    the value comes back as S3 returns it, RFC 2047-encoded."""
     from email.header import decode_header
 
     value = "Zürich 日本"
-    s3.put_object(Bucket=bucket, Key="m", Body=b"x", Metadata={"place": value, "plain": "ascii"},
-                  ContentDisposition='attachment; filename="résumé.txt"')
+
+    def add_headers(params: dict, **_: object) -> None:
+        params["headers"].update({"x-amz-meta-place": value, "x-amz-meta-plain": "ascii",
+                                  "Content-Disposition": 'attachment; filename="résumé.txt"'})
+
+    s3.meta.events.register("before-call.s3.PutObject", add_headers)
+    try:
+        s3.put_object(Bucket=bucket, Key="m", Body=b"x")
+    finally:
+        s3.meta.events.unregister("before-call.s3.PutObject", add_headers)
     got = s3.head_object(Bucket=bucket, Key="m")
     encoded = got["Metadata"]["place"]
     assert encoded.startswith("=?UTF-8?B?")
