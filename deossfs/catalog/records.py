@@ -25,6 +25,8 @@ from .protocol import decode_xattrs, encode_xattrs
 S3_XATTR = b"user.s3."
 ETAG_XATTR = b"user.s3.etag"
 CONTENT_TYPE_XATTR = b"user.s3.content-type"
+#: the parts of a multipart object (GetObject's partNumber): runs "first-last:size", or "n:size"
+PARTS_XATTR = b"user.s3.parts"
 META_XATTR = b"user.s3.meta."
 #: the response headers S3 stores with an object besides Content-Type (lowercase)
 HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
@@ -53,6 +55,8 @@ class ObjectRecord:
     metadata: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     encrypted: bool = True
+    #: (part number, size) of each part of a multipart upload, in order; () for one PUT
+    parts: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_folder(self) -> bool:
@@ -101,6 +105,8 @@ def s3_xattrs(record: ObjectRecord) -> dict[bytes, bytes]:
     xattrs = {ETAG_XATTR: f"{record.etag} {record.fid or '-'}".encode()}
     if record.content_type is not None:
         xattrs[CONTENT_TYPE_XATTR] = record.content_type.encode()
+    if record.parts:
+        xattrs[PARTS_XATTR] = encode_parts(record.parts).encode()
     for name, value in record.headers.items():
         if name.lower() not in HEADERS:
             raise InvalidInput(f"{name} is not a header S3 stores with an object")
@@ -149,4 +155,30 @@ def record_of(key: str, entry: dict, file: dict | None = None) -> ObjectRecord:
         headers={h: xattrs[S3_XATTR + h.encode()].decode("utf-8", "replace")
                  for h in HEADERS if S3_XATTR + h.encode() in xattrs},
         encrypted=bool(source.get("e", 1)),
+        parts=decode_parts(xattrs.get(PARTS_XATTR, b"").decode("ascii", "replace")),
     )
+
+
+def encode_parts(parts: tuple[tuple[int, int], ...]) -> str:
+    """Runs of consecutive part numbers of one size: 10,000 parts of 8 MiB and a last one
+    take a few bytes ("1-9999:8388608,10000:1234"), not 10,000 entries."""
+    runs: list[list[int]] = []  # [first, last, size]
+    for number, size in parts:
+        if runs and runs[-1][1] + 1 == number and runs[-1][2] == size:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number, size])
+    return ",".join(f"{a}-{b}:{size}" if a != b else f"{a}:{size}" for a, b, size in runs)
+
+
+def decode_parts(text: str) -> tuple[tuple[int, int], ...]:
+    """The parts `encode_parts` wrote; () for none or for a value it did not write."""
+    parts: list[tuple[int, int]] = []
+    try:
+        for run in filter(None, text.split(",")):
+            numbers, _, size = run.partition(":")
+            first, _, last = numbers.partition("-")
+            parts += [(n, int(size)) for n in range(int(first), int(last or first) + 1)]
+    except ValueError:
+        return ()
+    return tuple(parts)

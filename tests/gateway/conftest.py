@@ -212,6 +212,16 @@ class S3Access:
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
 
+def code(error: Exception) -> str:
+    """The S3 error code of a botocore ClientError."""
+    return error.response["Error"]["Code"]  # type: ignore[attr-defined]
+
+
+def status(error: Exception) -> int:
+    """The HTTP status of a botocore ClientError."""
+    return error.response["ResponseMetadata"]["HTTPStatusCode"]  # type: ignore[attr-defined]
+
+
 def create_key(gateway: GatewayProcess, account: str | None = None) -> S3Access:
     import json
 

@@ -20,18 +20,20 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ..harness import ledger, read_only_ledger, wait_for
-from .conftest import GatewayProcess, Gateways, S3Access, create_key, new_user, random_bytes
+from .conftest import (
+    GatewayProcess,
+    Gateways,
+    S3Access,
+    code,
+    create_key,
+    new_user,
+    random_bytes,
+    status,
+)
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
 
-
-def code(error: ClientError) -> str:
-    return error.response["Error"]["Code"]
-
-
-def status(error: ClientError) -> int:
-    return error.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def bucket_name(label: str) -> str:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ...catalog.catalog import Catalog, Catalogs
+from ...catalog.catalog import Catalog, Catalogs, ListPage
 from ...errors import AlreadyExists, DeossError, InvalidInput, NoSuchBucket
 from ..credentials import KeyStore
 from ..engine import GatewayEngine
@@ -166,12 +166,27 @@ class S3Api:
         return [("ID", call.owner), ("DisplayName", call.owner)]
 
     async def list_buckets(self, call: S3Call) -> Response:
-        names = await self.catalog(call).buckets()
+        """ListBuckets, a page at a time when the client asks (max-buckets,
+        continuation-token, prefix): the token is the last name of the page before."""
+        prefix = call.query.get("prefix", "")
+        paged = "max-buckets" in call.query
+        limit = self._max_keys(call, "max-buckets", ceiling=10_000, smallest=1) if paged else 10_000
+        token = call.query.get("continuation-token")
+        after = _decode_token(token) if token else ""
+        names = sorted(name for name in await self.catalog(call).buckets()
+                       if name.startswith(prefix) and name > after)
+        page = names[:limit]
         created = xml.timestamp(time.time_ns())
-        return _xml("ListAllMyBucketsResult", [
+        children: list[tuple[str, Any]] = [
             ("Owner", self._owner(call)),
-            ("Buckets", [("Bucket", [("Name", name), ("CreationDate", created)])
-                         for name in sorted(names)])])
+            ("Buckets", [("Bucket", [("Name", name), ("CreationDate", created),
+                                     ("BucketRegion", self.region)])
+                         for name in page])]
+        if len(names) > limit:
+            children.append(("ContinuationToken", _encode_token(page[-1])))
+        if "prefix" in call.query:
+            children.append(("Prefix", prefix))
+        return _xml("ListAllMyBucketsResult", children)
 
     async def create_bucket(self, call: S3Call) -> Response:
         body = await self.objects._small_body(call)
@@ -233,15 +248,16 @@ class S3Api:
 
     # ---- listings ---------------------------------------------------------------------------
 
-    def _max_keys(self, call: S3Call, name: str = "max-keys") -> int:
-        text = call.query.get(name, "1000")
+    def _max_keys(self, call: S3Call, name: str = "max-keys", ceiling: int = 1000,
+                  smallest: int = 0) -> int:
+        text = call.query.get(name, str(ceiling))
         try:
             value = int(text)
         except ValueError:
             raise InvalidInput(f"{name} must be a whole number") from None
-        if value < 0:
-            raise InvalidInput(f"{name} must not be negative")
-        return min(value, 1000)
+        if value < smallest:
+            raise InvalidInput(f"{name} must be at least {smallest}")
+        return min(value, ceiling)
 
     async def list_objects(self, call: S3Call) -> Response:
         version_2 = call.query.get("list-type") == "2"
@@ -260,13 +276,15 @@ class S3Api:
         await self._require_bucket(call)
         page = await catalog.list(call.bucket, prefix=prefix, start_after=start_after,
                                   limit=limit, delimiter=delimiter)
+        if not limit:  # max-keys=0 asks for no keys: S3 answers an empty, untruncated page
+            page = ListPage([], [], False, None)
 
         def encode(text: str) -> str:
             return quote(text, safe="/") if encoding == "url" else text
 
         children: list[tuple[str, Any]] = [("Name", call.bucket), ("Prefix", encode(prefix))]
         if version_2:
-            if call.query.get("continuation-token"):
+            if "continuation-token" in call.query:  # echoed even when empty, as S3 does
                 children.append(("ContinuationToken", call.query["continuation-token"]))
             if call.query.get("start-after"):
                 children.append(("StartAfter", encode(call.query["start-after"])))

@@ -64,14 +64,17 @@ class NoSuchUpload(NotFound):
     """A multipart upload that does not exist (completed, aborted or never made)."""
 
 
-#: taxonomy class -> S3 error code (the first class in an error's MRO found here names it)
+#: taxonomy class -> S3 error code (the first class in an error's MRO found here names it).
+#: AlreadyExists reaches here only for an object (CreateBucket names its own): bytes stored
+#: unencrypted in another bucket of the account, which CESS keeps once - no S3 code says
+#: that, and BucketAlreadyOwnedByYou would send a client looking at the wrong thing
 _CODES: list[tuple[type[BaseException], str]] = [
     (NoSuchBucket, "NoSuchBucket"), (NoSuchKey, "NoSuchKey"), (NoSuchUpload, "NoSuchUpload"),
     (KeyTooLongError, "KeyTooLongError"), (NameTooLong, "KeyTooLongError"),
     (KeyConflict, "KeyConflict"), (xml.MalformedXML, "MalformedXML"),
     (RangeNotSatisfiable, "InvalidRange"), (RequestTimeout, "RequestTimeout"),
     (InvalidName, "InvalidArgument"), (InvalidInput, "InvalidArgument"),
-    (NotEmpty, "BucketNotEmpty"), (AlreadyExists, "BucketAlreadyOwnedByYou"),
+    (NotEmpty, "BucketNotEmpty"), (AlreadyExists, "InvalidRequest"),
     (NotFound, "NoSuchKey"), (Unauthenticated, "AccessDenied"), (AccessDenied, "AccessDenied"),
     (TooLarge, "EntityTooLarge"), (NoSpace, "InsufficientStorage"), (Unsupported, "NotImplemented"),
     (RateLimited, "SlowDown"), (NotYetStored, "OperationAborted"), (IntegrityError, "InternalError"),

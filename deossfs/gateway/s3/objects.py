@@ -11,6 +11,7 @@ nothing is named.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import time
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ...catalog.records import ObjectRecord
-from ...errors import DeossError, InvalidInput, cli_message
+from ...errors import DeossError, InvalidInput, NoSuchKey, cli_message
 from ...processing.layout import charged_space
 from ...processing.pipeline import FilePlan
 from ...store import single_error_nursery
@@ -34,6 +35,7 @@ from . import xml
 from .context import S3Call, S3Error, code_and_status
 from .multipart import MAX_PART_NUMBER, MAX_PART_SIZE, multipart_etag
 from .payload import PayloadResult, PayloadVerifier, stored_content_encoding
+from .sigv4 import header_text
 
 #: S3's largest single PUT
 MAX_PUT_SIZE = 5 * 1024**3
@@ -60,12 +62,12 @@ def attributes_of(call: S3Call) -> dict[str, Any]:
     metadata = {}
     for name in call.headers.names():
         if name.startswith("x-amz-meta-"):
-            metadata[name[len("x-amz-meta-"):]] = call.headers.get(name) or ""
+            metadata[name[len("x-amz-meta-"):]] = header_text(call.headers.get(name) or "")
     headers = {}
     for name in STORED_HEADERS:
         value = stored_content_encoding(call.headers) if name == "content-encoding" else call.header(name)
         if value:
-            headers[name] = value
+            headers[name] = header_text(value)
     return {"content_type": call.header("content-type"), "metadata": metadata, "headers": headers}
 
 
@@ -75,10 +77,18 @@ def object_headers(record: ObjectRecord) -> dict[str, str]:
                "content-type": record.content_type or "binary/octet-stream",
                "accept-ranges": "bytes"}
     for name, value in record.headers.items():
-        headers[name] = value
+        headers[name] = ascii_header(value)
     for name, value in record.metadata.items():
-        headers[f"x-amz-meta-{name}"] = value
+        headers[f"x-amz-meta-{name}"] = ascii_header(value)
     return headers
+
+
+def ascii_header(value: str) -> str:
+    """A stored value as a response header: as it is when ASCII, else RFC 2047's
+    `=?UTF-8?B?...?=`, as S3 returns non-ASCII metadata (HTTP headers carry no UTF-8)."""
+    if value.isascii():
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8", "replace")).decode() + "?="
 
 
 def _http_time(value: str | None) -> float | None:
@@ -117,6 +127,11 @@ def check_conditions(call: S3Call, record: ObjectRecord, copy_source: bool = Fal
         if since is not None and int(modified) <= since:
             return 412 if copy_source else 304
     return None
+
+
+def precondition_failed() -> S3Error:
+    return S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
+                   "did not hold", 412)
 
 
 class ObjectOperations:
@@ -206,6 +221,7 @@ class ObjectOperations:
     async def put_object(self, call: S3Call) -> Response:
         catalog = self.api.catalog(call)
         target = await catalog.prepare_put(call.bucket, call.key)
+        await self._check_write_conditions(call)
         size = self._declared_size(call)
         if size > MAX_PUT_SIZE:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
@@ -224,6 +240,25 @@ class ObjectOperations:
         headers.update({f"x-amz-checksum-{name}": value for name, value in result.checksums.items()})
         return Response(status_code=200, headers=headers)
 
+    async def _check_write_conditions(self, call: S3Call) -> None:
+        """A conditional write (If-Match / If-None-Match on PutObject), checked before any
+        byte is taken: 412 when the object's ETag differs or, with `If-None-Match: *`,
+        when it exists; NoSuchKey for If-Match on a key with no object."""
+        if_match, if_none_match = call.header("if-match"), call.header("if-none-match")
+        if if_match is None and if_none_match is None:
+            return
+        if if_none_match is not None and if_none_match.strip() != "*":
+            raise S3Error("NotImplemented", "If-None-Match on a write takes only '*'", 501)
+        try:
+            current = await self.api.catalog(call).get(call.bucket, call.key)
+        except NoSuchKey:
+            if if_match is not None:
+                raise
+            return
+        if if_none_match is not None or (if_match is not None and
+                                         not _etag_matches(if_match, current.etag)):
+            raise precondition_failed()
+
     # ---- GetObject / HeadObject -----------------------------------------------------
 
     async def get_object(self, call: S3Call, head: bool = False) -> Response | StoredFileResponse:
@@ -234,18 +269,20 @@ class ObjectOperations:
         if status == 304:
             return Response(status_code=304, headers={k: headers[k] for k in ("etag", "last-modified")})
         if status == 412:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
-                          "specified did not hold", 412)
+            raise precondition_failed()
         for name, header in OVERRIDES.items():
             if name in call.query:
                 headers[header] = call.query[name]
         byte_range = None
-        if_range = call.header("if-range")
-        if if_range is None or if_range.strip('"') == record.etag:
-            try:
-                byte_range = parse_range(call.header("range"), record.size)
-            except DeossError:
-                raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
+        if "partNumber" in call.query:
+            byte_range = self._part_range(call, record, headers)
+        else:
+            if_range = call.header("if-range")
+            if if_range is None or if_range.strip('"') == record.etag:
+                try:
+                    byte_range = parse_range(call.header("range"), record.size)
+                except DeossError:
+                    raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
         if not record.fid:
             return Response(b"", status_code=200, headers={**headers, "content-length": "0"})
         store = self.engine.store_for(call.owner)
@@ -256,6 +293,29 @@ class ObjectOperations:
             status = 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{record.size}"
         return StoredFileResponse(store, info, start, end, status, headers, head_only=head)
+
+    def _part_range(self, call: S3Call, record: ObjectRecord,
+                    headers: dict[str, str]) -> tuple[int, int] | None:
+        """GetObject/HeadObject's partNumber: the bytes of that part of a multipart object
+        (with x-amz-mp-parts-count), as a ranged GET of them. An object stored by one PUT
+        is its own part 1."""
+        if call.header("range"):
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                          "query parameter", 400)
+        number = self._part_number(call)
+        if not record.parts:
+            if number != 1:
+                raise S3Error("InvalidPart", f"The object has no part {number}: it was stored "
+                              "by one PUT, its only part is 1", 400)
+            return None
+        start = 0
+        for part, size in record.parts:
+            if part == number:
+                headers["x-amz-mp-parts-count"] = str(len(record.parts))
+                return (start, start + size) if size else None
+            start += size
+        raise S3Error("InvalidPart", f"The object has no part {number}: it has "
+                      f"{len(record.parts)} parts", 400)
 
     # ---- DeleteObject(s) -------------------------------------------------------------
 
@@ -313,10 +373,8 @@ class ObjectOperations:
         src_bucket, src_key = self._copy_source(call)
         catalog = self.api.catalog(call)
         source = await catalog.get(src_bucket, src_key)
-        status = check_conditions(call, source, copy_source=True)
-        if status is not None:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
-                          "specified did not hold", 412)
+        if check_conditions(call, source, copy_source=True) is not None:
+            raise precondition_failed()
         directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise InvalidInput("x-amz-metadata-directive is COPY or REPLACE")
@@ -347,7 +405,7 @@ class ObjectOperations:
         record = ObjectRecord(key=call.key, size=source.size, etag=source.etag, fid=plan.fid,
                               modified_ns=time.time_ns(), content_type=attributes["content_type"],
                               metadata=attributes["metadata"], headers=attributes["headers"],
-                              encrypted=source.encrypted)
+                              encrypted=source.encrypted, parts=source.parts)
         await catalog.record_put(call.bucket, record)
         return record
 
@@ -440,19 +498,11 @@ class ObjectOperations:
         src_bucket, src_key = self._copy_source(call)
         source = await self.api.catalog(call).get(src_bucket, src_key)
         if check_conditions(call, source, copy_source=True) is not None:
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
-                          "specified did not hold", 412)
+            raise precondition_failed()
         start, end = 0, source.size
         wanted = call.header("x-amz-copy-source-range")
         if wanted:
-            parsed = None
-            with contextlib.suppress(DeossError):
-                parsed = parse_range(wanted, source.size)
-            if parsed is None or not wanted.startswith("bytes=") or wanted.startswith("bytes=-"):
-                raise InvalidInput("The x-amz-copy-source-range value must be of the form "
-                                   "bytes=first-last where first and last are the zero-based "
-                                   "offsets of the first and last bytes to copy")
-            start, end = parsed
+            start, end = copy_source_range(wanted, source.size)
         incoming = self.api.multipart.part_path(upload)
         staged = await self._stage_from(call, source, start, end, incoming)
         md5 = await trio.to_thread.run_sync(_md5_of_file, incoming)
@@ -546,7 +596,8 @@ class ObjectOperations:
             record = ObjectRecord(key=call.key, size=size, etag=etag, fid=fid,
                                   modified_ns=time.time_ns(), content_type=attributes.get("content_type"),
                                   metadata=attributes.get("metadata", {}),
-                                  headers=attributes.get("headers", {}), encrypted=encrypt)
+                                  headers=attributes.get("headers", {}), encrypted=encrypt,
+                                  parts=tuple((p.number, p.size) for p in parts))
             await catalog.record_put(call.bucket, record)
             await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag)
             return self._completed_document(call, etag, leading=False)
@@ -596,6 +647,21 @@ class CompletionResponse:
                     with contextlib.suppress(Exception):
                         await send({"type": "http.response.body", "body": b" ", "more_body": True})
         await send({"type": "http.response.body", "body": outcome[0]})
+
+
+def copy_source_range(header: str, size: int) -> tuple[int, int]:
+    """[start, end) of UploadPartCopy's `x-amz-copy-source-range: bytes=first-last`. Unlike a
+    GET's Range it is never trimmed to the object: a range past its end is InvalidRange."""
+    first, dash, last = header.strip().removeprefix("bytes=").partition("-")
+    if not header.strip().startswith("bytes=") or not dash or not first.isdigit() \
+            or not last.isdigit() or int(last) < int(first):
+        raise InvalidInput("The x-amz-copy-source-range value must be of the form bytes=first-last "
+                           "where first and last are the zero-based offsets of the first and last "
+                           "bytes to copy")
+    if int(last) >= size:
+        raise S3Error("InvalidRange", f"The requested range bytes={first}-{last} is not "
+                      f"satisfiable: the source object has {size} bytes", 416)
+    return int(first), int(last) + 1
 
 
 def _md5_of_file(path: Any) -> str:

@@ -138,6 +138,23 @@ def payload_mode_of(content_sha256: str) -> PayloadMode:
     )
 
 
+def sent_bytes(value: str) -> bytes:
+    """A header value's bytes as they came: ASGI's are read as Latin-1, one char a byte."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:  # built from text, not from the wire (tests, tools)
+        return value.encode("utf-8")
+
+
+def header_text(value: str) -> str:
+    """A header value as text: its bytes read as UTF-8 when they are (botocore and the aws
+    cli send metadata so), else one char per byte as they came."""
+    try:
+        return sent_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 class HeaderMap:
     """A case-insensitive multi-map of request headers, built from (name, value) pairs."""
 
@@ -482,7 +499,8 @@ def _verify(
     matched = False
     for canonical_request in canonical_requests:
         string_to_sign = "\n".join((
-            ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()
+            ALGORITHM, amz_date, scope,
+            hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
         ))
         # compare_digest on every candidate: no early exit that timing could reveal
         matched |= hmac.compare_digest(signing.sign(string_to_sign).encode(), provided)
@@ -604,8 +622,11 @@ def canonical_headers(headers: HeaderMap, signed: tuple[str, ...]) -> list[str]:
 
     SDKs differ on what Trimall folds: AWS's text and most SDKs fold spaces, botocore
     folds any whitespace. Both forms are tried only when a signed value holds other
-    whitespace than spaces (a tab, say); otherwise they are the same."""
-    values = [(name, headers.get_all(name)) for name in signed]
+    whitespace than spaces (a tab, say); otherwise they are the same. Values are signed
+    as the bytes sent (a client signs UTF-8 metadata as UTF-8), kept through
+    surrogateescape where they are no UTF-8."""
+    values = [(name, [sent_bytes(v).decode("utf-8", "surrogateescape") for v in headers.get_all(name)])
+              for name in signed]
     forms = []
     for trim in (_trim_spaces, _trim_whitespace):
         lines = "".join(
