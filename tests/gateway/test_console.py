@@ -160,28 +160,30 @@ def test_console_walk_through(browser: Browser, gateway: GatewayProcess, gateway
     browser.wait(lambda: browser.find("#fid"), 30, "the details page")
     assert browser.find("#state").text == "stored"
     assert browser.find("#encryption").text == "on"
-    segments = browser.find_all("table.fragments")
+    segments = browser.find_all("#fragment-grid tbody tr")
     assert len(segments) == 3  # 70 MiB: three 32 MiB segments
-    for table in segments:
-        cells = table.find_elements("css selector", "tr.fragment")
+    for row in segments:
+        cells = row.find_elements("css selector", "td.fragment")
         assert len(cells) == 12
-        assert all(c.get_attribute("class").split()[-1] == "reachable" for c in cells)
-    nodes = {c.get_attribute("data-node") for c in browser.find_all("tr.fragment")}
-    assert len(nodes) == 12
+        assert all("reachable" in c.get_attribute("class").split() for c in cells)
+    nodes = {c.get_attribute("data-node") for c in browser.find_all("td.fragment")}
+    assert len(nodes) == 12 and len(browser.find_all("#nodes tr.node.reachable")) == 12
     browser.screenshot("object")
 
     # a node stops: its fragments are marked unreachable
-    victim_account = browser.find("#segment-0 tr.fragment").get_attribute("data-node")
+    victim_account = browser.find("#segment-0 td.fragment").get_attribute("data-node")
     victim = nodes_by_account(gateways.devnet)[victim_account]
     kill(victim)
     try:
         def marked() -> bool:
             browser.driver.refresh()
-            down = {r.get_attribute("data-node") for r in browser.find_all("tr.fragment.unreachable")}
+            down = {r.get_attribute("data-node") for r in browser.find_all("td.fragment.unreachable")}
             return down == {victim_account}
 
         browser.wait(marked, 60, "the stopped node marked unreachable", interval=2)
-        assert len(browser.find_all("tr.fragment.unreachable")) == 3
+        assert len(browser.find_all("td.fragment.unreachable")) == 3
+        assert [r.get_attribute("data-node") for r in browser.find_all("#nodes tr.node.unreachable")] \
+            == [victim_account]
         browser.screenshot("object-node-down")
     finally:
         restart_dead(gateways.devnet)

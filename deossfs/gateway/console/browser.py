@@ -136,6 +136,7 @@ class BrowserPages:
         record = await user.catalog.get(bucket, key)
         state: dict[str, Any] = {"state": "stored" if not record.fid else "unknown", "error": None}
         segments: list[list[dict[str, Any]]] = []
+        nodes: list[dict[str, Any]] = []
         nodes_down = 0
         if record.fid:
             try:
@@ -147,19 +148,24 @@ class BrowserPages:
                 info = await store.file_info(record.fid)
                 endpoints = await store.endpoints()
                 answers = await self.console.probe.reachable(sorted(set(endpoints.values())))
+                held: dict[str, int] = {}
                 for segment in info.segments:
                     row = []
                     for index, fragment in enumerate(segment.fragments):
                         endpoint = endpoints.get(fragment.miner, "")
                         up = answers.get(endpoint, False)
                         nodes_down += not up
+                        held[fragment.miner] = held.get(fragment.miner, 0) + 1
                         row.append({"index": index, "node": fragment.miner, "endpoint": endpoint,
                                     "reachable": up, "avail": fragment.avail, "hash": fragment.hash,
                                     "data": index < TOTAL_SHARDS // 3})
                     segments.append(row)
+                nodes = [{"node": node, "endpoint": endpoints.get(node, ""), "fragments": count,
+                          "reachable": answers.get(endpoints.get(node, ""), False)}
+                         for node, count in sorted(held.items(), key=lambda item: item[0])]
         return self.console.render(
             request, "object.html", user, title=key, bucket=bucket, record=record, state=state,
-            segments=segments, nodes_down=nodes_down, crumbs=_crumbs(_folder_of(key)),
+            segments=segments, nodes=nodes, nodes_down=nodes_down, crumbs=_crumbs(_folder_of(key)),
             modified=record.modified_ns / 1e9)
 
     async def download(self, request: Request) -> Response | StoredFileResponse:
