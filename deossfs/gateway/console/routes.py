@@ -230,7 +230,7 @@ class Console:
         assert isinstance(exc, HTTPException)
         message = "There is no such page in the console." if exc.status_code == 404 else \
             f"{request.method} is not allowed here." if exc.status_code == 405 else str(exc.detail)
-        return self.render(request, "message.html", None, status=exc.status_code,
+        return self.render(request, "message.html", await self._signed_in(request), status=exc.status_code,
                            title="Not found" if exc.status_code == 404 else "Refused", message=message)
 
     async def _error(self, request: Request, exc: Exception) -> Response:
@@ -243,7 +243,15 @@ class Console:
             message = cli_message(exc)
         if request.url.path.startswith(PREFIX + "/api/"):
             return JSONResponse({"error": type(exc).__name__, "message": message}, status_code=status)
-        return self.render(request, "message.html", None, status=status, title="Error", message=message)
+        return self.render(request, "message.html", await self._signed_in(request), status=status,
+                           title="Error", message=message)
+
+    async def _signed_in(self, request: Request) -> User | None:
+        """The user of an error page, when there is one: it keeps the menu and sign-out."""
+        try:
+            return await self.user(request)
+        except Exception:  # noqa: BLE001 - no session, or none usable: a page without the menu
+            return None
 
     # ---- who is asking -----------------------------------------------------------------------
 
