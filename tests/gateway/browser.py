@@ -4,6 +4,7 @@ the driver's path is given, so selenium's manager is never asked for one."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -130,8 +131,15 @@ class Browser:
             "source.remove();", zone_css)
 
     def screenshot(self, name: str) -> None:
+        """The visible part of the page down to its end (no empty space below it: the
+        docs' pictures stay small)."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+        width, height = self.driver.execute_script(
+            "return [window.innerWidth, Math.min(window.innerHeight,"
+            " Math.ceil(document.body.getBoundingClientRect().bottom))];")
+        shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "clip": {"x": 0, "y": 0, "width": width, "height": max(height, 1), "scale": 1}})
+        (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
     def download(self, name: str, timeout: float = 120) -> Path:
         """The file `name` once Chromium has finished downloading it."""
