@@ -52,6 +52,9 @@ class Browser:
             options.accept_insecure_certs = True
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
         self.driver.set_page_load_timeout(120)
+        # the viewport exactly as asked: a headless window is never narrower than 500 px
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
         self.driver.execute_cdp_cmd("Page.setDownloadBehavior",
                                     {"behavior": "allow", "downloadPath": str(self.downloads)})
 
