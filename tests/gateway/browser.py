@@ -133,15 +133,17 @@ class Browser:
             "  zone.dispatchEvent(new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: transfer}));"
             "source.remove();", zone_css)
 
-    def screenshot(self, name: str) -> None:
-        """The visible part of the page down to its end (no empty space below it: the
-        docs' pictures stay small)."""
+    def screenshot(self, name: str, at: str | None = None) -> None:
+        """A window's worth of the page, from its top or from the element `at`, down to
+        the page's end at most (no empty space below it: the docs' pictures stay small)."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        width, height = self.driver.execute_script(
-            "return [window.innerWidth, Math.min(window.innerHeight,"
-            " Math.ceil(document.body.getBoundingClientRect().bottom))];")
+        top, width, height = self.driver.execute_script(
+            "if (arguments[0]) document.querySelector(arguments[0]).scrollIntoView();"
+            "const top = window.scrollY;"
+            "return [top, window.innerWidth, Math.min(window.innerHeight,"
+            " Math.ceil(document.body.getBoundingClientRect().bottom))];", at)
         shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
-            "format": "png", "clip": {"x": 0, "y": 0, "width": width, "height": max(height, 1), "scale": 1}})
+            "format": "png", "clip": {"x": 0, "y": top, "width": width, "height": max(height, 1), "scale": 1}})
         (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
 
     def download(self, name: str, timeout: float = 120) -> Path:

@@ -201,7 +201,7 @@ def test_console_walk_through(browser: Browser, gateway: GatewayProcess, gateway
         assert len(browser.find_all("td.fragment.unreachable")) == 3
         assert [r.get_attribute("data-node") for r in browser.find_all("#nodes tr.node.unreachable")] \
             == [victim_account]
-        browser.screenshot("object-node-down")
+        browser.screenshot("object-node-down", at="#fragments-title")
     finally:
         os.kill(victim.pid, signal.SIGCONT)
         # the gateway avoids a node that failed it for a while (storage.node_penalty_seconds):
