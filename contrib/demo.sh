@@ -27,6 +27,16 @@ cleanup() {
 }
 trap cleanup EXIT
 millis() { date +%s%3N; }
+# an S3 access key to sign in to the web console with: made once, kept (0600) for the next run
+CONSOLE_KEY=$DEVNET/gateway/console-key.json
+console_key() {
+  if [ ! -s "$CONSOLE_KEY" ] || ! $DEOSSFS gateway key ls | grep -q "^$("$PY" -c \
+      'import json, sys; print(json.load(open(sys.argv[1]))["access_key_id"])' "$CONSOLE_KEY") "; then
+    (umask 077 && $DEOSSFS gateway key create --json > "$CONSOLE_KEY")
+  fi
+  "$PY" -c 'import json, sys; k = json.load(open(sys.argv[1]))
+print("access key id", k["access_key_id"], " secret", k["secret_access_key"])' "$CONSOLE_KEY"
+}
 xattr() { "$PY" -c 'import os, sys; print(os.getxattr(sys.argv[1], sys.argv[2]).decode())' "$@"; }
 
 $DEOSSFS bucket info demo >/dev/null 2>&1 || $DEOSSFS bucket create demo
@@ -55,6 +65,8 @@ if [ -n "$GW" ] && curl -sf "$GW/version" >/dev/null; then
   cmp <(tail -c +1001 "$WORK/via-gateway.bin" | head -c 1000) "$WORK/range.bin" \
     && echo "   a 1000-byte Range: identical (206, one segment fetched)"
   echo "   the mount and the CLI see it too: $($DEOSSFS ls demo | grep -c via-gateway.bin) object named via-gateway.bin in demo/"
+  console_key >/dev/null
+  echo "   the web console: $GW/console/ (docs/console.md); its sign-in key is printed at the end"
 else
   echo "== no gateway on this devnet (start one with: deossfs devnet up --dir $DEVNET_ARG --gateway)"
 fi
@@ -123,6 +135,8 @@ echo
 echo "devnet running, mounted at $DEVNET_ARG/mnt (log: $DEVNET_ARG/workspace/mount.log)"
 if [ -n "$GW" ]; then
   echo "gateway at $GW (log: $DEVNET_ARG/gateway/gateway.log); sign requests with: deossfs gateway sign --curl"
+  echo "web console at $GW/console/ - sign in with $(console_key)"
+  echo "   (kept in $DEVNET_ARG/gateway/console-key.json; more keys: deossfs gateway key create)"
 fi
 echo "unmount with: .venv/bin/deossfs umount $DEVNET_ARG/mnt   (waits for pending uploads)"
 echo "stop everything with: make devnet-down   (unmounts, then stops the nodes)"

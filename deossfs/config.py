@@ -151,6 +151,13 @@ class GatewayConfig:
     region: str = "us-east-1"
     #: S3: multipart uploads left incomplete this many days are dropped with their parts
     multipart_expiry_days: float = 7.0
+    #: the web console under /console/ on the same listener (docs/console.md)
+    console: bool = True
+    #: seconds a console sign-in lasts (its session cookie expires then)
+    console_session: float = 12 * 3600.0
+    #: a PEM certificate (chain) and its key: the gateway serves HTTPS (REST, S3, console)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 #: what `mount.fsync` may be
@@ -415,6 +422,11 @@ def _validate(config: Config) -> None:
                          ("gateway.body_timeout", config.gateway.body_timeout)):
         if value <= 0:
             raise ConfigError(f"config option {where} must be positive")
+    if config.gateway.console_session <= 0:
+        raise ConfigError("config option gateway.console_session must be positive (seconds)")
+    if (config.gateway.tls_cert is None) != (config.gateway.tls_key is None):
+        raise ConfigError("config options gateway.tls_cert and gateway.tls_key go together: "
+                          "give both (a PEM certificate and its key) or neither")
     for where, count in (("gateway.max_uploads_per_account", config.gateway.max_uploads_per_account),
                          ("gateway.parallel_stores", config.gateway.parallel_stores),
                          ("gateway.upload_attempts", config.gateway.upload_attempts)):

@@ -193,6 +193,11 @@ class Catalog:
             bucket, prefix, start_after, max(0, limit), delimiter)
         return ListPage(objects, prefixes, truncated, last)
 
+    async def totals(self, bucket: str) -> tuple[int, int]:
+        """(objects, bytes) in `bucket`, as a listing of it counts them."""
+        await self.refresh(bucket)
+        return self.index.totals(bucket)
+
     # ---- writing ------------------------------------------------------------------------
 
     async def prepare_put(self, bucket: str, key: str) -> PutTarget:

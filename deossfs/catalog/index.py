@@ -247,6 +247,17 @@ class CatalogIndex:
         return [ListedObject(key.decode(), size, etag or EMPTY_MD5, mtime)  # a folder: no bytes
                 for key, size, etag, mtime, _kind in rows]
 
+    def totals(self, bucket: str) -> tuple[int, int]:
+        """(objects, bytes) of a bucket, counted as its listing counts them."""
+        row = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(COALESCE(t.size, e.size)), 0) FROM entries e "
+            "LEFT JOIN entries t ON e.kind = 'link' AND t.bucket = e.bucket AND t.path = e.target "
+            "WHERE e.bucket = ? AND e.key IS NOT NULL "
+            "AND (e.kind != 'dir' OR e.marked OR NOT EXISTS "
+            "(SELECT 1 FROM entries c WHERE c.bucket = e.bucket AND c.parent = e.path))",
+            (bucket,)).fetchone()
+        return int(row[0]), int(row[1])
+
     def list_page(self, bucket: str, prefix: str, start_after: str, limit: int,
                   delimiter: str) -> tuple[list[ListedObject], list[str], bool, str | None]:
         """Objects and common prefixes after `start_after`, at most `limit` in all."""

@@ -1,6 +1,7 @@
 """The gateway's ASGI application: the API families side by side on one listener.
 
-DeOSS's REST routes (deoss.py) and the S3 API (s3/). Each family renders its own errors
+DeOSS's REST routes (deoss.py), the S3 API (s3/) and the web console (console/, under
+/console/, which renders its own pages and errors). Each family renders its own errors
 (DeOSS: a JSON envelope; S3: its XML); all take the status from `errors.to_http_status`,
 and all stand on the same engine (authorization, keys, limits) and upload service.
 """
@@ -70,18 +71,22 @@ class ApiDispatch:
     addressed to a bucket host) is S3's; unsigned requests to DeOSS's paths are DeOSS's;
     anything else is S3's (which answers S3's XML errors)."""
 
-    def __init__(self, deoss: ASGIApp, s3: ASGIApp | None, domain: str) -> None:
-        self.deoss, self.s3, self.domain = deoss, s3, domain
+    def __init__(self, deoss: ASGIApp, s3: ASGIApp | None, domain: str,
+                 console: ASGIApp | None = None) -> None:
+        self.deoss, self.s3, self.domain, self.console = deoss, s3, domain, console
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.s3 is not None and is_s3_request(scope, self.domain):
             await self.s3(scope, receive, send)
+        elif self.console is not None and scope["type"] == "http" and \
+                (scope["path"] == "/console" or scope["path"].startswith("/console/")):
+            await self.console(scope, receive, send)
         else:
             await self.deoss(scope, receive, send)
 
 
 def build_app(engine: GatewayEngine, uploads: UploadService, verifier: RequestVerifier,
-              s3: ASGIApp | None = None) -> ASGIApp:
+              s3: ASGIApp | None = None, console: ASGIApp | None = None) -> ASGIApp:
     deoss = DeossApi(engine, uploads, verifier)
     app = Starlette(
         routes=deoss.routes(),
@@ -99,4 +104,4 @@ def build_app(engine: GatewayEngine, uploads: UploadService, verifier: RequestVe
                        expose_headers=["Content-Range", "Range", "ETag", "Content-Disposition"]),
         ],
     )
-    return AccessLog(ApiDispatch(app, s3, engine.config.gateway.domain))
+    return AccessLog(ApiDispatch(app, s3, engine.config.gateway.domain, console))

@@ -317,6 +317,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 # ---- stored files out -----------------------------------------------------------------
 
 
+#: on every stored file served: an uploaded HTML file opened in a browser runs sandboxed
+#: (an opaque origin, no scripts), never as a page of the gateway's origin, where the web
+#: console lives; and its type is not sniffed into something else
+STORED_CONTENT_HEADERS = {"content-security-policy": "sandbox", "x-content-type-options": "nosniff"}
+
+
 class StoredFileResponse:
     """An ASGI response that streams bytes [start, end) of a stored file: only the segments
     the range touches are fetched (`ObjectStore.read_range`), in pieces of SEND_PIECE, and
@@ -327,7 +333,7 @@ class StoredFileResponse:
         self.store, self.info = store, info
         self.start, self.end = start, end
         self.status = status
-        self.headers = {**headers, "content-length": str(end - start)}
+        self.headers = {**STORED_CONTENT_HEADERS, **headers, "content-length": str(end - start)}
         self.head_only = head_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,10 +17,12 @@ from hypercorn.trio import serve
 from ..catalog.catalog import Catalogs
 from ..chain.interface import ChainClient
 from ..config import Config, parse_listen
+from ..errors import ConfigError
 from ..keys import Account
 from ..store import ObjectStore
 from .app import build_app
 from .auth import RequestVerifier
+from .console.routes import Console
 from .credentials import KeyStore
 from .engine import GatewayEngine
 from .s3.api import S3Api
@@ -43,7 +45,31 @@ def _hypercorn_config(config: Config, listen: str) -> HypercornConfig:
     hyper.read_timeout = None
     hyper.keep_alive_timeout = config.gateway.header_timeout
     hyper.h11_max_incomplete_size = 64 * 1024
+    settings = config.gateway
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        check_tls_files(settings.tls_cert, settings.tls_key)
+        hyper.certfile, hyper.keyfile = str(settings.tls_cert), str(settings.tls_key)
+        # HTTP/1.1 over TLS as in the clear: the body timeouts, the large reads and the
+        # keep-alive of a long CompleteMultipartUpload are written for h11
+        hyper.alpn_protocols = ["http/1.1"]
     return hyper
+
+
+def check_tls_files(cert: Path, key: Path) -> None:
+    """ConfigError naming what is wrong with gateway.tls_cert / tls_key, before serving."""
+    import ssl
+
+    for where, path in (("gateway.tls_cert", cert), ("gateway.tls_key", key)):
+        if not path.is_file():
+            raise ConfigError(f"config option {where}: {path} is not a file",
+                              hint="give a PEM certificate (chain) and its private key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"gateway.tls_cert {cert} and gateway.tls_key {key} cannot be used: "
+                          f"{exc.strerror or exc}",
+                          hint="both are PEM; the key must be the certificate's, unencrypted") from None
 
 
 async def serve_gateway(config: Config, account: Account, chain: ChainClient,
@@ -54,6 +80,7 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
     # per-request Python work several-fold (the gateway process runs only this server)
     _hypercorn_tcp.MAX_RECV = 1024 * 1024
     settings = config.gateway
+    hyper = _hypercorn_config(config, listen or settings.listen)
     if settings.accept_unfresh_messages:
         log.warning("gateway.accept_unfresh_messages is on: signed requests can be replayed "
                     "forever, as with DeOSS. Turn it off once clients send fresh Messages.")
@@ -68,8 +95,8 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
     catalogs = Catalogs(engine.workspace / "catalog", engine.store_for)
     multipart = await trio.to_thread.run_sync(MultipartStore, engine.workspace / "multipart")
     s3 = S3Api(engine, uploads, keys, catalogs, multipart)
-    app = build_app(engine, uploads, verifier, s3)
-    hyper = _hypercorn_config(config, listen or settings.listen)
+    console = Console(engine, uploads, keys, catalogs, s3) if settings.console else None
+    app = build_app(engine, uploads, verifier, s3, console.app() if console else None)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(uploads.run)
@@ -78,6 +105,9 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
             binds: list[str] = await nursery.start(partial(serve, app, hyper, mode="asgi"))
             url = binds[0] if binds else f"http://{hyper.bind[0]}"
             log.info("gateway of %s serving at %s", account.address, url)
+            if console is not None:
+                log.info("web console at %s/console/ (sign in with a key from "
+                         "`deossfs gateway key create`)", url)
             task_status.started(url)
     finally:
         with trio.CancelScope(shield=True):
@@ -86,6 +116,8 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
                 await catalogs.aclose()
             await store.aclose()
         multipart.close()
+        if console is not None:
+            console.close()
         uploads.close()
         verifier.close()
 

@@ -20,6 +20,7 @@ never keeps a Cipher.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,13 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from ..errors import DeossError, NotFound, cli_message
+from ..errors import DeossError, InvalidInput, NotFound, cli_message
 from ..processing.layout import TOTAL_SHARDS
 from ..processing.pipeline import FilePlan, SegmentPlanner, file_reader
 from ..scheduling.selector import Placement
@@ -149,6 +151,12 @@ class UploadJournal:
         rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM uploads WHERE id=?", (upload_id,))
         return self._record(rows[0]) if rows else None
 
+    def failed(self, owner: str, bucket: str) -> list[UploadRecord]:
+        """An account's uploads to `bucket` that failed for good (kept RETAIN_FAILED)."""
+        rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM uploads WHERE owner=? AND bucket=? "
+                         "AND state='failed' ORDER BY updated DESC", (owner, bucket))
+        return [self._record(r) for r in rows]
+
     def expired_failures(self, before: float) -> list[str]:
         return [r[0] for r in self._run(
             "SELECT id FROM uploads WHERE state='failed' AND updated < ?", (before,))]
@@ -198,6 +206,8 @@ class UploadService:
         self.journal = UploadJournal(engine.workspace / "journal.sqlite3")
         self._flights: dict[str, _Flight] = {}
         self._by_fid: dict[str, _Flight] = {}
+        #: puts made outside this service that show among `in_progress` (S3 Complete)
+        self._tracked: dict[int, _Tracked] = {}
         self._nursery: trio.Nursery | None = None
 
     def staging_path(self, upload_id: str) -> Path:
@@ -405,8 +415,66 @@ class UploadService:
         raise NotFound(f"file {fid} is neither stored nor being uploaded",
                        hint="check the FID; an upload that failed before its declaration has none")
 
+    # ---- what one account has under way (the console) ------------------------------
+
+    @contextlib.contextmanager
+    def tracking(self, owner: str, bucket: str, path: str, size: int) -> Iterator[UploadStatus]:
+        """The status of a put made outside this service (S3's CompleteMultipartUpload
+        stores its parts in place), listed by `in_progress` while the block runs."""
+        tracked = _Tracked(owner, bucket, path, size, UploadStatus())
+        self._tracked[id(tracked)] = tracked
+        try:
+            yield tracked.status
+        finally:
+            del self._tracked[id(tracked)]
+
+    def in_progress(self, owner: str, bucket: str) -> list[dict[str, Any]]:
+        """The account's puts to `bucket` being stored now: path, size, state and, per
+        fragment column, the segments its node has taken."""
+        under_way = [_Tracked(f.record.owner, f.record.bucket, f.record.key, f.record.size,
+                              f.status, f.record.created) for f in self._flights.values()]
+        under_way += self._tracked.values()
+        return [{"path": t.path, "size": t.size, "state": t.status.state, "fid": t.status.fid,
+                 "segments": t.status.segments, "sent": list(t.status.sent),
+                 "error": t.status.error, "started": t.started}
+                for t in sorted(under_way, key=lambda t: t.started)
+                if t.owner == owner and t.bucket == bucket]
+
+    async def failed(self, owner: str, bucket: str) -> list[UploadRecord]:
+        return await self._db(self.journal.failed, owner, bucket)
+
+    async def retry(self, owner: str, upload_id: str) -> None:
+        """Store a failed upload of `owner` again from its staged bytes, in the background
+        (as an accepted upload: retried for the network's reasons, else failed again)."""
+        record = await self._db(self.journal.by_id, upload_id)
+        if record is None or record.owner != owner or record.state != "failed":
+            raise NotFound("no failed upload with this id", hint="it was retried or has expired")
+        if record.with_cipher:
+            raise InvalidInput("this upload was encrypted with a Cipher, which the gateway never "
+                               "keeps: upload it again")
+        if not self.staging_path(record.id).exists():
+            raise NotFound("the staged bytes of this upload are gone: upload it again")
+        reservation = self.engine.reserve(owner, record.size)
+        record.state, record.error, record.attempts, record.respond = "staged", None, 0, "accepted"
+        try:
+            await self._db(self.journal.save, record)
+        except BaseException:
+            reservation.release()
+            raise
+        self._start(record, self.engine.store_for(owner, record.territory), reservation)
+
     def close(self) -> None:
         self.journal.close()
+
+
+@dataclass
+class _Tracked:
+    owner: str
+    bucket: str
+    path: str
+    size: int
+    status: UploadStatus
+    started: float = field(default_factory=time.time)
 
 
 class ReceivePlanner:

@@ -390,34 +390,37 @@ class ObjectOperations:
             headers=attributes["headers"] if attributes else None,
             replace_attributes=attributes is not None)
         if copied is None:  # across buckets: CESS cannot share the FID; the bytes go again
-            copied = await self._copy_bytes(call, source, attributes)
+            copied = await self.copy_bytes(call.owner, source, call.bucket, call.key, attributes)
         document = xml.document("CopyObjectResult", [
             ("LastModified", xml.timestamp(copied.modified_ns)), ("ETag", quoted(copied.etag))])
         return Response(document, media_type="application/xml")
 
-    async def _copy_bytes(self, call: S3Call, source: ObjectRecord,
-                          attributes: Mapping[str, Any] | None) -> ObjectRecord:
-        catalog = self.api.catalog(call)
-        target = await catalog.prepare_put(call.bucket, call.key)
-        plan = await self._store_from(call, source, 0, source.size, call.bucket, target.path)
+    async def copy_bytes(self, owner: str, source: ObjectRecord, bucket: str, key: str,
+                         attributes: Mapping[str, Any] | None) -> ObjectRecord:
+        """Copy an object of `owner` to bucket/key by storing its bytes again (across
+        buckets, where CESS cannot share a FID); with the source's attributes unless
+        `attributes` replace them. CopyObject and the console's move use it."""
+        catalog = self.api.catalogs.of(owner)
+        target = await catalog.prepare_put(bucket, key)
+        plan = await self._store_from(owner, source, 0, source.size, bucket, target.path)
         attributes = attributes or {"content_type": source.content_type,
                                     "metadata": dict(source.metadata), "headers": dict(source.headers)}
-        record = ObjectRecord(key=call.key, size=source.size, etag=source.etag, fid=plan.fid,
+        record = ObjectRecord(key=key, size=source.size, etag=source.etag, fid=plan.fid,
                               modified_ns=time.time_ns(), content_type=attributes["content_type"],
                               metadata=attributes["metadata"], headers=attributes["headers"],
                               encrypted=source.encrypted, parts=source.parts)
-        await catalog.record_put(call.bucket, record)
+        await catalog.record_put(bucket, record)
         return record
 
-    async def _store_from(self, call: S3Call, source: ObjectRecord, start: int, end: int,
+    async def _store_from(self, owner: str, source: ObjectRecord, start: int, end: int,
                           bucket: str, path: str) -> FilePlan:
         """Store bytes [start, end) of an object as bucket/path (read from the network
         into a staging file, then put as an upload)."""
-        staged = await self._stage_from(call, source, start, end,
+        staged = await self._stage_from(owner, source, start, end,
                                         self.api.uploads.staging_path(upload_id := self.api.uploads.new_id()))
-        store = self.engine.store_for(call.owner)
-        reservation = self.engine.reserve(call.owner, end - start)
-        record = UploadRecord(id=upload_id, owner=call.owner, bucket=bucket, key=path,
+        store = self.engine.store_for(owner)
+        reservation = self.engine.reserve(owner, end - start)
+        record = UploadRecord(id=upload_id, owner=owner, bucket=bucket, key=path,
                               territory=store.territory_name, size=end - start,
                               encrypt=self.engine.config.storage.encryption, with_cipher=False,
                               placement={}, respond="durable")
@@ -430,12 +433,12 @@ class ObjectOperations:
         assert isinstance(plan, FilePlan)
         return plan
 
-    async def _stage_from(self, call: S3Call, source: ObjectRecord, start: int, end: int,
+    async def _stage_from(self, owner: str, source: ObjectRecord, start: int, end: int,
                           path: Any) -> StagingFile:
         staged = StagingFile(path)
         try:
             if source.fid and end > start:
-                store = self.engine.store_for(call.owner)
+                store = self.engine.store_for(owner)
                 info = await store.file_info(source.fid)
 
                 async def sink(data: memoryview) -> None:
@@ -504,7 +507,7 @@ class ObjectOperations:
         if wanted:
             start, end = copy_source_range(wanted, source.size)
         incoming = self.api.multipart.part_path(upload)
-        staged = await self._stage_from(call, source, start, end, incoming)
+        staged = await self._stage_from(call.owner, source, start, end, incoming)
         md5 = await trio.to_thread.run_sync(_md5_of_file, incoming)
         part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
                                              staged.size, md5)
@@ -584,10 +587,12 @@ class ObjectOperations:
                 reader = await trio.to_thread.run_sync(self.api.multipart.reader, upload, parts)
                 reservation = self.engine.reserve(call.owner, 0)  # the parts were counted
                 try:
-                    async with self.engine.store_slots:
-                        plan = await store.put(reader, size, call.bucket, target.path, encrypt=encrypt,
-                                               replace_existing=False,
-                                               salt_context=f"multipart:{upload.id}".encode())
+                    with self.api.uploads.tracking(call.owner, call.bucket, target.path, size) as status:
+                        async with self.engine.store_slots:
+                            plan = await store.put(reader, size, call.bucket, target.path,
+                                                   encrypt=encrypt, replace_existing=False,
+                                                   salt_context=f"multipart:{upload.id}".encode(),
+                                                   status=status)
                     fid = plan.fid
                 finally:
                     reservation.release()
