@@ -9,6 +9,13 @@ from .interface import ChainClient
 
 
 def open_chain(config: Config, account: Account | None) -> ChainClient:
+    """The chain client of `config`, its calls timed for the metrics (metrics.py)."""
+    from ..metrics import MeteredChain
+
+    return MeteredChain(_open(config, account))  # type: ignore[return-value]
+
+
+def _open(config: Config, account: Account | None) -> ChainClient:
     backend = config.chain.backend
     if backend == "embedded":
         from .ledger import EmbeddedLedger
