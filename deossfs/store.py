@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import logging
 import os
 import uuid
@@ -711,8 +712,10 @@ class ObjectStore:
         """Write the file's bytes into `fd` (a new, empty file, open for reading and
         writing). A file stored through a processing stage is decoded: its stored bytes
         go to a spool file first. A file not met before is fetched straight into `fd`
-        and its first bytes looked at afterwards, so a plain get fetches nothing twice."""
-        if info.fid not in self._stages:
+        and its first bytes looked at afterwards, so a plain get fetches nothing twice
+        (an `fd` open for writing only costs a look at segment 0 first instead)."""
+        readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+        if info.fid not in self._stages and readable:
             await self._stored_into_fd(info, fd, progress)
             prefix = await trio.to_thread.run_sync(os.pread, fd, PROBE_BYTES, 0)
             header = parse_header(prefix)

@@ -164,11 +164,14 @@ def test_the_gateway(devnet: Devnet, tmp_path: Path) -> None:
         gateway.stop()
 
 
-@pytest.mark.parametrize("_", [None], ids=["mount"])
-@NEEDS_MOUNT[0]
-@NEEDS_MOUNT[1]
-@NEEDS_MOUNT[2]
-def test_the_mount(devnet: Devnet, tmp_path: Path, _: None) -> None:
+def needs_mount(test: Callable) -> Callable:
+    for mark in NEEDS_MOUNT:
+        test = mark(test)
+    return test
+
+
+@needs_mount
+def test_the_mount(devnet: Devnet, tmp_path: Path) -> None:
     port = free_port()
     config = config_for(devnet, tmp_path / "m")
     data = tmp_path / "source.bin"
