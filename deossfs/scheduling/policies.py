@@ -210,7 +210,7 @@ def run_policies(policies: Sequence[tuple[str, SchedulingPolicy]], candidates: S
             account = _account_of(item)
             if account is None or account not in offered:
                 raise PluginError(
-                    f"scheduling policy {name!r} chose node {account or item!r}, which it was not "
+                    f"scheduling policy {name!r} chose node {account or repr(item)}, which it was not "
                     "offered (not positive, failing, blocked, or used by this order already)",
                     hint="a policy returns a subset of the candidates it is given")
             if account in seen:
