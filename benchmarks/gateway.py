@@ -38,11 +38,14 @@ def cli(config: Path, *args: str) -> float:
 
 
 class Gateway:
-    def __init__(self, config: Path, directory: Path) -> None:
+    """A `deossfs gateway` process for a benchmark (its cache and peers off unless `cold`
+    is False), on a free port."""
+
+    def __init__(self, config: Path, directory: Path, cold: bool = True) -> None:
         url_file = directory / "url"
         url_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deossfs", "--config", str(config), *COLD,
+            [sys.executable, "-m", "deossfs", "--config", str(config), *(COLD if cold else []),
              "-o", "gateway.max_uploads_per_account=16", "gateway", "--listen", "127.0.0.1:0",
              "--url-file", str(url_file)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(directory / "gateway.log", "ab"))  # noqa: SIM115
@@ -51,6 +54,17 @@ class Gateway:
                 raise SystemExit(f"the gateway exited: see {directory / 'gateway.log'}")
             time.sleep(0.05)
         self.url = url_file.read_text().strip()
+
+    @staticmethod
+    def create_key(config: Path) -> dict[str, str]:
+        """An S3 access key of the config's account (for this gateway and any other of it)."""
+        import json
+
+        out = subprocess.run([sys.executable, "-m", "deossfs", "--config", str(config), "gateway",
+                              "key", "create", "--json"], check=True, cwd=ROOT, capture_output=True,
+                             text=True).stdout
+        created = json.loads(out)
+        return {"id": created["access_key_id"], "secret": created["secret_access_key"]}
 
     def peak_rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

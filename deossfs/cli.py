@@ -203,9 +203,12 @@ def devnet_status_cmd(directory: str, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=15001, show_default=True)
 @click.option("--idle-space", default=256 * GIB, show_default=True, help="bytes offered")
+@click.option("--listen-fd", type=int, hidden=True,
+              help="serve this inherited, already bound socket instead of --host/--port")
 @click.pass_obj
 @handle_errors
-def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int) -> None:
+def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int,
+             listen_fd: int | None) -> None:
     """Run a storage node daemon (cess-miner fragment protocol over HTTP)."""
     from .keys import create_key_file, load_key_file
     from .node.server import run_node
@@ -220,7 +223,7 @@ def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int
         from .metrics import serve
 
         serve(config.metrics.listen)
-    run_node(node_dir, account, chain, host, port, idle_space)
+    run_node(node_dir, account, chain, host, port, idle_space, listen_fd=listen_fd)
 
 
 # ---- territory -------------------------------------------------------------
@@ -527,17 +530,23 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
 
 @main.command("verify")
 @click.option("--repair", is_flag=True,
-              help="rebuild missing, corrupt or unreachable fragments on healthy nodes")
+              help="rebuild missing, corrupt or unreachable fragments on healthy nodes; "
+                   "delete orphaned files")
+@click.option("--grace", type=click.FloatRange(min=0), default=24 * 3600.0, show_default=True,
+              help="seconds a file must be on the chain before it can count as orphaned")
 @click.option("--json", "as_json", is_flag=True)
 @click.argument("target", required=False)
 @click.pass_obj
 @handle_errors
-def verify_cmd(obj: Context, repair: bool, as_json: bool, target: str | None) -> None:
+def verify_cmd(obj: Context, repair: bool, grace: float, as_json: bool, target: str | None) -> None:
     """Check every fragment of BUCKET[/KEY] (default: every object) against its hash.
 
-    Exits non-zero while a bad fragment is left (not repaired, or without --repair).
+    For a bucket (default: every bucket) also list orphaned files: versions that no
+    mount's metadata object names any more (two mounts wrote one file), older than
+    --grace. Exits non-zero while a bad fragment or an orphan is left (not repaired, or
+    without --repair).
     """
-    from .repair import describe, verify
+    from .repair import describe, describe_orphan, verify
 
     def show(file_report: Any, endpoints: dict[str, str]) -> None:
         if as_json or not file_report.problems:
@@ -548,7 +557,7 @@ def verify_cmd(obj: Context, repair: bool, as_json: bool, target: str | None) ->
 
     async def action(store: Any) -> Any:
         endpoints = await store.endpoints()
-        return await verify(store, target, repair=repair,
+        return await verify(store, target, repair=repair, grace=grace,
                             progress=lambda file_report: show(file_report, endpoints))
 
     report = _run_store(obj, action)
@@ -557,14 +566,22 @@ def verify_cmd(obj: Context, repair: bool, as_json: bool, target: str | None) ->
             "files": [{"name": f.name, "fid": f.fid, "fragments": f.fragments,
                        "problems": [vars(p) for p in f.problems]} for f in report.files],
             "fragments": report.fragments, "problems": len(report.problems),
-            "repaired": len(report.repaired), "unresolved": len(report.unresolved)}, indent=2))
+            "repaired": len(report.repaired), "unresolved": len(report.unresolved),
+            "orphans": [vars(o) for o in report.orphans]}, indent=2))
     else:
+        for orphan in report.orphans:
+            click.echo(describe_orphan(orphan))
         click.echo(f"checked {report.fragments} fragments of {len(report.files)} files: "
-                   f"{len(report.problems)} bad, {len(report.repaired)} repaired")
+                   f"{len(report.problems)} bad, {len(report.repaired)} repaired; "
+                   f"{len(report.orphans)} orphaned files, "
+                   f"{len(report.orphans) - len(report.orphans_left)} deleted")
     left = report.unresolved
     if left:
         what = "could not be repaired" if repair else "need repair (run `deossfs verify --repair`)"
         fail(f"{len(left)} fragments {what}")
+    if report.orphans_left:
+        what = "could not be deleted" if repair else "left (`deossfs verify --repair` deletes them)"
+        fail(f"{len(report.orphans_left)} orphaned files {what}")
 
 
 # ---- chain -----------------------------------------------------------------

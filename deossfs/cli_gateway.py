@@ -92,3 +92,88 @@ def gateway_sign(obj: Context, curl: bool) -> None:
     else:
         for name, value in headers.items():
             click.echo(f"{name}: {value}")
+
+
+# ---- S3 access keys ------------------------------------------------------------------
+
+
+@gateway.group("key")
+def gateway_key() -> None:
+    """S3 access keys of this gateway, each bound to an account."""
+
+
+def _key_store(obj: Context):  # noqa: ANN202
+    from .gateway.credentials import KeyStore
+    from .gateway.server import credentials_path
+
+    config = obj.config()
+    account = obj.account(config)
+    return config, account, KeyStore.for_account(credentials_path(config, account), account)
+
+
+@gateway_key.command("create")
+@click.option("--account", "for_account", metavar="SS58",
+              help="the account the key acts for (default: the gateway's own); it must have "
+                   "authorized the gateway (`deossfs authorize GATEWAY` with its key)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def gateway_key_create(obj: Context, for_account: str | None, as_json: bool) -> None:
+    """Create an access key id and secret for S3 clients. The secret is shown once."""
+    import json
+
+    from .gateway.auth import canonical_account
+
+    config, account, keys = _key_store(obj)
+    owner = canonical_account(for_account) if for_account else account.address
+    if owner != account.address:
+        chain = obj.chain(config, account)
+        try:
+            authorized = account.address in chain.authorized_gateways(owner)
+        finally:
+            chain.close()
+        if not authorized:
+            fail(f"account {owner} has not authorized this gateway ({account.address}): run "
+                 f"`deossfs authorize {account.address}` with that account's key first")
+    key = keys.create(owner)
+    if as_json:
+        click.echo(json.dumps({"access_key_id": key.access_key_id, "secret_access_key": key.secret,
+                               "account": key.account}))
+        return
+    click.echo(f"access key id:     {key.access_key_id}")
+    click.echo(f"secret access key: {key.secret}")
+    click.echo(f"account:           {key.account}")
+    click.echo("the secret is not shown again; e.g. aws configure, or rclone's s3 backend "
+               "with provider Other and this gateway's URL as the endpoint")
+
+
+@gateway_key.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@handle_errors
+def gateway_key_ls(obj: Context, as_json: bool) -> None:
+    """The access keys (never their secrets)."""
+    import json
+    import time
+
+    _, _, keys = _key_store(obj)
+    listed = keys.list()
+    if as_json:
+        click.echo(json.dumps([{"access_key_id": k.access_key_id, "account": k.account,
+                                "created": k.created} for k in listed]))
+        return
+    for key in listed:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created))
+        click.echo(f"{key.access_key_id}  {key.account}  {when}")
+
+
+@gateway_key.command("rm")
+@click.argument("access_key_id")
+@click.pass_obj
+@handle_errors
+def gateway_key_rm(obj: Context, access_key_id: str) -> None:
+    """Remove an access key: it stops working at once, also in a running gateway."""
+    _, _, keys = _key_store(obj)
+    if not keys.remove(access_key_id):
+        fail(f"no access key {access_key_id}; list them with `deossfs gateway key ls`")
+    click.echo(f"access key {access_key_id} removed")

@@ -145,6 +145,27 @@ class GatewayConfig:
     #: most 10 min), before it is reported failed
     upload_attempts: int = 5
     retry_seconds: float = 5.0
+    #: S3: the domain of virtual-host-style requests (BUCKET.domain); empty: path style only
+    domain: str = ""
+    #: S3: the region the gateway answers as (GetBucketLocation; any region signs)
+    region: str = "us-east-1"
+    #: S3: multipart uploads left incomplete this many days are dropped with their parts
+    multipart_expiry_days: float = 7.0
+
+
+#: what `mount.fsync` may be
+FSYNC_MODES = ("network", "local")
+
+
+@dataclass
+class MountConfig:
+    #: what fsync (and msync) waits for: "network" = the file is durable on CESS
+    #: (fragments fsynced on 12 nodes, the file Active on the chain); "local" = its content
+    #: is journaled and fsynced on this machine's disk, and the upload follows
+    fsync: str = "network"
+    #: seconds a chain file must exist before the mount's background check
+    #: (storage.verify_interval) deletes it as an orphan (docs/reliability.md)
+    orphan_grace: float = 24 * 3600.0
 
 
 @dataclass
@@ -197,6 +218,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    mount: MountConfig = field(default_factory=MountConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -232,7 +254,7 @@ class Config:
 
 _SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
              "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig,
-             "gateway": GatewayConfig, "processing": ProcessingConfig,
+             "gateway": GatewayConfig, "mount": MountConfig, "processing": ProcessingConfig,
              "scheduling": SchedulingConfig, "metrics": MetricsConfig}
 #: options outside any section
 _TOP_LEVEL = ("key_file", "workspace")
@@ -459,6 +481,9 @@ def _validate(config: Config) -> None:
                          ("gateway.upload_attempts", config.gateway.upload_attempts)):
         if count < 1:
             raise ConfigError(f"config option {where} must be at least 1")
+    if config.mount.fsync not in FSYNC_MODES:
+        raise ConfigError("config option mount.fsync must be \"network\" (fsync waits until the "
+                          "file is durable on CESS) or \"local\" (until it is on this machine's disk)")
     if not 0 <= config.serve.port <= 65535:
         raise ConfigError("config option serve.port must be between 0 and 65535")
     if config.cache.size < 0:
@@ -467,7 +492,8 @@ def _validate(config: Config) -> None:
                          ("storage.request_timeout", config.storage.request_timeout)):
         if value <= 0:
             raise ConfigError(f"config option {where} must be positive")
-    for where, value in (("peers.penalty_seconds", config.peers.penalty_seconds),
+    for where, value in (("mount.orphan_grace", config.mount.orphan_grace),
+                         ("peers.penalty_seconds", config.peers.penalty_seconds),
                          ("peers.refresh_seconds", config.peers.refresh_seconds),
                          ("storage.node_penalty_seconds", config.storage.node_penalty_seconds)):
         if value < 0:

@@ -65,12 +65,6 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def node_processes(devnet_dir: Path) -> list[NodeProcess]:
     nodes = []
     for path in sorted((devnet_dir / "nodes").glob("node*"), key=lambda p: int(p.name[4:] or 0)):
@@ -81,58 +75,87 @@ def node_processes(devnet_dir: Path) -> list[NodeProcess]:
     return nodes
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # as the node's server does: connections of its last run in TIME_WAIT do not count
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def listen_socket(port: int = 0) -> socket.socket:
+    """A socket listening on 127.0.0.1:`port` (0: a free port the kernel picks).
+
+    The devnet binds each node's port itself and hands the listening socket to the
+    node process: picking a free port and binding it later raced with anyone else
+    doing the same (two devnets starting at once got the same port)."""
+    sock = socket.socket()
+    try:
+        if port:
+            # as the node's server does: connections of its last run in TIME_WAIT do not count
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(socket.SOMAXCONN)  # a listening port is taken for good, SO_REUSEADDR or not
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-def start_node(config_path: Path, node: NodeProcess, port: int | None = None) -> NodeProcess:
-    """Start a node process; a restarted node keeps its port unless something took it
-    meanwhile (another devnet, or an outgoing connection's ephemeral port): then it
-    gets a new one and registers the new endpoint on the chain at start."""
-    if port is None and node.port is not None and _port_free(node.port):
-        port = node.port
-    port = port or _free_port()
+def listen_socket_for(node: NodeProcess) -> socket.socket:
+    """A listening socket on the node's previous port if nothing took it meanwhile
+    (another devnet, or an outgoing connection's ephemeral port), else on a new one."""
+    if node.port is not None:
+        with contextlib.suppress(OSError):
+            return listen_socket(node.port)
+    return listen_socket(0)
+
+
+def start_node(config_path: Path, node: NodeProcess, listener: socket.socket | None = None) -> NodeProcess:
+    """Start a node process serving `listener` (by default `listen_socket_for(node)`).
+
+    A restarted node keeps its port when it can; with a new one it registers the new
+    endpoint on the chain at start."""
+    listener = listener or listen_socket_for(node)
+    port = listener.getsockname()[1]
     log = open(node.dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deossfs", "--config", str(config_path), "node",
-         "--dir", str(node.dir), "--host", "127.0.0.1", "--port", str(port),
-         "--idle-space", str(NODE_IDLE_SPACE)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    log.close()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deossfs", "--config", str(config_path), "node",
+             "--dir", str(node.dir), "--host", "127.0.0.1", "--port", str(port),
+             "--listen-fd", str(listener.fileno()), "--idle-space", str(NODE_IDLE_SPACE)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(listener.fileno(),),
+        )
+    finally:
+        log.close()
+        listener.close()  # the child has its own copy
     (node.dir / "process.json").write_text(json.dumps({"pid": proc.pid, "port": port}))
     return NodeProcess(node.index, node.dir, proc.pid, port)
 
 
 def stop_node(node: NodeProcess, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    if node.pid is None or not process_alive(node.pid):
-        return
-    os.kill(node.pid, sig)
+    stop_nodes([node], sig, timeout)
+
+
+def stop_nodes(nodes: list[NodeProcess], sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Signal every node, then wait for them together (SIGKILL after `timeout`)."""
+    running = [n for n in nodes if n.pid is not None and process_alive(n.pid)]
+    for node in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.pid, sig)  # type: ignore[arg-type]
     deadline = time.monotonic() + timeout
-    while process_alive(node.pid) and time.monotonic() < deadline:
+    while any(n.alive for n in running) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if process_alive(node.pid):
-        os.kill(node.pid, signal.SIGKILL)
+    for node in running:
+        if node.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
 
 
 def wait_ready(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
     """Until every node answers `/status` as itself (another process on its port is not it)."""
     deadline = time.monotonic() + timeout
     pending = list(nodes)
-    accounts = {node.index: load_key_file(node.dir / "key.json").address for node in nodes}
+    accounts = {node.dir: load_key_file(node.dir / "key.json").address for node in nodes}
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while pending:
             for node in list(pending):
                 try:
                     answer = client.get(f"{node.endpoint}/status")
-                    if answer.status_code == 200 and answer.json().get("account") == accounts[node.index]:
+                    if answer.status_code == 200 and answer.json().get("account") == accounts[node.dir]:
                         pending.remove(node)
                         continue
                 except (httpx.HTTPError, ValueError):
@@ -166,6 +189,7 @@ def devnet_up(devnet_dir: Path, node_count: int = 12, gateway: bool = False) -> 
         write_config(config, config_path)
     account = load_key_file(key_path) if key_path.exists() else create_key_file(key_path)
     chain = open_chain(config, account)
+    started: list[NodeProcess] = []
     try:
         if chain.balance(account.address) == 0:  # type: ignore[attr-defined]
             chain.fund(account.address, DEV_FUNDS)  # type: ignore[attr-defined]
@@ -179,11 +203,16 @@ def devnet_up(devnet_dir: Path, node_count: int = 12, gateway: bool = False) -> 
             node = current[0] if current else NodeProcess(index, node_dir, None, None)
             if not node.alive:
                 node = start_node(config_path, node)
+                started.append(node)
             nodes.append(node)
         wait_ready(nodes)
         territory = config.storage.territory
         if chain.territory(account.address, territory) is None:
             chain.mint_territory(territory, DEV_TERRITORY_GIB, DEV_TERRITORY_DAYS)
+    except BaseException:
+        # a failed `up` leaves nothing of its own running (nodes that ran before stay)
+        stop_nodes(started)
+        raise
     finally:
         chain.close()
     if gateway:

@@ -234,7 +234,15 @@ def devnet_up_cess(devnet_dir: Path, node_count: int = 12) -> Config:
     The chain keeps its state in memory: after `down` the next `up` starts a fresh
     chain and injects the miners again (files stored before are gone).
     """
-    from .devnet import NodeProcess, node_processes, start_node, wait_ready
+    from .devnet import (
+        NodeProcess,
+        listen_socket_for,
+        node_processes,
+        start_node,
+        stop_node,
+        stop_nodes,
+        wait_ready,
+    )
 
     if node_count < 12 or node_count > 64:
         raise InvalidInput("--nodes must be between 12 and 64 (a CESS file needs 12 miners)")
@@ -260,40 +268,50 @@ def devnet_up_cess(devnet_dir: Path, node_count: int = 12) -> Config:
 
     nodes: list[NodeProcess] = []
     node_accounts: list[Account] = []
-    for index in range(1, node_count + 1):
-        node_dir = devnet_dir / "nodes" / f"node{index}"
-        node_dir.mkdir(parents=True, exist_ok=True)
-        key = node_dir / "key.json"
-        node_accounts.append(load_key_file(key) if key.exists() else create_key_file(key))
-        current = [n for n in node_processes(devnet_dir) if n.index == index]
-        node = current[0] if current else NodeProcess(index, node_dir, None, None)
-        if not node.alive or fresh:
-            node = NodeProcess(index, node_dir, None, node.port or _free_port())
-        nodes.append(node)
-
-    chain = CessChain([url], account)
+    #: the ports of the nodes to start, bound now (their endpoints go on the chain
+    #: before they start) and handed over to the node processes
+    listeners: dict[int, socket.socket] = {}
+    started: list[NodeProcess] = []
+    chain = None
     try:
+        for index in range(1, node_count + 1):
+            node_dir = devnet_dir / "nodes" / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            key = node_dir / "key.json"
+            node_accounts.append(load_key_file(key) if key.exists() else create_key_file(key))
+            current = [n for n in node_processes(devnet_dir) if n.index == index]
+            node = current[0] if current else NodeProcess(index, node_dir, None, None)
+            if not node.alive or fresh:
+                if node.alive:  # a fresh chain knows no endpoint: restart it too
+                    stop_node(node)
+                listeners[index] = listen_socket_for(node)
+                node = NodeProcess(index, node_dir, None, listeners[index].getsockname()[1])
+            nodes.append(node)
+
+        chain = CessChain([url], account)
         if fresh or chain.storage_node(node_accounts[0].address) is None:
             # the endpoints are known before the nodes start, so their start-up check
             # (register_storage_node) finds them in place and sends nothing
             miners = {a.address: n.endpoint for a, n in zip(node_accounts, nodes, strict=True)}
             inject(chain.connection, miners=miners, funded=[account.address])
-        from .devnet import stop_node
-
-        started = []
+        ready = []
         for node in nodes:
-            if node.alive:
-                if not fresh:
-                    started.append(node)
-                    continue
-                stop_node(node)
-            started.append(start_node(config_path, node, node.port))
-        wait_ready(started, timeout=180)
+            if node.index in listeners:
+                node = start_node(config_path, node, listeners.pop(node.index))
+                started.append(node)
+            ready.append(node)
+        wait_ready(ready, timeout=180)
         territory = config.storage.territory
         if chain.territory(account.address, territory) is None:
             chain.mint_territory(territory, DEV_TERRITORY_GIB, DEV_TERRITORY_DAYS)
+    except BaseException:
+        stop_nodes(started)  # a failed `up` leaves none of the nodes it started running
+        raise
     finally:
-        chain.close()
+        for listener in listeners.values():
+            listener.close()
+        if chain is not None:
+            chain.close()
     return config
 
 

@@ -70,9 +70,29 @@ class NameTooLong(InvalidName):
     errno = errno.ENAMETOOLONG
 
 
+class KeyTooLongError(NameTooLong):
+    """An S3 key longer than S3 allows (1,024 bytes: S3's KeyTooLongError)."""
+
+
+class KeyConflict(InvalidName):
+    """A key that would make one name both a file and a directory (`a/b` and `a/b/c`):
+    keys live as a tree of files and directories (the mount's), not as flat names."""
+
+    errno = errno.EEXIST
+    http_status = 409
+
+
 class NotFound(PermanentError):
     errno = errno.ENOENT
     http_status = 404
+
+
+class NoSuchBucket(NotFound):
+    """The account has no bucket of that name."""
+
+
+class NoSuchKey(NotFound):
+    """The bucket has no object of that key."""
 
 
 class AlreadyExists(PermanentError):
@@ -95,6 +115,12 @@ class TooLarge(NoSpace):
 
     errno = errno.EFBIG
     http_status = 413
+
+
+class FileTooLarge(PermanentError):
+    """Larger than one CESS storage order can hold (processing.layout.MAX_SEGMENTS)."""
+
+    errno = errno.EFBIG
 
 
 class AccessDenied(PermanentError):

@@ -25,12 +25,16 @@ def chain_file_name(key: str) -> str:
         return key
     return HASHED_NAME_PREFIX + hashlib.sha256(raw).hexdigest()[:48]
 
-#: longest object key deossfs accepts (the chain's file_name bound)
-MAX_KEY_BYTES = 1024
+#: longest object key deossfs stores. The chain never sees it (a key longer than 63 bytes
+#: is declared under its hash), so the bound is deossfs' own: room for a mount's deep
+#: trees (fs/operations.py MAX_PATH_BYTES) and the trash's hidden prefix below it
+MAX_KEY_BYTES = 8192
+#: S3's bound on a key (what an S3 client may send); callers that speak S3 pass it
+S3_MAX_KEY_BYTES = 1024
 
 
-def check_key(key: str) -> str:
-    """Validate an object key like `a/b/c.txt`; returns it unchanged."""
+def check_key(key: str, max_bytes: int = MAX_KEY_BYTES) -> str:
+    """Validate an object key like `a/b/c.txt` of at most `max_bytes`; returns it unchanged."""
     if not key:
         raise InvalidName("an object key must not be empty")
     if "\0" in key:
@@ -39,8 +43,8 @@ def check_key(key: str) -> str:
         raw = key.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidName("an object key must be valid UTF-8") from None
-    if len(raw) > MAX_KEY_BYTES:
-        raise NameTooLong(f"an object key is at most {MAX_KEY_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise NameTooLong(f"an object key is at most {max_bytes} bytes")
     parts = key.split("/")
     if key.startswith("/") or key.endswith("/") or "" in parts:
         raise InvalidName(f"object key {key!r} has an empty path component")

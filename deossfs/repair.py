@@ -20,6 +20,14 @@ checks the result against the chain's hash, and re-homes it through a restoral o
 An interrupted repair is resumed: an order left open is reused, and a node that
 claimed it is sent the fragment again. docs/reliability.md says which of these calls
 a CESS chain accepts from a user.
+
+Verification also looks for **orphans**: chain files of a bucket that a mount keeps
+(it has a metadata object) which no metadata object names, stored under the chain name
+of a path whose current version (named, and on the chain) is another file. Two mounts
+writing one file can leave the losing version so (docs/semantics.md). Only files older
+than a grace period count: a mount publishes a new version in its bucket's metadata
+object 5-30 s after the upload, or at its next start after a crash. Repair deletes them.
+Files of other tools (no path of a metadata object has their name) are never orphans.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .chain.interface import FileInfo, StorageNode
+from .catalog.protocol import META_KEY, file_versions
+from .catalog.protocol import decode_object as decode
+from .chain.interface import BLOCK_SECONDS, FileInfo, StorageNode
 from .errors import (
     ChainError,
     DataUnavailable,
@@ -42,7 +52,7 @@ from .errors import (
     NotFound,
     cli_message,
 )
-from .names import split_target
+from .names import chain_file_name, split_target
 from .p2p.transfer import with_retries
 from .processing.erasure import get_coder
 from .processing.layout import DATA_SHARDS, FRAGMENT_SIZE, TOTAL_SHARDS, ZERO_FRAGMENT_HASH
@@ -56,6 +66,9 @@ VERIFY_CONCURRENCY = 6
 REPAIR_ATTEMPTS = 3
 
 MISSING, CORRUPT, UNREACHABLE = "missing", "corrupt", "unreachable"
+#: seconds a chain file must exist before it can be an orphan: far longer than a mount
+#: takes to publish a version (seconds; at its next start after a crash)
+ORPHAN_GRACE_SECONDS = 24 * 3600.0
 
 
 @dataclass
@@ -85,8 +98,25 @@ class FileReport:
 
 
 @dataclass
+class Orphan:
+    """A chain file no metadata object names, whose path's current version is another."""
+
+    bucket: str
+    name: str  # its chain file name
+    fid: str
+    size: int
+    age_seconds: float
+    #: the path whose chain name it has, and that path's current FID
+    path: str
+    current: str
+    deleted: bool = False
+    delete_error: str | None = None
+
+
+@dataclass
 class VerifyReport:
     files: list[FileReport] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
 
     @property
     def fragments(self) -> int:
@@ -103,6 +133,10 @@ class VerifyReport:
     @property
     def unresolved(self) -> list[FragmentProblem]:
         return [p for p in self.problems if p.repaired_to is None]
+
+    @property
+    def orphans_left(self) -> list[Orphan]:
+        return [o for o in self.orphans if not o.deleted]
 
 
 Progress = Callable[[FileReport], None]
@@ -354,15 +388,77 @@ _RESTORAL_HINT = ("on a CESS chain only the miner that held a fragment may open 
                   "order; the network's audit does that (docs/reliability.md)")
 
 
+async def find_orphans(store: ObjectStore, buckets: list[str], grace: float = ORPHAN_GRACE_SECONDS,
+                       keep: Callable[[str], bool] = lambda fid: False) -> list[Orphan]:
+    """The orphans of `buckets` (see the module's docstring) at least `grace` s old; `keep`
+    says which FIDs someone still needs (a mount: those its database refers to)."""
+    found: list[Orphan] = []
+    now = await trio.to_thread.run_sync(store.chain.block_number)
+    for bucket in buckets:
+        try:
+            objects = await store.files_in_bucket(bucket)
+        except NotFound:
+            continue  # deleted meanwhile
+        metas = [info.fid for key, info in objects if key == META_KEY]
+        if not metas:
+            continue  # no mount keeps this bucket: nothing tells a version from an object
+        named: set[str] = set()
+        current: dict[str, tuple[str, str]] = {}  # chain name -> (path, FID) of a named version
+        on_chain = {info.fid for _, info in objects}
+        try:
+            for fid in metas:
+                for path, version in file_versions(decode(await store.read_object(fid))).items():
+                    named.add(version)
+                    if version in on_chain:
+                        current[chain_file_name(path)] = (path, version)
+        except (DeossError, ValueError) as exc:
+            log.warning("bucket %s: its metadata object cannot be read (%s); not looking for "
+                        "orphans there", bucket, exc)
+            continue
+        for name, info in objects:
+            if name == META_KEY or info.fid in named or keep(info.fid):
+                continue
+            claim = current.get(name)
+            age = (now - info.completion) * BLOCK_SECONDS
+            if claim is None or claim[1] == info.fid or age < grace:
+                continue
+            found.append(Orphan(bucket, name, info.fid, info.file_size, age, *claim))
+    return found
+
+
+async def delete_orphans(store: ObjectStore, orphans: list[Orphan]) -> None:
+    for orphan in orphans:
+        try:
+            await store.delete_fid(orphan.fid)
+            orphan.deleted = True
+            log.info("deleted orphan %s/%s (%s…): no metadata object names it; %s is %s…",
+                     orphan.bucket, orphan.name, orphan.fid[:16], orphan.path, orphan.current[:16])
+        except DeossError as exc:
+            orphan.delete_error = str(exc)
+            log.warning("deleting orphan %s/%s failed: %s", orphan.bucket, orphan.name, exc)
+
+
 async def verify(store: ObjectStore, target: str | None = None, *, repair: bool = False,
-                 progress: Progress | None = None) -> VerifyReport:
-    """Verify (and with `repair`, repair) BUCKET/KEY, a BUCKET, or every object."""
+                 progress: Progress | None = None, grace: float = ORPHAN_GRACE_SECONDS,
+                 keep: Callable[[str], bool] = lambda fid: False) -> VerifyReport:
+    """Verify (and with `repair`, repair) BUCKET/KEY, a BUCKET, or every object; for a
+    bucket or everything, find orphans too (and with `repair`, delete them)."""
     names = await targets(store, target)
-    return await Verifier(store).run(names, repair=repair, progress=progress)
+    report = await Verifier(store).run(names, repair=repair, progress=progress)
+    if target is None or "/" not in target.strip("/"):
+        buckets = [target.strip("/")] if target else \
+            await trio.to_thread.run_sync(store.chain.buckets, store.owner)
+        report.orphans = await find_orphans(store, buckets, grace, keep)
+        if repair:
+            await delete_orphans(store, report.orphans)
+    return report
 
 
-async def verify_forever(store: ObjectStore, interval: float, *, repair: bool = True) -> None:
-    """The background check (`[storage] verify_interval`): verify everything every `interval` s.
+async def verify_forever(store: ObjectStore, interval: float, *, repair: bool = True,
+                         grace: float = ORPHAN_GRACE_SECONDS,
+                         keep: Callable[[str], bool] = lambda fid: False) -> None:
+    """The background check (`[storage] verify_interval`): verify everything every `interval` s,
+    and delete orphans (`keep`: FIDs the mount still refers to, whatever the chain says).
 
     Runs until cancelled; a failed round is logged and the next one runs on time.
     """
@@ -371,10 +467,13 @@ async def verify_forever(store: ObjectStore, interval: float, *, repair: bool = 
     while True:
         await trio.sleep(interval)
         try:
-            report = await verify(store, repair=repair)
+            report = await verify(store, repair=repair, grace=grace, keep=keep)
         except Exception as exc:  # a background task: it must not end the mount
             log.warning("background verification failed: %s", cli_message(exc))
             continue
+        if report.orphans:
+            log.warning("background verification: %d orphaned files, %d deleted",
+                        len(report.orphans), len(report.orphans) - len(report.orphans_left))
         if report.problems:
             log.warning("background verification: %d bad fragments, %d repaired, %d left",
                         len(report.problems), len(report.repaired), len(report.unresolved))
@@ -393,4 +492,16 @@ def describe(problem: FragmentProblem, endpoints: dict[str, str] | None = None) 
         text += f" -> rebuilt on {node}"
     elif problem.repair_error is not None:
         text += f" -> not repaired: {problem.repair_error}"
+    return text
+
+
+def describe_orphan(orphan: Orphan) -> str:
+    """One line about an orphaned file."""
+    text = (f"{orphan.bucket}/{orphan.name} ({orphan.fid[:16]}…, {orphan.size} bytes, "
+            f"{orphan.age_seconds / 3600:.1f} h old): orphaned, no metadata object names it; "
+            f"{orphan.path} is {orphan.current[:16]}…")
+    if orphan.deleted:
+        text += " -> deleted"
+    elif orphan.delete_error is not None:
+        text += f" -> not deleted: {orphan.delete_error}"
     return text

@@ -42,6 +42,7 @@ from .errors import (
     AccessDenied,
     DataUnavailable,
     DeossError,
+    FileTooLarge,
     IntegrityError,
     InvalidInput,
     MissingPlugin,
@@ -73,6 +74,7 @@ from .processing.encryption import (
 from .processing.layout import (
     DATA_SHARDS,
     FRAGMENT_SIZE,
+    MAX_SEGMENTS,
     SEGMENT_SIZE,
     TOTAL_SHARDS,
     ZERO_FRAGMENT_HASH,
@@ -177,6 +179,8 @@ class ObjectStore:
         #: fid -> whether the file has deossfs's encrypted layout (it decides where a
         #: plaintext offset falls); shared by views, as it is the file's, not the key's
         self._layouts: dict[str, bool] = {}
+        #: segments being fetched from peers or nodes now, (fid, index) -> set when done
+        self._fetching: dict[tuple[str, int], trio.Event] = {}
         # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
         self.cache = SegmentCache.from_config(config, account.address, self.counters)
@@ -397,6 +401,10 @@ class ObjectStore:
         if encrypt is None:
             encrypt = self.config.storage.encryption
         codec = self.encrypted_codec if encrypt else self.plain_codec
+        if codec.segment_count(size) > MAX_SEGMENTS:
+            raise FileTooLarge(f"{size} bytes is more than one CESS file holds "
+                               f"({largest_file(encrypt)} bytes, {MAX_SEGMENTS} segments)",
+                               hint="split it into smaller files")
         if salt_context is None:
             salt_context = f"object:{bucket}/{key}".encode()
         await self.require_bucket(bucket)
@@ -650,12 +658,29 @@ class ObjectStore:
         the local cache, then peers (first answer matching the chain's segment hash),
         then storage nodes (data fragments land in place). What came from peers or
         nodes enters the cache. `endpoints` (node account -> URL) is looked up only
-        if the nodes are needed."""
+        if the nodes are needed. Readers of a segment another task is fetching (ranged
+        GETs of one segment in parallel) wait for it and read it from the cache."""
         segment = info.segments[index]
+        flight = self._fetching.get((info.fid, index))
+        if flight is not None and self.cache.enabled:
+            await flight.wait()
         if await self.cache.aget_into(info.fid, index, ws.segment, segment.hash):
             SEGMENT_READS.labels("cache").inc()
             await self._count(hits=1, bytes_from_cache=SEGMENT_SIZE)
             return
+        mine = (info.fid, index) not in self._fetching
+        if mine:
+            self._fetching[(info.fid, index)] = trio.Event()
+        try:
+            await self._fetch_missing(info, index, ws, endpoints)
+        finally:
+            if mine:
+                self._fetching.pop((info.fid, index)).set()
+
+    async def _fetch_missing(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                             endpoints: dict[str, str] | None) -> None:
+        """_fetch_decoded's part after a cache miss: peers, then storage nodes."""
+        segment = info.segments[index]
         await self._count(misses=1)
         if self.peers is not None:
             peer = await self.peers.fetch_segment(info.fid, index, segment.hash, ws.segment)
@@ -1005,6 +1030,12 @@ class ObjectStore:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
         with contextlib.suppress(NotFound):
             await self._chain(self.chain.delete_file, self.owner, fid)
+
+
+def largest_file(encrypted: bool) -> int:
+    """The most bytes one object can hold: MAX_SEGMENTS segments (an encrypted segment
+    carries a little less than 32 MiB of plaintext)."""
+    return MAX_SEGMENTS * (PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE)
 
 
 @contextlib.asynccontextmanager

@@ -6,16 +6,18 @@ from ..config import Config
 from ..errors import ConfigError
 from ..keys import Account
 from .interface import ChainClient
+from .naming import NamedBuckets
 
 
 def open_chain(config: Config, account: Account | None) -> ChainClient:
-    """The chain client of `config`, its calls timed for the metrics (metrics.py)."""
+    """The chain a config names, with deossfs' bucket names (chain/naming.py), its calls
+    timed for the metrics (metrics.py)."""
     from ..metrics import MeteredChain
 
-    return MeteredChain(_open(config, account))  # type: ignore[return-value]
+    return MeteredChain(NamedBuckets(_open_backend(config, account)))  # type: ignore[return-value]
 
 
-def _open(config: Config, account: Account | None) -> ChainClient:
+def _open_backend(config: Config, account: Account | None) -> ChainClient:
     backend = config.chain.backend
     if backend == "embedded":
         from .ledger import EmbeddedLedger

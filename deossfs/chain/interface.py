@@ -41,6 +41,10 @@ class MinerState(enum.StrEnum):
     OFFLINE = "offline"
 
 
+#: CESS makes a block every 6 seconds (block numbers stand for times: ages, deadlines)
+BLOCK_SECONDS = 6
+
+
 @dataclass(frozen=True)
 class Territory:
     owner: str

@@ -93,8 +93,9 @@ from ..errors import (
     chain_error,
 )
 from ..keys import Account, valid_address, verify_signature
-from ..processing.layout import FRAGMENT_SIZE, TOTAL_SHARDS, charged_space
+from ..processing.layout import FRAGMENT_SIZE, MAX_SEGMENTS, TOTAL_SHARDS, charged_space
 from .interface import (
+    BLOCK_SECONDS,
     BucketInfo,
     ChainClient,
     ChainEvent,
@@ -119,14 +120,12 @@ from .names import check_bucket_name, check_file_name, check_territory_name
 T = TypeVar("T")
 
 SCHEMA_VERSION = "1"
-BLOCK_SECONDS = 6
 BLOCKS_PER_DAY = 14400  # 86400 s / 6 s
 GIB = 1024**3
 TOKEN = 10**18  # 1 TCESS in its smallest unit (18 decimals)
 #: the price of 1 GiB for 30 days (StorageHandler UnitPrice)
 UNIT_PRICE = 30 * TOKEN
 MIN_TERRITORY_DAYS = 30
-MAX_SEGMENTS = 1000  # runtime SEGMENT_COUNT
 BUCKET_LIMIT = 1000  # runtime BucketLimit
 AUTHOR_LIMIT = 20  # Oss AuthorLimit
 #: spec 100 carries endpoints in a 38-byte peer id (Sminer.MinerItems, Oss.register)

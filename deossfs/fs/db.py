@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT_INODE = 1
+#: seconds a journaled file's upload may be put off by further changes (upload_delay)
+MAX_UPLOAD_DEFER = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -39,6 +41,8 @@ CREATE TABLE IF NOT EXISTS inodes (
     durable_generation INTEGER NOT NULL DEFAULT 0,-- the generation last made durable
     foreign_object INTEGER NOT NULL DEFAULT 0,    -- stored by another CESS tool: defaults
     rdev INTEGER NOT NULL DEFAULT 0,              -- a device node's device number
+    inline INTEGER NOT NULL DEFAULT 0,            -- content kept here and in the metadata
+                                                  -- object, never uploaded (fs/trash.py)
     UNIQUE (parent, name)
 );
 -- hard links: names of an inode besides its own (parent, name) above, which is the name
@@ -113,6 +117,7 @@ class Row:
     durable_generation: int
     foreign_object: int
     rdev: int
+    inline: int
     #: not a column: the hard link this row was found through (0: the inode's own name),
     #: whose parent and name it then carries
     link_id: int = 0
@@ -141,8 +146,10 @@ class Database:
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(uploads)")}
         if "salt_context" not in columns:  # a workspace from before retries kept their FID
             self.conn.execute("ALTER TABLE uploads ADD COLUMN salt_context BLOB")
-        if "rdev" not in {r[1] for r in self.conn.execute("PRAGMA table_info(inodes)")}:
-            self.conn.execute("ALTER TABLE inodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
+        inode_columns = {r[1] for r in self.conn.execute("PRAGMA table_info(inodes)")}
+        for column in ("rdev", "inline"):  # workspaces from before these columns
+            if column not in inode_columns:
+                self.conn.execute(f"ALTER TABLE inodes ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         if self.get(ROOT_INODE) is None:
             t = now_ns()
             self.conn.execute(
@@ -306,14 +313,17 @@ class Database:
     # ---- the upload journal ------------------------------------------------
 
     def enqueue(self, ino: int, generation: int, total: int, path: str, delay: float = 0.0) -> None:
-        """Journal version `generation` of `ino`; its upload may start `delay` s from now."""
+        """Journal version `generation` of `ino`; its upload may start `delay` s from now,
+        but no later than MAX_UPLOAD_DEFER after the file was first journaled: a file
+        changed (and closed or fsynced) more often than `delay` still reaches the network."""
         now = time.time()
         self.conn.execute(
             "INSERT INTO uploads (ino, generation, queued_at, next_try, total_bytes, path, salt_context)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(ino) DO UPDATE SET generation=excluded.generation, next_try=excluded.next_try,"
+            " ON CONFLICT(ino) DO UPDATE SET generation=excluded.generation,"
+            " next_try=MIN(excluded.next_try, uploads.queued_at + ?),"
             " attempts=0, error=NULL, total_bytes=excluded.total_bytes, done_bytes=0, path=excluded.path",
-            (ino, generation, now, now + delay, total, path, os.urandom(16)),
+            (ino, generation, now, now + delay, total, path, os.urandom(16), MAX_UPLOAD_DEFER),
         )
 
     def upload_now(self, ino: int) -> None:

@@ -19,54 +19,39 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import json
 import logging
+import os
 import stat
 import time
-import zlib
 
 import trio
 
+from ..catalog.protocol import (
+    FOREIGN_CTIME_NS,
+    META_DIR,
+    META_KEY,
+    REMOVALS_KEPT_NS,
+    SAVE_QUIET,  # noqa: F401 - the mount's tests read it from here
+    SAVE_TICK,
+    b64,
+    decode_object,
+    decode_xattrs,
+    encode_object,
+    encode_xattrs,
+    entries_digest,
+    entry_is_newer,
+    local_is_newer,
+    removals_list,
+    removed_at,
+    save_due,
+    snapshot_object,
+)
 from ..errors import DeossError, cli_message
 from ..processing.pipeline import bytes_reader
 from .db import ROOT_INODE, Row, now_ns
-from .operations import META_DIR, REFRESH_SECONDS, Operations
+from .operations import REFRESH_SECONDS, Operations
 
 log = logging.getLogger(__name__)
-
-META_KEY = f"{META_DIR}/metadata.json"
-#: a changed bucket's metadata object is saved once the bucket has had no change for
-#: SAVE_QUIET seconds, or SAVE_MAX_DELAY after its first unsaved change: each save is a
-#: whole CESS object (12 fragments of 8 MiB and a storage order), not to be made for every
-#: file of a copy under way
-SAVE_QUIET = 5.0
-SAVE_MAX_DELAY = 30.0
-SAVE_TICK = 1.0
-#: how long a removed name is published in the metadata object (a merge of two objects
-#: saved at once must not restore it); merges happen within minutes of the saves
-REMOVALS_KEPT_NS = 3600 * 10**9
-FORMAT = 1
-
-
-def _entry_is_newer(entry: dict, row: Row) -> bool:
-    """Does another mount's entry supersede this row? The later change (ctime) wins; the
-    FID breaks a tie, so two mounts comparing the same pair always pick the same one."""
-    return (entry["c"], entry.get("f") or "") > (row.ctime_ns, row.fid or "")
-
-
-def _removed_at(removed: dict[str, int], parts: list[str]) -> int:
-    """When this path or one of its directories was last removed here (0: never)."""
-    return max((removed.get("/".join(parts[:n]), 0) for n in range(1, len(parts) + 1)), default=0)
-
-
-def _row_is_newer(row: Row, entry: dict) -> bool:
-    """The converse of _entry_is_newer (both false when they are the same change)."""
-    return (row.ctime_ns, row.fid or "") > (entry["c"], entry.get("f") or "")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 class BucketSync:
@@ -98,11 +83,7 @@ class BucketSync:
         self._last_change[bucket] = now
 
     def _save_due(self, bucket: str) -> bool:
-        first = self._first_change.get(bucket)
-        if first is None:  # left dirty by an earlier mount
-            return True
-        now = time.monotonic()
-        return now - self._last_change.get(bucket, first) >= SAVE_QUIET or now - first >= SAVE_MAX_DELAY
+        return save_due(self._first_change.get(bucket), self._last_change.get(bucket), time.monotonic())
 
     def _lock(self, bucket: str) -> trio.Lock:
         return self._locks.setdefault(bucket, trio.Lock())
@@ -124,7 +105,8 @@ class BucketSync:
                 self.db.insert(ROOT_INODE, name.encode(), "dir", stat.S_IFDIR | 0o755,
                                self.ops.uid, self.ops.gid)
         for name, row in local.items():
-            if name not in names and not self._has_pending(row.id):  # type: ignore[operator]
+            if name not in names and not self.ops.trash.is_root(row) \
+                    and not self._has_pending(row.id):  # type: ignore[operator]
                 self._remove_tree(row)
 
     def _has_pending(self, ino: int) -> bool:
@@ -204,7 +186,8 @@ class BucketSync:
                 if existing is None:
                     self.db.insert(parent, parts[-1].encode(), "file", stat.S_IFREG | 0o644,
                                    self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
-                                   foreign_object=1, durable_generation=0)
+                                   foreign_object=1, durable_generation=0,
+                                   ctime_ns=FOREIGN_CTIME_NS)
                 elif existing.kind == "file" and existing.id not in pending \
                         and existing.id not in self.ops.open_states \
                         and ((existing.foreign_object and not existing.staged)
@@ -240,9 +223,9 @@ class BucketSync:
         conflict = len(metas) > 1
         for fid in unseen:
             try:
-                meta = json.loads(zlib.decompress(await self.store.read_object(fid)))
+                meta = decode_object(await self.store.read_object(fid))
                 self._apply(bucket_ino, meta, allow_deletes=not dirty and not conflict)
-            except (DeossError, ValueError, zlib.error) as exc:
+            except (DeossError, ValueError) as exc:
                 log.warning("metadata object of bucket %s unreadable: %s", bucket, exc)
                 continue
             if conflict:
@@ -255,8 +238,6 @@ class BucketSync:
             self.mark_dirty(bucket)
 
     def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unknown metadata format {meta.get('format')}")
         pending = {u[0] for u in self.db.pending_uploads()}
         named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
         superseded: set[str] = set()
@@ -269,7 +250,7 @@ class BucketSync:
             if entry["k"] == "link":
                 continue
             parts = entry["p"].split("/")
-            if _removed_at(removed_here, parts) > entry["c"] and self._find(bucket_ino, entry["p"]) is None:
+            if removed_at(removed_here, parts) > entry["c"] and self._find(bucket_ino, entry["p"]) is None:
                 continue  # removed here after the other mount's last change to it
             parent = self._ensure_path(bucket_ino, parts[:-1])
             seen.update(self._ancestors(parent, bucket_ino))
@@ -286,7 +267,7 @@ class BucketSync:
                       "atime_ns": entry["a"], "mtime_ns": entry["t"], "ctime_ns": entry["c"]}
             if entry["k"] == "file":
                 values.update(fid=entry.get("f"), size=entry["s"], encrypted=entry.get("e", 1),
-                              foreign_object=0, durable_generation=0)
+                              foreign_object=0, durable_generation=0, inline=int("i" in entry))
             if entry["k"] == "symlink":
                 values["target"] = base64.b64decode(entry["l"])
             if entry["k"] == "special":
@@ -294,11 +275,11 @@ class BucketSync:
             if row is None:
                 row = self.db.insert(parent, parts[-1].encode(), entry["k"], **values)  # type: ignore[arg-type]
             elif row.id in pending or row.id in self.ops.open_states or row.kind != entry["k"] \
-                    or not _entry_is_newer(entry, row):
+                    or not entry_is_newer(entry, row.ctime_ns, row.fid):
                 # a change made here later than the other mount's entry (saved or not: the
                 # other mount may have saved without seeing it) stays, and this mount's
                 # next save publishes it
-                if _row_is_newer(row, entry) and row.id not in pending and row.id not in self.ops.open_states:
+                if local_is_newer(row.ctime_ns, row.fid, entry) and row.id not in pending and row.id not in self.ops.open_states:
                     republish = True
                 seen.add(row.id)
                 continue
@@ -310,16 +291,18 @@ class BucketSync:
                         # another machine stored a newer version: a local copy is stale
                         if row.fid:
                             self.ops.reader.forget(row.fid)
-                            if _entry_is_newer(entry, row):
+                            if entry_is_newer(entry, row.ctime_ns, row.fid):
                                 superseded.add(row.fid)
                         if row.staged:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)
                             values["staged"] = 0
                 self.db.update(row.id, **values)
+            if "i" in entry:  # content kept in the metadata object (fs/trash.py)
+                self._write_inline(row.id, base64.b64decode(entry["i"]))
             seen.add(row.id)
             self.db.conn.execute("DELETE FROM xattrs WHERE ino=?", (row.id,))
-            for name, value in entry.get("x", {}).items():
-                self.db.set_xattr(row.id, base64.b64decode(name), base64.b64decode(value))
+            for name, value in decode_xattrs(entry).items():
+                self.db.set_xattr(row.id, name, value)
         named_links = self._apply_links(bucket_ino, links, seen)
         if republish:
             self.mark_dirty(bucket)
@@ -348,6 +331,13 @@ class BucketSync:
                 for row in self.db.link_children(directory):
                     if row.link_id not in named_links:
                         self.db.remove_link(row.link_id)
+
+    def _write_inline(self, ino: int, content: bytes) -> None:
+        path = self.ops.staging_path(ino)
+        tmp = path.with_suffix(".inline")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+        self.db.update(ino, staged=1, size=len(content), state="stored")
 
     def _apply_removals(self, bucket_ino: int, removals: list[dict], pending: set[int]) -> set[str]:
         """Names the other mount removed after this mount's last change to them go here
@@ -406,7 +396,13 @@ class BucketSync:
                 path = f"{prefix}{row.name.decode()}"
                 entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
                                "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
-                if row.kind == "file":
+                if row.kind == "file" and row.inline:
+                    try:  # kept here, not on CESS: its content travels in the metadata object
+                        content = self.ops.staging_path(row.id).read_bytes()[: row.size]
+                    except FileNotFoundError:
+                        content = b""
+                    entry.update(s=len(content), i=b64(content))
+                elif row.kind == "file":
                     if row.size and not row.fid:
                         continue  # content not durable yet: published by the save after its upload
                     size = row.size
@@ -416,12 +412,12 @@ class BucketSync:
                         size = info.file_size if info else row.size
                     entry.update(s=size if row.fid else 0, f=row.fid, e=row.encrypted)
                 elif row.kind == "symlink":
-                    entry["l"] = _b64(row.target or b"")
+                    entry["l"] = b64(row.target or b"")
                 elif row.kind == "special":
                     entry["r"] = row.rdev
                 xattrs = self.db.xattrs(row.id)
                 if xattrs:
-                    entry["x"] = {_b64(k): _b64(v) for k, v in xattrs.items()}
+                    entry["x"] = encode_xattrs(xattrs)
                 entries.append(entry)
                 if row.is_dir:
                     stack.append((row.id, path + "/"))
@@ -430,10 +426,8 @@ class BucketSync:
                 entries.append({"p": f"{prefix}{row.name.decode()}", "k": "link",
                                 "i": self.ops.key_of(row.id)[1]})
         named = {e["p"] for e in entries}
-        removed = [{"p": path, "c": at}
-                   for path, at in sorted(self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS).items())
-                   if path not in named]
-        return {"format": FORMAT, "saved_ns": now_ns(), "entries": entries, "removed": removed}
+        removed = removals_list(self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS), named)
+        return snapshot_object(entries, removed)
 
     async def save(self, bucket: str) -> None:
         """Store the bucket's metadata object (replacing the previous one)."""
@@ -454,14 +448,14 @@ class BucketSync:
             self.db.set_bucket_state(bucket, dirty=0)
             self._first_change.pop(bucket, None)
             self._last_change.pop(bucket, None)
-            digest = hashlib.sha256(json.dumps(snapshot["entries"], separators=(",", ":")).encode()).hexdigest()
+            digest = entries_digest(snapshot["entries"])
             if old_fid and self._saved.get(bucket) == (old_fid, digest) and not self._merged.get(bucket):
                 log.debug("bucket %s: metadata unchanged since its last save", bucket)
                 return
             # merged into this snapshot: replaced by it (a merge after this point waits
             # for the next save)
             replaced = set(self._merged.get(bucket, ()))
-            blob = zlib.compress(json.dumps(snapshot, separators=(",", ":")).encode(), 6)
+            blob = encode_object(snapshot)
             try:
                 plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
                                             encrypt=True, replace_existing=False)

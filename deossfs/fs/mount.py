@@ -115,8 +115,11 @@ class Mount:
             await nursery.start(self.sync.run)
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._tune_read_ahead)
-            # [storage] verify_interval: check (and repair) every fragment now and then
-            nursery.start_soon(verify_forever, self.store, self.config.storage.verify_interval)
+            # [storage] verify_interval: check (and repair) every fragment now and then, and
+            # delete orphans (not a version this mount refers to)
+            nursery.start_soon(partial(verify_forever, self.store, self.config.storage.verify_interval,
+                                       grace=self.config.mount.orphan_grace,
+                                       keep=lambda fid: bool(self.db.files_with_fid(fid))))
             await self._serve_cache(nursery)
             await self.sync.refresh_buckets(force=True)
             await pyfuse3.main()

@@ -6,6 +6,10 @@ encrypted metadata object on CESS (fs/metadata.py). File content is either stage
 (read lazily per segment through fs/reader.py). Writes never touch the network:
 close queues the file in the journal and the uploader (fs/uploader.py) makes it
 durable in the background.
+
+One file past 800 lines: pyfuse3 takes one Operations class, whose calls share the
+open-file state and the inode table; what stands apart lives beside it (db, trash,
+metadata, reader, uploader).
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..catalog.protocol import META_DIR
 from ..chain.interface import TerritoryState
 from ..chain.names import bucket_name_problem
 from ..errors import DeossError, classify, cli_message, to_errno
 from ..names import MAX_KEY_BYTES
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
-from ..store import ObjectStore
+from ..store import ObjectStore, largest_file
 from .db import ROOT_INODE, Database, Row, now_ns
 from .reader import SegmentReader
+from .trash import INLINE_MAX, VIEWS, Trash, root_uid
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +48,17 @@ ATTR_TIMEOUT = 1.0
 REFRESH_SECONDS = 2.0
 #: the longest an open waits for the chain to check for a newer version (close-to-open)
 OPEN_REFRESH_SECONDS = 1.0
-META_DIR = ".deossfs"
 #: the longest name of one path component, as on local file systems
 NAME_MAX = 255
-#: larger than any territory: growing a file past it is EFBIG, not a territory query
-MAX_FILE_SIZE = 2**50
+#: the longest path below a bucket (`dir/sub/file`). More than PATH_MAX (4,096): only
+#: absolute paths are bound by it, and programs that work with relative paths build
+#: deeper trees (pjdfstest makes PATH_MAX - 1 bytes below its own directory); less than
+#: the store's MAX_KEY_BYTES by room for the trash's hidden prefix (fs/trash.py)
+MAX_PATH_BYTES = MAX_KEY_BYTES - 256
 #: readdir offsets above this are hard links (below: inode numbers)
 LINK_OFFSET = 1 << 48
+#: the directory below a bucket that deossfs keeps for itself (hidden in the mount)
+HIDDEN = META_DIR.encode()
 XATTR_PREFIX = b"user.deossfs."
 READONLY_XATTRS = (b"user.deossfs.fid", b"user.deossfs.state", b"user.deossfs.locations")
 
@@ -126,6 +136,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.store = store
         self.db = db
+        self.trash = Trash(self)
         self.staging = workspace / "staging"
         self.staging.mkdir(parents=True, exist_ok=True)
         self.uid, self.gid = uid, gid
@@ -175,11 +186,44 @@ class Operations(pyfuse3.Operations):
         return row
 
     def bucket_of(self, ino: int) -> str | None:
+        """The bucket `ino` is in; None at the root, in a trash directory's own tree (no
+        bucket: fs/trash.py), and for a file unlinked while open."""
         try:
             parts = self.db.path_parts(ino)
         except KeyError:  # unlinked while open: no path any more
             return None
-        return parts[0].decode() if parts else None
+        return parts[0].decode() if parts and root_uid(parts[0]) is None else None
+
+    def child(self, parent: int, name: bytes) -> Row | None:
+        """The entry `name` of `parent` as the mount shows it: a bucket's `.deossfs` is
+        hidden; a trash view lists the trash of every bucket; a user's trash directory
+        appears at the root once a bucket holds something of theirs (fs/trash.py)."""
+        row = self.db.child(parent, name)
+        if row is not None:
+            if name == HIDDEN and parent != ROOT_INODE and self.row(parent).parent == ROOT_INODE:
+                return None
+            return row
+        if parent == ROOT_INODE:
+            uid = root_uid(name)
+            return self.trash.appear(uid) if uid is not None and self.trash.holds(uid) else None
+        return self.trash.find(parent, name)
+
+    def _has_entries(self, row: Row) -> bool:
+        """Does the directory list anything (rmdir's ENOTEMPTY)?"""
+        if row.name in VIEWS and self.trash.view_of(row.id) is not None:
+            return self.trash.has_entries(row.id)
+        if row.parent == ROOT_INODE and not self.trash.is_root(row):  # a bucket: not its .deossfs
+            return any(r.name != HIDDEN for r in self.db.children(row.id)[:2]) \
+                or bool(self.db.link_children(row.id)) or self.trash.items_in(row.id) > 0
+        return self.db.has_children(row.id)
+
+    def _subdirectories(self, row: Row) -> int:
+        if row.name in VIEWS and self.trash.view_of(row.id) is not None:
+            return self.trash.subdirectory_count(row.id)
+        count = self.db.subdirectory_count(row.id)
+        if count and row.parent == ROOT_INODE and self.db.child(row.id, HIDDEN) is not None:
+            count -= 1  # a bucket's .deossfs is not shown
+        return count
 
     def key_of(self, ino: int) -> tuple[str, str]:
         parts = self.db.path_parts(ino)
@@ -188,7 +232,7 @@ class Operations(pyfuse3.Operations):
     def _record_removal(self, parent: int, name: bytes) -> None:
         """The name `name` in `parent` is gone (metadata merges must not restore it)."""
         parts = self.db.path_parts(parent) + [name]
-        if len(parts) > 1:
+        if len(parts) > 1 and root_uid(parts[0]) is None:
             self.db.record_removal(parts[0].decode(), b"/".join(parts[1:]).decode(), now_ns())
 
     def _touch(self, directory: int) -> None:
@@ -215,7 +259,7 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = ATTR_TIMEOUT
         entry.st_mode = row.mode
         if row.is_dir:  # "." and the entry in its parent, and each subdirectory's ".."
-            entry.st_nlink = 2 + self.db.subdirectory_count(row.id)
+            entry.st_nlink = 2 + self._subdirectories(row)
         else:  # an unlinked file still open has no name left
             entry.st_nlink = 0 if row.parent == 0 else 1 + self.db.link_count(row.id)
         entry.st_uid = row.uid
@@ -245,11 +289,41 @@ class Operations(pyfuse3.Operations):
         if parent == ROOT_INODE:
             return
         parts = self.db.path_parts(parent)
-        if parent != ROOT_INODE and len(parts) == 1 and name == META_DIR.encode():
+        if len(parts) == 1 and name == META_DIR.encode():
             raise fuse_error(errno.EPERM, "%s is reserved for deossfs metadata", META_DIR)
-        key_len = sum(len(p) + 1 for p in parts[1:]) + len(name)
-        if key_len > MAX_KEY_BYTES:
-            raise fuse_error(errno.ENAMETOOLONG, "object key longer than %d bytes refused", MAX_KEY_BYTES)
+        self._check_path_length(self._key_length(parts) + (1 if len(parts) > 1 else 0) + len(name))
+
+    @staticmethod
+    def _key_length(parts: list[bytes]) -> int:
+        """Bytes of the path below the bucket of `parts` (bucket first)."""
+        return max(0, sum(len(p) + 1 for p in parts[1:]) - 1)
+
+    @staticmethod
+    def _check_path_length(length: int) -> None:
+        if length > MAX_PATH_BYTES:
+            raise fuse_error(errno.ENAMETOOLONG, "refused a path of %d bytes below its bucket "
+                             "(at most %d)", length, MAX_PATH_BYTES)
+
+    def _subtree_depth(self, directory: int) -> int:
+        """Bytes the longest path below `directory` adds to its own (`/a/b`: 4)."""
+        deepest = 0
+        stack = [(directory, 0)]
+        while stack:
+            ino, length = stack.pop()
+            for row in self.db.children(ino) + self.db.link_children(ino):
+                below = length + 1 + len(row.name)
+                deepest = max(deepest, below)
+                if row.is_dir and not row.link_id:
+                    stack.append((row.id, below))
+        return deepest
+
+    def _existing(self, parent: int, name: bytes) -> Row:
+        """The entry `name` in `parent`: ENAMETOOLONG for a name no entry may have, else
+        ENOENT when there is none (a lookup first asks the chain)."""
+        row = self.child(parent, name)
+        if row is None:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG if len(name) > NAME_MAX else errno.ENOENT)
+        return row
 
     async def _refresh_for(self, parent: int) -> None:
         if parent == ROOT_INODE:
@@ -285,13 +359,14 @@ class Operations(pyfuse3.Operations):
         if name == b"..":
             row = self.row(parent_inode)
             return self.attrs(self.row(row.parent))
-        row = self.db.child(parent_inode, name)
+        row = self.child(parent_inode, name)
+        if row is None and parent_inode == ROOT_INODE and root_uid(name) == ctx.uid:
+            # a user looks for their trash directory (GIO does, then uses it): it is there,
+            # so users of an --allow-other mount need no right to write the root (fs/trash.py)
+            row = self.trash.appear(ctx.uid)
         if row is None and not self._never_a_bucket(parent_inode, name):
             await self._refresh_for(parent_inode)
-            row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attrs(row)
+        return self.attrs(self._existing(parent_inode, name))
 
     @staticmethod
     def _never_a_bucket(parent_inode: int, name: bytes) -> bool:
@@ -370,6 +445,8 @@ class Operations(pyfuse3.Operations):
         await self._check_writable_territory()
         state = self.open_states.get(row.id)
         current = state.size if state is not None and state.size is not None else row.size
+        if size > self._size_limit(row):
+            raise self._too_large(row, size)
         if size > current:  # growing writes zeros: they need territory space too
             await self._reserve_space(current, size)
         await self._ensure_staged(row, truncate=(size == 0))
@@ -412,11 +489,18 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # the offset after an entry: its inode number for an inode's own name, above
         # LINK_OFFSET for a hard link (one inode can be listed under several names)
+        directory = self.row(fh)
+        view = directory.name in VIEWS and self.trash.view_of(fh) is not None
+        bucket = directory.parent == ROOT_INODE and fh != ROOT_INODE
         if start_id < LINK_OFFSET:
-            for row in self.db.children(fh, after_id=start_id):
+            rows = self.trash.children(fh, start_id) if view else self.db.children(fh, after_id=start_id)
+            for row in rows:
+                if bucket and row.name == HIDDEN:
+                    continue
                 if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), row.id):
                     return
-        for row in self.db.link_children(fh, after_id=max(0, start_id - LINK_OFFSET)):
+        after = max(0, start_id - LINK_OFFSET)
+        for row in self.trash.link_children(fh, after) if view else self.db.link_children(fh, after_id=after):
             if not pyfuse3.readdir_reply(token, row.name, self.attrs(row), LINK_OFFSET + row.link_id):
                 return
 
@@ -425,16 +509,24 @@ class Operations(pyfuse3.Operations):
 
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_name(parent_inode, name)
-        if self.db.child(parent_inode, name) is not None:
+        if self.child(parent_inode, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent_inode == ROOT_INODE and root_uid(name) is not None:
+            # a user's trash directory (fs/trash.py): this mount's own, no bucket
+            uid = root_uid(name)
+            if ctx.uid not in (uid, 0):
+                raise fuse_error(errno.EACCES, "mkdir %r: that is the trash directory of user %d",
+                                 name.decode(), uid)
+            row = self.trash.make_root(uid, ctx.gid, mode)  # type: ignore[arg-type]
+            self._touch(ROOT_INODE)
+            return self.attrs(row)
         if parent_inode == ROOT_INODE:
             bucket = name.decode()
             problem = bucket_name_problem(bucket)
             if problem and bucket.startswith(".Trash"):
-                # GIO (file managers' Delete key) tries to make $mount/.Trash-$UID; any
-                # failure makes it report G_IO_ERROR_NOT_SUPPORTED, and the file manager
-                # offers to delete permanently: expected, so not a warning
-                log.info("mkdir %r refused: no trash at the mount root (it lists buckets)", bucket)
+                # the shared `.Trash` (sticky, a directory per user) is not offered: GIO
+                # then uses `.Trash-$UID` (fs/trash.py)
+                log.info("mkdir %r refused: the trash directories here are .Trash-UID", bucket)
                 raise pyfuse3.FUSEError(errno.EINVAL)
             if problem:
                 raise fuse_error(errno.EINVAL, "mkdir %r refused: %s", bucket, problem)
@@ -451,18 +543,23 @@ class Operations(pyfuse3.Operations):
         return self.attrs(row)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode, name)
         if not row.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if self.db.has_children(row.id):
+        if self._has_entries(row):
+            if parent_inode == ROOT_INODE and self.trash.items_in(row.id):
+                log.info("rmdir %s: the bucket holds %d entries in the trash; empty the trash first",
+                         name.decode(errors="replace"), self.trash.items_in(row.id))
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        if parent_inode == ROOT_INODE and self.trash.is_root(row):  # this mount's own
+            self.db.delete(row.id)
+            self._touch(parent_inode)
+            return
         if parent_inode == ROOT_INODE:
             bucket = name.decode()
             if self.hooks.refresh_bucket:
                 await self.hooks.refresh_bucket(bucket)
-            if self.db.has_children(row.id):
+            if self._has_entries(row):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             if any(u[7].startswith(f"{bucket}/") for u in self.db.pending_uploads()):
                 raise fuse_error(errno.EBUSY, "rmdir %s: uploads into it are still pending", bucket)
@@ -470,14 +567,17 @@ class Operations(pyfuse3.Operations):
                 await self._delete_bucket(bucket)
             except DeossError as exc:
                 raise fuse_error(to_errno(exc), "rmdir %r: deleting the bucket failed: %s", bucket, exc) from None
+            self.trash.clear_bucket(row.id)
             self.db.delete(row.id)
             self.db.conn.execute("DELETE FROM buckets WHERE name=?", (bucket,))
             self._touch(parent_inode)
             return
         self.db.delete(row.id)
-        self._record_removal(parent_inode, name)
-        self._touch(parent_inode)
-        self.changed(parent_inode)
+        self.trash.forget(row.id)
+        # row.parent: where it really is (a trash view lists the trash of every bucket)
+        self._record_removal(row.parent, name)
+        self._touch(row.parent)
+        self.changed(row.parent)
 
     async def _delete_bucket(self, bucket: str) -> None:
         # the bucket's metadata object is ours, and so are objects whose delete is still
@@ -495,7 +595,7 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT_INODE:
             raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
         self._check_name(parent_inode, name)
-        if self.db.child(parent_inode, name) is not None:
+        if self.child(parent_inode, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         row = self.db.insert(parent_inode, name, "symlink", stat.S_IFLNK | 0o777, *self._new_owner(parent_inode, ctx),
                              target=target)
@@ -519,7 +619,7 @@ class Operations(pyfuse3.Operations):
             # the other names live in the bucket's metadata object, with the file
             raise fuse_error(errno.EXDEV, "link between buckets is not possible on CESS")
         self._check_name(new_parent_inode, new_name)
-        if self.db.child(new_parent_inode, new_name) is not None:
+        if self.child(new_parent_inode, new_name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         self.db.add_link(inode, new_parent_inode, new_name)
         self.db.update(inode, ctime_ns=now_ns())
@@ -536,7 +636,7 @@ class Operations(pyfuse3.Operations):
             if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             self._check_name(parent_inode, name)
-            if self.db.child(parent_inode, name) is not None:
+            if self.child(parent_inode, name) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             row = self.db.insert(parent_inode, name, "special", stat.S_IFMT(mode) | (mode & 0o7777),
                                  *self._new_owner(parent_inode, ctx), rdev=rdev)
@@ -548,15 +648,14 @@ class Operations(pyfuse3.Operations):
         return entry
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        row = self.db.child(parent_inode, name)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode, name)
         if row.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         self._unlink_row(row)
-        self._record_removal(parent_inode, name)
-        self._touch(parent_inode)
-        self.changed(parent_inode)
+        # row.parent: where it really is (a trash view lists the trash of every bucket)
+        self._record_removal(row.parent, name)
+        self._touch(row.parent)
+        self.changed(row.parent)
 
     def _unlink_row(self, row: Row) -> None:
         """Remove a file's name (unlink, or replaced by a rename)."""
@@ -607,23 +706,28 @@ class Operations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise fuse_error(errno.EINVAL, "rename: RENAME_EXCHANGE is not supported")
-        row = self.db.child(parent_inode_old, name_old)
-        if row is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        row = self._existing(parent_inode_old, name_old)
         if ROOT_INODE in (parent_inode_old, parent_inode_new):
             # buckets cannot be renamed on CESS; EXDEV makes mv copy and delete instead
             raise fuse_error(errno.EXDEV, "rename of a bucket is not possible on CESS; mv copies instead")
-        if self.bucket_of(parent_inode_old) != self.bucket_of(parent_inode_new):
+        # where it really goes, and where it really is: a trash view lists the trash of
+        # every bucket, and an entry moved into one goes to its own bucket's (fs/trash.py)
+        new_parent = self.trash.destination(row, parent_inode_new)
+        old_parent = row.parent
+        if self.bucket_of(old_parent) != self.bucket_of(new_parent):
             # a FID is declared once per owner: it cannot change bucket; mv copies instead
             raise fuse_error(errno.EXDEV, "rename between buckets is not possible on CESS; mv copies instead")
         self._check_name(parent_inode_new, name_new)
+        if row.is_dir:  # its deepest entry must fit at the new place too
+            new_parts = self.db.path_parts(parent_inode_new) + [name_new]
+            self._check_path_length(self._key_length(new_parts) + self._subtree_depth(row.id))
         # a directory (checked before the target goes) must not move into itself
-        probe = parent_inode_new
+        probe = new_parent
         while probe != ROOT_INODE:
             if probe == row.id:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             probe = self.row(probe).parent
-        target = self.db.child(parent_inode_new, name_new)
+        target = self.child(parent_inode_new, name_new)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
                 raise pyfuse3.FUSEError(errno.EEXIST)
@@ -632,27 +736,30 @@ class Operations(pyfuse3.Operations):
             if target.is_dir:
                 if not row.is_dir:
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                if self.db.has_children(target.id):
+                if self._has_entries(target):
                     raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             elif row.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             self._unlink_row(target)
-        self._record_removal(parent_inode_old, name_old)
+        self._record_removal(old_parent, name_old)
+        self.trash.forget(row.id)
         if row.link_id:
-            self.db.move_link(row.link_id, parent_inode_new, name_new)
+            self.db.move_link(row.link_id, new_parent, name_new)
             self.db.update(row.id, ctime_ns=now_ns())
-            self._touch(parent_inode_old)
-            self._touch(parent_inode_new)
+            self._touch(old_parent)
+            self._touch(new_parent)
             self.changed(row.id)
             return
         old_bucket = self.bucket_of(row.id)
-        self.db.update(row.id, parent=parent_inode_new, name=name_new, ctime_ns=now_ns())
-        self._touch(parent_inode_old)
-        self._touch(parent_inode_new)
+        self.db.update(row.id, parent=new_parent, name=name_new, ctime_ns=now_ns())
+        self._touch(old_parent)
+        self._touch(new_parent)
         self._names_changed([row] + (self.db.descendants(row.id) if row.is_dir else []))
         if old_bucket:
             self.hooks.bucket_changed(old_bucket)
         self.changed(row.id)
+        if new_parent != parent_inode_new:  # into the trash: its info file goes with it
+            self.trash.adopt_info(parent_inode_new, self.row(row.id), name_new)
 
     def _names_changed(self, moved: list[Row]) -> None:
         """These inodes have a new own name (rename, or a hard link took the place of
@@ -768,12 +875,13 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT_INODE:
             raise fuse_error(errno.EPERM, "only buckets (directories) live at the mount root")
         self._check_name(parent_inode, name)
-        if self.db.child(parent_inode, name) is not None:
+        if self.child(parent_inode, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         await self._check_writable_territory()
         row = self.db.insert(parent_inode, name, "file", stat.S_IFREG | (mode & 0o7777),
                              *self._new_owner(parent_inode, ctx), staged=1, state="staged",
-                             encrypted=1 if self.store.config.storage.encryption else 0)
+                             encrypted=1 if self.store.config.storage.encryption else 0,
+                             inline=int(self.trash.local(parent_inode)))
         self._touch(parent_inode)
         fd = os.open(self.staging_path(row.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         fh = self._new_handle(row.id, fd, True)
@@ -827,6 +935,12 @@ class Operations(pyfuse3.Operations):
         end = off + len(buf)
         current = state.size if state.size is not None else os.fstat(handle.fd).st_size
         if end > current:
+            row = self.row(handle.ino)
+            limit = self._size_limit(row)
+            if off >= limit:
+                raise self._too_large(row, end)
+            if end > limit:  # as local file systems do: a short write up to the limit
+                buf, end = buf[: limit - off], limit
             await self._reserve_space(current, end)
         # a handle kept open across fsync may write while that version uploads
         self._detach_from_upload(handle.ino)
@@ -855,11 +969,18 @@ class Operations(pyfuse3.Operations):
             written += done
         return written
 
+    @staticmethod
+    def _size_limit(row: Row) -> int:
+        """The largest size the file can have: what one CESS storage order holds (a file
+        of a trash directory's own tree is kept in the database: INLINE_MAX)."""
+        return INLINE_MAX if row.inline else largest_file(bool(row.encrypted))
+
+    def _too_large(self, row: Row, size: int) -> pyfuse3.FUSEError:
+        return fuse_error(errno.EFBIG, "refused to make inode %d %d bytes long: a file on CESS "
+                          "holds at most %d bytes", row.id, size, self._size_limit(row))
+
     async def _reserve_space(self, old_size: int, new_size: int) -> None:
         """ENOSPC when the territory cannot take this file (12 x 8 MiB per segment)."""
-        if new_size > MAX_FILE_SIZE:
-            raise fuse_error(errno.EFBIG, "refused a file of %d bytes: deossfs files end at %d bytes",
-                             new_size, MAX_FILE_SIZE)
         old_segments = segment_count(old_size, PLAINTEXT_CAPACITY) if old_size else 0
         new_segments = segment_count(new_size, PLAINTEXT_CAPACITY)
         if new_segments == old_segments:
@@ -911,6 +1032,10 @@ class Operations(pyfuse3.Operations):
                        state="staged", error=None, staged=1)
         if row.parent == 0:  # unlinked while open: nothing to upload
             return generation
+        if row.inline:  # kept here and in the metadata object (fs/trash.py)
+            self.db.update(ino, durable_generation=generation, state="stored")
+            self.changed(ino)
+            return generation
         bucket, key = self.key_of(ino)
         self.db.enqueue(ino, generation, size, f"{bucket}/{key}",
                         self.store.config.storage.upload_delay)
@@ -957,18 +1082,47 @@ class Operations(pyfuse3.Operations):
             self._commit_open(handle.ino, state)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        """mount.fsync = "network": until the content is durable on CESS. "local": until it
+        is journaled and on this machine's disk (staging file and directory fsynced, the
+        journal committed with synchronous=FULL); the upload follows.
+
+        The kernel holds the inode's lock for the whole request, so writes to the file
+        wait meanwhile. An fsync that finds an upload of an older version in flight waits
+        for it and for one upload after it, which takes whatever was committed meanwhile."""
         handle = self.handles[fh]
         state = self.open_states[handle.ino]
-        if handle.fd is not None:
-            os.fsync(handle.fd)
+        local = self.store.config.mount.fsync == "local"
+        if local and (handle.fd is not None or self.row(handle.ino).staged):
+            await self._fsync_staged(handle)
         target = self.row(handle.ino).generation
         if state.dirty:
             target = self._commit_open(handle.ino, state)
+        if local:
+            return
         if self.hooks.wait_durable is not None:
             try:
                 await self.hooks.wait_durable(handle.ino, target)
             except DeossError as exc:
                 raise fuse_error(to_errno(exc), "fsync: upload failed: %s", exc) from None
+
+    async def _fsync_staged(self, handle: Handle) -> None:
+        """The staged content on this machine's disk, and its name in staging/ (a new
+        file's directory entry is lost to a power cut without the directory's fsync)."""
+        # a duplicate: the handle's own descriptor may be swapped meanwhile (copy-on-write)
+        try:
+            fd = os.dup(handle.fd) if handle.fd is not None else \
+                os.open(self.staging_path(handle.ino), os.O_RDONLY)
+        except FileNotFoundError:  # dropped meanwhile: the content is stored already
+            return
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+        directory = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await trio.to_thread.run_sync(os.fsync, directory)
+        finally:
+            os.close(directory)
 
     # ---- xattrs -----------------------------------------------------------------
 

@@ -172,6 +172,12 @@ class Uploader:
             self.db.conn.execute("DELETE FROM uploads WHERE ino=?", (ino,))
             return
         self._uploading.add(ino)
+        # the content as it is now: versions committed since this upload was scheduled
+        # (while another upload of the file was in flight, or both slots were busy) are in
+        # it, so the fsyncs waiting for them are answered by this one upload
+        journaled = self.db.conn.execute("SELECT generation FROM uploads WHERE ino=?", (ino,)).fetchone()
+        if journaled is not None:
+            generation = max(generation, journaled[0])
         # the staging file as it is now (after a crash it may differ from the journal)
         size = os.fstat(fd).st_size
         if size == 0:

@@ -1,8 +1,8 @@
 """The gateway's ASGI application: the API families side by side on one listener.
 
-Today the DeOSS REST routes (deoss.py). Each family renders its own errors (DeOSS: a JSON
-envelope); all take the status from `errors.to_http_status`, and all stand on the same
-engine (authorization, keys, limits) and upload service.
+DeOSS's REST routes (deoss.py) and the S3 API (s3/). Each family renders its own errors
+(DeOSS: a JSON envelope; S3: its XML); all take the status from `errors.to_http_status`,
+and all stand on the same engine (authorization, keys, limits) and upload service.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import DeossError, InvalidInput, NotFound, Unsupported, classify, to_http_status
 from .auth import RequestVerifier
 from .deoss import DeossApi, error_response
 from .engine import GatewayEngine
 from .http import AccessLog
+from .s3.context import is_s3_request
 from .uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,23 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-def build_app(engine: GatewayEngine, uploads: UploadService, verifier: RequestVerifier) -> ASGIApp:
+class ApiDispatch:
+    """DeOSS's routes and the S3 API on one listener: a request signed with SigV4 (or
+    addressed to a bucket host) is S3's; unsigned requests to DeOSS's paths are DeOSS's;
+    anything else is S3's (which answers S3's XML errors)."""
+
+    def __init__(self, deoss: ASGIApp, s3: ASGIApp | None, domain: str) -> None:
+        self.deoss, self.s3, self.domain = deoss, s3, domain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.s3 is not None and is_s3_request(scope, self.domain):
+            await self.s3(scope, receive, send)
+        else:
+            await self.deoss(scope, receive, send)
+
+
+def build_app(engine: GatewayEngine, uploads: UploadService, verifier: RequestVerifier,
+              s3: ASGIApp | None = None) -> ASGIApp:
     deoss = DeossApi(engine, uploads, verifier)
     app = Starlette(
         routes=deoss.routes(),
@@ -82,4 +99,4 @@ def build_app(engine: GatewayEngine, uploads: UploadService, verifier: RequestVe
                        expose_headers=["Content-Range", "Range", "ETag", "Content-Disposition"]),
         ],
     )
-    return AccessLog(app)
+    return AccessLog(ApiDispatch(app, s3, engine.config.gateway.domain))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from functools import partial
+from pathlib import Path
 
 import hypercorn.trio.tcp_server as _hypercorn_tcp
 import trio
@@ -13,13 +15,17 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .. import metrics
+from ..catalog.catalog import Catalogs
 from ..chain.interface import ChainClient
 from ..config import Config, parse_listen
 from ..keys import Account
 from ..store import ObjectStore
 from .app import build_app
 from .auth import RequestVerifier
+from .credentials import KeyStore
 from .engine import GatewayEngine
+from .s3.api import S3Api
+from .s3.multipart import MultipartStore
 from .uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -60,20 +66,45 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
                 settings.message_window, settings.accept_unfresh_messages))
     uploads = await trio.to_thread.run_sync(UploadService, engine)
     metrics.upload_gauges(lambda: uploads.journal.counts()[0], lambda: uploads.journal.counts()[1])
-    app = build_app(engine, uploads, verifier)
+    keys = KeyStore.for_account(credentials_path(config, account), account)
+    catalogs = Catalogs(engine.workspace / "catalog", engine.store_for)
+    multipart = await trio.to_thread.run_sync(MultipartStore, engine.workspace / "multipart")
+    s3 = S3Api(engine, uploads, keys, catalogs, multipart)
+    app = build_app(engine, uploads, verifier, s3)
     hyper = _hypercorn_config(config, listen or settings.listen)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(uploads.run)
+            await nursery.start(catalogs.run)
+            nursery.start_soon(_expire_multipart, multipart, settings.multipart_expiry_days)
             binds: list[str] = await nursery.start(partial(serve, app, hyper, mode="asgi"))
             url = binds[0] if binds else f"http://{hyper.bind[0]}"
             log.info("gateway of %s serving at %s", account.address, url)
             task_status.started(url)
     finally:
         with trio.CancelScope(shield=True):
+            # what the catalogs hold unsaved is published before the stop
+            with trio.move_on_after(20):
+                await catalogs.aclose()
             await store.aclose()
+        multipart.close()
         uploads.close()
         verifier.close()
+
+
+def credentials_path(config: Config, account: Account) -> Path:
+    """The gateway's S3 access keys (0600; `deossfs gateway key`)."""
+    return config.workspace_dir(account.address) / "gateway" / "s3-credentials.json"
+
+
+async def _expire_multipart(multipart: MultipartStore, days: float) -> None:
+    """Drop multipart uploads left incomplete for `days` (and their parts), hourly."""
+    while True:
+        for upload in await trio.to_thread.run_sync(multipart.expired, time.time() - days * 86400):
+            log.info("dropping the incomplete multipart upload %s of %s/%s (older than %g days)",
+                     upload.id, upload.bucket, upload.key, days)
+            await trio.to_thread.run_sync(multipart.remove, upload)
+        await trio.sleep(3600)
 
 
 def run_gateway(config: Config, account: Account, chain: ChainClient, listen: str | None = None,

@@ -341,9 +341,12 @@ class UploadService:
                 self._by_fid[plan.fid] = flight
                 flight.declared.set()
 
+            # files are known by FID here (DeOSS) or by the catalog (S3): a name already
+            # on the chain is not looked up and replaced, as `deossfs put` does
             plan = await store.put(file_reader(fd), record.size, record.bucket, record.key,
                                    encrypt=record.encrypt, placement=record.placement_hint(),
-                                   status=flight.status, declared=declared, plan=flight.plan)
+                                   status=flight.status, declared=declared, plan=flight.plan,
+                                   replace_existing=False)
             if not flight.declared.is_set():
                 declared(plan)  # the FID was stored already: nothing new to declare
             return plan

@@ -236,13 +236,19 @@ class ThreadedServer:
     thread - is then set up once per worker rather than once per connection."""
 
     def __init__(self, host: str, port: int, handler: Handler, *, max_connections: int = 256,
-                 idle_timeout: float = 30.0, read_timeout: float = 60.0) -> None:
+                 idle_timeout: float = 30.0, read_timeout: float = 60.0,
+                 listen_fd: int | None = None) -> None:
+        """`listen_fd`: a listening socket bound already (handed over by `devnet up`, so
+        that two devnets starting at once cannot pick one port); else bind host:port."""
         self.handler = handler
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=128)
+        if listen_fd is not None:
+            self._listener = socket.socket(fileno=listen_fd)
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._listener = socket.create_server((host, port), family=family, backlog=128)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()

@@ -681,11 +681,14 @@ async def serve_node(
     public_endpoint: str | None = None,
     window_seconds: float = 120,
     retry_interval: float = 5.0,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a storage node in `node_dir` on host:port until cancelled.
 
-    Port 0 picks a free port. Once listening, the node registers
+    Port 0 picks a free port; `listen_fd` serves a socket the caller already bound
+    (`deossfs devnet up` binds each node's port and hands it over, so two devnets
+    starting at once cannot pick the same one). Once listening, the node registers
     `http://host:port` (or `public_endpoint`) with `idle_space` bytes on the
     chain, then reports that endpoint through `task_status.started`.
     """
@@ -697,7 +700,7 @@ async def serve_node(
     guard = await trio.to_thread.run_sync(ReplayGuard, node_dir / "replay.sqlite3", window_seconds)
     node = NodeApp(store, chain, account, guard, capacity=idle_space, retry_interval=retry_interval)
     await trio.to_thread.run_sync(node.recover_pending)
-    server = ThreadedServer(host, port, node.handle)
+    server = ThreadedServer(host, port, node.handle, listen_fd=listen_fd)
     try:
         server.start()
         endpoint = public_endpoint or f"http://{_bind_address(server.address[0], server.address[1])}"

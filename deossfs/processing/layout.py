@@ -10,6 +10,10 @@ PARITY_SHARDS = 8
 TOTAL_SHARDS = DATA_SHARDS + PARITY_SHARDS  # 12 fragments per segment
 #: space a segment occupies in a territory (locked during a deal, then used)
 SEGMENT_SPACE = TOTAL_SHARDS * FRAGMENT_SIZE
+#: the most segments one storage order (one file) may have: the runtime's SegmentCount
+#: (a longer deal_info is refused with SpecError). With 32 MiB segments a file ends at
+#: 31.25 GiB (a little less encrypted, whose segments carry headers and tags)
+MAX_SEGMENTS = 1000
 #: sha256 of an all-zero 8 MiB fragment; miners accept it without a body
 ZERO_FRAGMENT_HASH = "2daeb1f36095b44b318410b3f4e8b5d989dcc7bb023d1426c492dab0a3053e74"
 SS58_FORMAT = 11330

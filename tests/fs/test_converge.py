@@ -11,26 +11,23 @@ import hashlib
 import os
 import random
 import stat
+from functools import partial
 from pathlib import Path
 
-import pyfuse3
+import trio
 
-from ..conftest import Devnet
-from .test_operations import CTX, FS, Fields, _attrs, two_machines
+from deossfs.catalog.protocol import META_KEY
+from deossfs.processing.pipeline import bytes_reader
+from deossfs.repair import find_orphans, verify, verify_forever
+
+from ..conftest import Devnet, devnet_at
+from .conftest import config_for
+from .test_operations import CTX, FS, Fields, _attrs, open_fs, outcome, two_machines
 from .test_operations import fake_readdir_reply as fake_readdir_reply  # the autouse fixture  # noqa: F401
 
 SEEDS = [int(s) for s in os.environ.get("DEOSSFS_CONVERGE_SEEDS", "1,10").split(",")]
 STEPS = int(os.environ.get("DEOSSFS_CONVERGE_STEPS", "80"))
 NAMES = ["a", "b", "c", "d/e", "d/f", "g/h"]
-
-
-async def outcome(call: object) -> int:
-    """0 if the call succeeds, else its errno."""
-    try:
-        await call  # type: ignore[misc]
-    except pyfuse3.FUSEError as exc:
-        return exc.errno
-    return 0
 
 
 async def tree(fs: FS, bucket: str) -> dict[str, tuple]:
@@ -85,38 +82,105 @@ async def step(fs: FS, bucket: str, rng: random.Random) -> str:
     return "nothing"
 
 
+async def play(a: FS, b: FS, bucket: str, seed: int, steps: int) -> list[str]:
+    """The seeded random sequence on both mounts, then both settled; the steps taken."""
+    rng = random.Random(seed)
+    log: list[str] = []
+    await b.sync.refresh_buckets(force=True)
+    mounts = {"a": a, "b": b}
+    for _ in range(steps):
+        who = rng.choice("ab")
+        fs = mounts[who]
+        roll = rng.random()
+        if roll < 0.15:
+            await fs.wait_idle()
+            await fs.sync.save_all()
+            log.append(f"{who}: save")
+        elif roll < 0.3:
+            await fs.sync.refresh_bucket(bucket, force=True)
+            log.append(f"{who}: refresh")
+        else:
+            log.append(f"{who}: {await step(fs, bucket, rng)}")
+    # settle: each saves what it has and takes in the other's, and chain deletes
+    # queued by either (superseded versions) are done before the last listings
+    for first, second in (("a", "b"), ("b", "a"), ("a", "b")):
+        await mounts[first].wait_idle()
+        await mounts[first].sync.save_all()
+        await mounts[second].sync.refresh_bucket(bucket, force=True)
+    for fs in (a, b):
+        await fs.wait_idle()
+    for fs in (a, b):
+        await fs.sync.refresh_bucket(bucket, force=True)
+    return log
+
+
 async def test_two_mounts_converge(devnet: Devnet, tmp_path: Path) -> None:
     for seed in SEEDS:
-        rng = random.Random(seed)
-        log: list[str] = []
         directory = tmp_path / str(seed)
         directory.mkdir()
         async with two_machines(devnet, directory) as (a, b, bucket):
-            await b.sync.refresh_buckets(force=True)
-            mounts = {"a": a, "b": b}
-            for _ in range(STEPS):
-                who = rng.choice("ab")
-                fs = mounts[who]
-                roll = rng.random()
-                if roll < 0.15:
-                    await fs.wait_idle()
-                    await fs.sync.save_all()
-                    log.append(f"{who}: save")
-                elif roll < 0.3:
-                    await fs.sync.refresh_bucket(bucket, force=True)
-                    log.append(f"{who}: refresh")
-                else:
-                    log.append(f"{who}: {await step(fs, bucket, rng)}")
-            # settle: each saves what it has and takes in the other's, and chain deletes
-            # queued by either (superseded versions) are done before the last listings
-            for first, second in (("a", "b"), ("b", "a"), ("a", "b")):
-                await mounts[first].wait_idle()
-                await mounts[first].sync.save_all()
-                await mounts[second].sync.refresh_bucket(bucket, force=True)
-            for fs in (a, b):
-                await fs.wait_idle()
-            for fs in (a, b):
-                await fs.sync.refresh_bucket(bucket, force=True)
+            log = await play(a, b, bucket, seed, STEPS)
             seen_a, seen_b = await tree(a, bucket), await tree(b, bucket)
             assert seen_a == seen_b, f"seed {seed} diverged after:\n" + "\n".join(log) + \
                 f"\na: {seen_a}\nb: {seen_b}"
+
+
+async def test_an_orphan_left_by_two_mounts_is_found_and_deleted(tmp_path: Path) -> None:
+    """Two mounts write one file without seeing each other's version; the one whose
+    version lost goes away before it learns so (a laptop that died), and the other's save
+    replaces its metadata object: the losing version stays on the chain, named by nothing.
+    `deossfs verify` reports it once it is older than --grace and `--repair` deletes it.
+    The mount's background check deletes an orphan too, but not a version its own database
+    refers to. (A devnet of its own: the background check verifies every file there.)"""
+    with devnet_at(tmp_path / "net") as devnet:
+        async with two_machines(devnet, tmp_path) as (a, b, bucket):
+            await b.sync.refresh_buckets(force=True)
+            await b.write_file(f"{bucket}/shared.txt", b"b's version")
+            losing = await b.wait_stored(f"{bucket}/shared.txt")
+            await b.sync.save_all()
+            # a has not listed the bucket since: it makes the file anew, later
+            await a.write_file(f"{bucket}/shared.txt", b"a's version, the later one")
+            winning = await a.wait_stored(f"{bucket}/shared.txt")
+            await a.sync.refresh_bucket(bucket, force=True)  # takes in b's metadata: its own is newer
+            await a.sync.save_all()  # and replaces b's metadata object
+            assert await a.read_file(f"{bucket}/shared.txt") == b"a's version, the later one"
+            on_chain = {info.fid for name, info in await a.store.files_in_bucket(bucket) if name != META_KEY}
+            assert on_chain == {losing, winning}
+        # b is gone; nothing names its version any more
+        async with open_fs(config_for(devnet, tmp_path / "a")) as a:
+            # a young orphan is left alone (an upload in flight looks the same)
+            assert await find_orphans(a.store, [bucket]) == []
+            orphans = await find_orphans(a.store, [bucket], grace=0)
+            assert [(o.fid, o.path, o.current) for o in orphans] == [(losing, "shared.txt", winning)]
+
+            listed = devnet.cli("verify", bucket, "--grace", "0", check=False)
+            assert listed.returncode == 1
+            assert "1 orphaned files left" in listed.stderr
+            assert losing[:16] in listed.stdout and winning[:16] in listed.stdout
+            repaired = devnet.cli("verify", bucket, "--grace", "0", "--repair")
+            assert "1 orphaned files, 1 deleted" in repaired.stdout
+            assert not await a.fid_on_chain(losing)
+            assert await find_orphans(a.store, [bucket], grace=0) == []
+            await a.sync.refresh_bucket(bucket, force=True)
+            assert await a.listdir(bucket) == ["shared.txt"]
+            assert await a.read_file(f"{bucket}/shared.txt") == b"a's version, the later one"
+
+            # the background check: a version of a named path that no metadata object
+            # names (an upload whose mount died), left while a database refers to it
+            lost = await a.store.put(bytes_reader(b"a lost version"), 14, bucket, "shared.txt",
+                                     replace_existing=False)
+            needed = {lost.fid}
+
+            def keep(fid: str) -> bool:
+                return fid in needed or bool(a.db.files_with_fid(fid))
+
+            report = await verify(a.store, bucket, grace=0, repair=True, keep=keep)
+            assert report.orphans == [] and await a.fid_on_chain(lost.fid)
+            needed.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(verify_forever, a.store, 0.2, grace=0, keep=keep))
+                with trio.fail_after(120):
+                    while await a.fid_on_chain(lost.fid):
+                        await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+            assert await a.fid_on_chain(winning)

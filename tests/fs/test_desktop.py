@@ -9,10 +9,9 @@ What the tests pin down (docs/mounting.md, "Desktop file managers"):
 - browse, copy in and out byte for byte, `gio copy -p` keeps mode and mtime, rename and
   move within a bucket keep the FID (no re-upload), move across buckets copies and
   deletes (EXDEV fallback, xattrs kept), remove, save;
-- trash is not supported: GIO cannot make `.Trash-$UID` at the mount root (that would
-  be a bucket, and it is not a valid bucket name), so it reports
-  G_IO_ERROR_NOT_SUPPORTED ("delete permanently?" in a file manager), the file is left
-  alone and no bucket is created;
+- the trash (the Delete key): `gio trash` of a file or a folder, `gio list trash://`,
+  `gio trash --restore` and `--empty`, through GVfs's trash backend in a D-Bus session
+  of the test's own (docs/semantics.md, "The trash");
 - the names file managers probe at the root and in folders (`.hidden`, `.Trash`,
   `autorun.inf`, ...) are a quick ENOENT.
 """
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -42,6 +42,8 @@ from .conftest import NEEDS_MOUNT, bucket_name, wait_for
 from .test_mount import Mounted, fid, machine, sha
 
 GIO = shutil.which("gio")
+#: GVfs's trash backend, which `trash://` (`gio list trash://`, `gio trash --restore`) needs
+GVFSD_TRASH = "/usr/libexec/gvfsd-trash"
 #: a Python with GObject introspection, to read GIO's error code (python3-gi; optional)
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -271,52 +273,121 @@ def test_gio_rename_move_remove(tmp_path: Path, desk: Callable[..., Mounted]) ->
     m.umount()
 
 
-def _gio_trash_error(path: Path) -> str | None:
-    """GIO's error code for trashing `path`, by name, read through PyGObject (or None)."""
-    probe = ("import sys, gi\n"
-             "gi.require_version('Gio', '2.0')\n"
-             "from gi.repository import Gio, GLib\n"
-             "try:\n"
-             "    Gio.File.new_for_path(sys.argv[1]).trash(None)\n"
-             "    print('TRASHED')\n"
-             "except GLib.Error as e:\n"
-             "    print(Gio.IOErrorEnum(e.code).value_nick if e.domain == 'g-io-error-quark' else e.domain)\n")
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return None
-    result = subprocess.run([SYSTEM_PYTHON, "-c", probe, str(path)], capture_output=True, text=True,
-                            env=dict(os.environ, **GIO_ENV), timeout=60)
-    if "No module named 'gi'" in result.stderr or "ValueError: Namespace Gio" in result.stderr:
-        return None
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+@pytest.fixture
+def session_bus(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """A D-Bus session of its own, where GIO starts gvfsd and its trash backend (what
+    `trash://` is), as in a desktop session; yields gio(*args) run in it. Its own home
+    trash (XDG_DATA_HOME), so only this test's items are listed."""
+    if not Path(GVFSD_TRASH).exists() or shutil.which("dbus-daemon") is None:
+        pytest.skip("gvfs's trash backend or dbus-daemon is missing (apt-get install gvfs dbus)")
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    daemon = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert daemon.stdout is not None
+    address = daemon.stdout.readline().strip()
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, XDG_RUNTIME_DIR=str(runtime),
+               XDG_DATA_HOME=str(tmp_path / "data"), GIO_USE_VOLUME_MONITOR="unix", LC_ALL="C")
+    env.pop("GIO_USE_VFS", None)
+
+    def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([GIO or "gio", *map(str, args)], capture_output=True, text=True,
+                                env=env, timeout=120)
+        if check:
+            assert result.returncode == 0, f"gio {' '.join(map(str, args))}: {result.stderr}"
+        return result
+
+    try:
+        yield run
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        # the gvfs daemons the bus started for this session (found by its address)
+        for proc in Path("/proc").iterdir():
+            with suppress(OSError):
+                if proc.name.isdigit() and address.encode() in (proc / "environ").read_bytes():
+                    os.kill(int(proc.name), 15)
 
 
-def test_gio_trash_is_not_supported_and_harmless(tmp_path: Path, desk: Callable[..., Mounted]) -> None:
+def trashed(gio_in_session: Callable[..., subprocess.CompletedProcess]) -> dict[str, str]:
+    """`gio trash --list`: original path -> trash:// URI of each item."""
+    out = {}
+    for line in gio_in_session("trash", "--list").stdout.splitlines():
+        uri, _, original = line.partition("\t")
+        out[original] = uri
+    return out
+
+
+def test_gio_trash_list_restore_empty(tmp_path: Path, desk: Callable[..., Mounted],
+                                      session_bus: Callable[..., subprocess.CompletedProcess]) -> None:
+    """The Delete key of a file manager, then its trash folder: `gio trash` moves a file
+    and a folder to `.Trash-$UID` without uploading anything, `gio list trash://` shows
+    them, `gio trash --restore` brings one back with its name, times and xattrs, and
+    emptying the trash deletes the other from the chain. A bucket cannot be trashed."""
     m = desk("a")
     bucket = bucket_name("desk")
     gio("mkdir", m.path(bucket))
     m.path(bucket, "folder").mkdir()
-    m.path(bucket, "folder", "doc.txt").write_text("keep me")
-    m.path(bucket, "note.txt").write_text("me too")
-    before = buckets_on_chain(m)
-    # the Delete key: g_file_trash on a file, a folder, a bucket
-    for victim in (m.path(bucket, "note.txt"), m.path(bucket, "folder"), m.path(bucket)):
-        result = gio("trash", victim, check=False)
-        assert result.returncode != 0
-        assert "trash directory" in result.stderr, result.stderr  # not an I/O error
-    # the code a file manager gets: NOT_SUPPORTED, which makes it offer "delete permanently"
-    code = _gio_trash_error(m.path(bucket, "note.txt"))
-    assert code in (None, "not-supported"), code
-    assert m.path(bucket, "note.txt").read_text() == "me too"
-    assert m.path(bucket, "folder", "doc.txt").read_text() == "keep me"
-    assert sorted(os.listdir(m.mountpoint)) == sorted(before)
-    assert not any(name.startswith(".Trash") for name in os.listdir(m.mountpoint))
-    assert buckets_on_chain(m) == before  # no stray bucket
-    # ... and "delete permanently" then works
-    gio("remove", m.path(bucket, "note.txt"))
-    assert not m.path(bucket, "note.txt").exists()
+    m.path(bucket, "folder", "doc.txt").write_text("the folder's document")
+    note = m.path(bucket, "note.txt")
+    note.write_text("a note")
+    os.chmod(note, 0o640)
+    os.setxattr(note, "user.tag", b"blue")
+    os.utime(note, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    m.wait_durable()
+    chain = m.chain_keys(bucket)
+    fids = {"note": fid(note), "doc": fid(m.path(bucket, "folder", "doc.txt"))}
+    uid = os.getuid()
+    trash = m.path(f".Trash-{uid}")
+
+    # the Delete key on a file and on a folder
+    gio("trash", note, m.path(bucket, "folder"))
+    assert os.listdir(m.path(bucket)) == []
+    assert sorted(os.listdir(trash / "files")) == ["folder", "note.txt"]
+    assert sorted(os.listdir(trash / "info")) == ["folder.trashinfo", "note.txt.trashinfo"]
+    assert f"Path={bucket}/note.txt" in (trash / "info" / "note.txt.trashinfo").read_text()
+    st = trash.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (uid, 0o700)
+    # moved, not uploaded again: the same objects on the chain, nothing pending
+    assert fid(trash / "files" / "note.txt") == fids["note"]
+    assert fid(trash / "files" / "folder" / "doc.txt") == fids["doc"]
+    assert m.pending() == [] and m.chain_keys(bucket) == chain
+    assert m.path(bucket, ".deossfs").exists() is False
+
+    # the trash folder, as a file manager shows it
+    def both_listed() -> dict[str, str]:
+        items = trashed(session_bus)
+        return items if {str(note), str(m.path(bucket, "folder"))} <= items.keys() else {}
+
+    originals = wait_for(both_listed, 30, "gvfs to list the trashed items")
+    names = session_bus("list", "-d", "trash://").stdout.splitlines()  # as a file manager shows them
+    assert "note.txt" in names and "folder" in names, names
+
+    # restore: the file is back with its name, times and xattrs
+    session_bus("trash", "--restore", originals[str(note)])
+    assert note.read_text() == "a note"
+    st = note.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 1_600_000_000_000_000_000)
+    assert os.getxattr(note, "user.tag") == b"blue" and fid(note) == fids["note"]
+    assert sorted(os.listdir(trash / "files")) == ["folder"]
+    assert sorted(os.listdir(trash / "info")) == ["folder.trashinfo"]
+    assert m.pending() == [] and m.chain_keys(bucket) == chain
+
+    # a bucket is no item of the trash: it cannot leave the root
+    result = gio("trash", m.path(bucket), check=False)
+    assert result.returncode != 0 and "across filesystem boundaries" in result.stderr, result.stderr
+    assert m.path(bucket).is_dir()
+
+    # empty the trash: the folder's file is deleted from the chain
+    wait_for(lambda: str(m.path(bucket, "folder")) in trashed(session_bus), 30, "gvfs to list the folder")
+    session_bus("trash", "--empty")
+    wait_for(lambda: not os.listdir(trash / "files"), 30, "the trash to be empty")
+    assert os.listdir(trash / "info") == []
+    wait_for(lambda: "folder/doc.txt" not in m.chain_keys(bucket), 60, "the chain delete of the emptied file")
+    assert m.chain_keys(bucket) == {"note.txt": chain["note.txt"]}
+    assert os.listdir(m.path(bucket)) == ["note.txt"]
     log = m.log()
-    assert "failed unexpectedly" not in log and "no trash at the mount root" in log
+    assert "failed unexpectedly" not in log
     m.wait_durable()
     m.umount()
 
@@ -348,9 +419,12 @@ def test_file_manager_probes_are_quick_enoent(desk: Callable[..., Mounted]) -> N
     for folder in (m.mountpoint, m.path(bucket)):
         for name in probes:
             started = time.monotonic()
-            with pytest.raises(FileNotFoundError):
-                (folder / name).read_bytes()
+            if folder == m.mountpoint and name == f".Trash-{os.getuid()}":  # the user's trash
+                assert (folder / name).is_dir()
+            else:
+                with pytest.raises(FileNotFoundError):
+                    (folder / name).read_bytes()
             took = time.monotonic() - started
             assert took < QUICK_SECONDS, (folder, name, took)
-    assert sorted(os.listdir(m.mountpoint)) == sorted(buckets_on_chain(m))
+    assert sorted(os.listdir(m.mountpoint)) == sorted([*buckets_on_chain(m), f".Trash-{os.getuid()}"])
     m.umount()

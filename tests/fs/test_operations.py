@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import stat
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
+import tomli_w
 import trio
 
 from deossfs.chain.factory import open_chain
@@ -27,7 +29,7 @@ from deossfs.errors import NotFound
 from deossfs.fs.db import ROOT_INODE, Database
 from deossfs.fs.metadata import META_KEY, SAVE_QUIET, BucketSync
 from deossfs.fs.mount import DB_NAME, workspace_for
-from deossfs.fs.operations import REFRESH_SECONDS, Operations
+from deossfs.fs.operations import MAX_PATH_BYTES, REFRESH_SECONDS, Operations
 from deossfs.fs.uploader import Uploader
 from deossfs.keys import load_key_file
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
@@ -312,6 +314,61 @@ async def test_fsync_returns_once_durable(fs: FS) -> None:
     assert await fs.state(f"{bucket}/synced.bin") == "stored"
 
 
+async def test_fsyncs_during_an_upload_share_the_next_one(fs: FS) -> None:
+    """Three fsyncs of new content that arrive while the file's upload is in flight all
+    return after one following upload (which takes all their writes), not one each."""
+    bucket = await fs.bucket()
+    parent = await fs.ino(bucket)
+    first, entry = await fs.ops.create(parent, b"db.bin", stat.S_IFREG | 0o600, os.O_RDWR, CTX)
+    ino = entry.st_ino
+    await fs.ops.write(first.fh, 0, os.urandom(2 * 1024 * 1024))
+    before = fs.uploader.completed
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.ops.fsync, first.fh, False)
+        with trio.fail_after(DURABLE_TIMEOUT):
+            while not fs.uploader._uploading:  # the first upload is reading the file
+                await trio.sleep(0.005)
+        handles = [await fs.ops.open(ino, os.O_RDWR, CTX) for _ in range(3)]
+        for i, handle in enumerate(handles):
+            await fs.ops.write(handle.fh, i, b"abc"[i : i + 1])
+            nursery.start_soon(fs.ops.fsync, handle.fh, False)
+    assert fs.uploader.completed - before == 2
+    row = fs.db.get(ino)
+    assert row is not None and row.fid and row.durable_generation == row.generation
+    assert (await fs.store.read_object(row.fid))[:3] == b"abc"
+    for handle in [first, *handles]:
+        await fs.ops.release(handle.fh)
+
+
+async def test_fsync_local_returns_once_on_this_disk(devnet: Devnet, tmp_path: Path) -> None:
+    """mount.fsync = "local": fsync journals the content and fsyncs it here, and returns
+    before the upload (held back here by a long upload_delay); the upload follows, also
+    after the process died right after the fsync."""
+    config = config_for(devnet, tmp_path)
+    data = tomllib.loads(config.read_text())
+    data["mount"] = {"fsync": "local"}
+    data.setdefault("storage", {})["upload_delay"] = 3600.0
+    config.write_text(tomli_w.dumps(data))
+    async with open_fs(config) as fs:
+        bucket = await fs.bucket()
+        parent = await fs.ino(bucket)
+        info, entry = await fs.ops.create(parent, b"local.bin", stat.S_IFREG | 0o600, os.O_WRONLY, CTX)
+        content = os.urandom(256 * 1024)
+        await fs.ops.write(info.fh, 0, content)
+        await fs.ops.fsync(info.fh, False)
+        # journaled (not just open), not uploaded, the staged bytes complete on disk
+        assert [u[0] for u in fs.db.pending_uploads()] == [entry.st_ino]
+        assert fs.db.interrupted_writes() == []
+        assert await fs.state(f"{bucket}/local.bin") == "staged"
+        assert fs.ops.staging_path(entry.st_ino).read_bytes() == content
+        # the process dies with the handle open (no release, no unmount)
+    async with open_fs(config) as fs:
+        fs.db.upload_now(entry.st_ino)  # the journal kept the hour's delay: no waiting for it
+        fs.uploader.wake()
+        fid = await fs.wait_stored(f"{bucket}/local.bin")
+        assert fid and await fs.store.read_object(fid) == content
+
+
 async def test_empty_files_live_in_metadata_only(fs: FS) -> None:
     bucket = await fs.bucket()
     await fs.write_file(f"{bucket}/empty.txt", b"")
@@ -559,8 +616,8 @@ async def test_names_the_mount_refuses(fs: FS) -> None:
     bucket = await fs.bucket()
     parent = await fs.ino(bucket)
     await fs.write_file(f"{bucket}/file.txt", b"data")
-    # bucket names follow the chain's rules
-    for name in (b"Bad_Name", b"ab", b"x" * 64, b"has space", b"-leading", b"jam"):
+    # bucket names follow S3's rules (a `j`, which the chain refuses, is escaped: test_s3_names.py)
+    for name in (b"Bad_Name", b"ab", b"x" * 64, b"has space", b"-leading", b"a..b"):
         assert await errno_of(fs.ops.mkdir(ROOT_INODE, name, 0o755, CTX)) == errno.EINVAL, name
     assert await errno_of(fs.ops.mkdir(ROOT_INODE, bucket.encode(), 0o755, CTX)) == errno.EEXIST
     # names must be UTF-8 (object keys are strings on the chain)
@@ -584,6 +641,40 @@ async def test_names_the_mount_refuses(fs: FS) -> None:
     assert await errno_of(fs.ops.create(parent, b"k" * 1100, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)) \
         == errno.ENAMETOOLONG
     assert await fs.listdir(bucket) == ["file.txt", "sub"]
+
+
+async def test_paths_below_a_bucket_end_at_max_path_bytes(fs: FS) -> None:
+    """Deep trees are taken up to MAX_PATH_BYTES below the bucket, in every call that makes
+    a name; a rename that would push an entry of a moved directory past it is refused."""
+    bucket = await fs.bucket()
+    ino = await fs.ino(bucket)
+    length = -1  # of the path below the bucket so far
+    while length + 201 + 2 <= MAX_PATH_BYTES:
+        ino = (await fs.ops.mkdir(ino, b"d" * 200, stat.S_IFDIR | 0o755, CTX)).st_ino
+        length += 201
+    room = MAX_PATH_BYTES - length - 1  # the longest name that still fits here
+    assert 0 < room < 200
+    for call in (fs.ops.mkdir(ino, b"n" * (room + 1), stat.S_IFDIR | 0o755, CTX),
+                 fs.ops.create(ino, b"n" * (room + 1), stat.S_IFREG | 0o644, os.O_WRONLY, CTX),
+                 fs.ops.symlink(ino, b"n" * (room + 1), b"x", CTX),
+                 fs.ops.mknod(ino, b"n" * (room + 1), stat.S_IFIFO | 0o644, 0, CTX)):
+        assert await errno_of(call) == errno.ENAMETOOLONG
+    info, _ = await fs.ops.create(ino, b"f" * room, stat.S_IFREG | 0o644, os.O_WRONLY, CTX)
+    await fs.ops.write(info.fh, 0, b"at the limit")
+    await fs.ops.release(info.fh)
+    assert await errno_of(fs.ops.rename(ino, b"f" * room, ino, b"n" * (room + 1), 0, CTX)) \
+        == errno.ENAMETOOLONG
+    assert fs.db.child(ino, b"f" * room) is not None
+    # a directory holding the deep tree cannot move one byte deeper
+    top = await fs.ino(f"{bucket}/{'d' * 200}")
+    await fs.mkdir(f"{bucket}/x")
+    assert await errno_of(fs.ops.rename(await fs.ino(bucket), b"d" * 200, await fs.ino(f"{bucket}/x"),
+                                        b"d" * 200, 0, CTX)) == errno.ENAMETOOLONG
+    assert fs.db.get(top).parent == await fs.ino(bucket)  # type: ignore[union-attr]
+    key = f"{('d' * 200 + '/') * ((length + 1) // 201)}{'f' * room}"
+    assert len(key.encode()) == MAX_PATH_BYTES
+    fid = await fs.wait_stored(f"{bucket}/{key}")
+    assert fid and await fs.store.read_object(fid) == b"at the limit"
 
 
 async def test_rmdir_and_unlink_errnos(fs: FS) -> None:
@@ -1335,3 +1426,116 @@ async def test_a_metadata_save_does_not_hold_up_lookups(fs: FS) -> None:
         assert await errno_of(fs.ops.lookup(bucket_ino, b"not-there", CTX)) == errno.ENOENT
         assert bucket in fs.sync._saving, "the lookup waited for the save"
     assert bucket not in fs.sync._saving
+
+
+# ---- the trash ----------------------------------------------------------------------
+
+
+async def gio_trash(fs: FS, path: str, info: bytes) -> None:
+    """What GIO's g_file_trash does on the mount, call by call (fs/trash.py)."""
+    uid = os.getuid()
+    root_name = f".Trash-{uid}".encode()
+    if await outcome(fs.ops.lookup(ROOT_INODE, root_name, CTX)) == errno.ENOENT:
+        await fs.ops.mkdir(ROOT_INODE, root_name, stat.S_IFDIR | 0o700, CTX)
+    root = await fs.ino(root_name.decode())
+    for view in (b"info", b"files"):
+        if await outcome(fs.ops.lookup(root, view, CTX)) == errno.ENOENT:
+            await fs.ops.mkdir(root, view, stat.S_IFDIR | 0o700, CTX)
+    info_dir, files_dir = await fs.ino(f"{root_name.decode()}/info"), await fs.ino(f"{root_name.decode()}/files")
+    parent, name = await fs.parent_and_name(path)
+    made, _ = await fs.ops.create(info_dir, name + b".trashinfo", stat.S_IFREG | 0o666,
+                                  os.O_WRONLY | os.O_CREAT | os.O_EXCL, CTX)
+    await fs.ops.release(made.fh)
+    temp, _ = await fs.ops.create(info_dir, name + b".trashinfo.TMP123", stat.S_IFREG | 0o600, os.O_RDWR, CTX)
+    await fs.ops.write(temp.fh, 0, info)
+    await fs.ops.release(temp.fh)
+    await fs.ops.rename(info_dir, name + b".trashinfo.TMP123", info_dir, name + b".trashinfo", 0, CTX)
+    await fs.ops.rename(parent, name, files_dir, name, 0, CTX)
+
+
+async def outcome(call: object) -> int:
+    """0 if the call succeeds, else its errno."""
+    try:
+        await call  # type: ignore[misc]
+    except pyfuse3.FUSEError as exc:
+        return exc.errno
+    return 0
+
+
+async def test_the_trash_is_kept_in_each_bucket_and_travels_with_its_metadata(devnet: Devnet,
+                                                                              tmp_path: Path) -> None:
+    """An item trashed on one machine stays in its bucket (same FID, nothing uploaded),
+    hidden there; the trash directory at the root lists it with its info file. Another
+    machine sees the same trash once it listed the bucket, restores the item by a rename,
+    and deleting an item from the trash deletes it from the chain."""
+    uid = os.getuid()
+    trash = f".Trash-{uid}"
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
+        await a.mkdir(f"{bucket}/dir")
+        kept, gone = os.urandom(70_000), os.urandom(50_000)
+        await a.write_file(f"{bucket}/dir/kept.bin", kept)
+        await a.write_file(f"{bucket}/gone.bin", gone)
+        kept_fid = await a.wait_stored(f"{bucket}/dir/kept.bin")
+        gone_fid = await a.wait_stored(f"{bucket}/gone.bin")
+        info = f"[Trash Info]\nPath={bucket}/dir/kept.bin\nDeletionDate=2024-01-02T03:04:05\n".encode()
+        await gio_trash(a, f"{bucket}/dir/kept.bin", info)
+        await gio_trash(a, f"{bucket}/gone.bin", b"[Trash Info]\nPath=x\n")
+        assert await a.listdir(f"{bucket}/dir") == [] and await a.listdir(bucket) == ["dir"]
+        assert await errno_of(a.ops.lookup(await a.ino(bucket), b".deossfs", CTX)) == errno.ENOENT
+        assert sorted(await a.listdir(f"{trash}/files")) == ["gone.bin", "kept.bin"]
+        assert sorted(await a.listdir(f"{trash}/info")) == ["gone.bin.trashinfo", "kept.bin.trashinfo"]
+        assert await a.read_file(f"{trash}/info/kept.bin.trashinfo") == info
+        row = a.db.get(await a.ino(f"{trash}/files/kept.bin"))
+        assert row is not None and row.fid == kept_fid
+        assert a.ops.key_of(row.id) == (bucket, f".deossfs/trash/{uid}/files/kept.bin")
+        assert not a.db.pending_uploads()
+        # files of the trash directory itself (info files) are never uploaded, and are small
+        await a.wait_idle()
+        await a.sync.save_all()
+        assert set(await a.chain_keys(bucket)) == {"dir/kept.bin", "gone.bin", META_KEY}
+        info_dir = await a.ino(f"{trash}/info")
+        big, _ = await a.ops.create(info_dir, b"big", stat.S_IFREG | 0o600, os.O_WRONLY, CTX)
+        assert await errno_of(a.ops.write(big.fh, 64 * 1024, b"x")) == errno.EFBIG
+        await a.ops.release(big.fh)
+        # nothing moves between the trash directory's own files and the buckets
+        assert await errno_of(a.ops.rename(info_dir, b"big", await a.ino(bucket), b"big", 0, CTX)) \
+            == errno.EXDEV
+        # another user's trash directory is theirs to make
+        assert await errno_of(a.ops.mkdir(ROOT_INODE, b".Trash-4321", stat.S_IFDIR | 0o700,
+                                          Ctx(uid=1234, gid=1234))) == errno.EACCES
+        # the bucket cannot go while its trash holds something
+        assert await errno_of(a.ops.rmdir(ROOT_INODE, bucket.encode(), CTX)) == errno.ENOTEMPTY
+
+        # the other machine: the trash appears with the bucket's metadata
+        await b.sync.refresh_buckets(force=True)
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(f"{trash}/files")) == ["gone.bin", "kept.bin"]
+        assert await b.read_file(f"{trash}/info/kept.bin.trashinfo") == info
+        assert await b.read_file(f"{trash}/files/kept.bin") == kept
+        assert stat.S_IMODE((await b.attr(trash)).st_mode) == 0o700
+        # restore there: a rename back into the bucket, then GIO deletes the info file
+        await b.ops.rename(await b.ino(f"{trash}/files"), b"kept.bin", await b.ino(f"{bucket}/dir"),
+                           b"kept.bin", 0, CTX)
+        await b.ops.unlink(await b.ino(f"{trash}/info"), b"kept.bin.trashinfo", CTX)
+        assert await b.read_file(f"{bucket}/dir/kept.bin") == kept
+        assert b.db.get(await b.ino(f"{bucket}/dir/kept.bin")).fid == kept_fid  # type: ignore[union-attr]
+        # empty the trash (GIO's backend moves an item to expunged, then deletes it)
+        trash_b = await b.ino(trash)
+        await b.ops.mkdir(trash_b, b"expunged", stat.S_IFDIR | 0o700, CTX)
+        await b.ops.rename(await b.ino(f"{trash}/files"), b"gone.bin", await b.ino(f"{trash}/expunged"),
+                           b"123", 0, CTX)
+        await b.ops.unlink(await b.ino(f"{trash}/info"), b"gone.bin.trashinfo", CTX)
+        await b.ops.unlink(await b.ino(f"{trash}/expunged"), b"123", CTX)
+        await b.wait_idle()
+        assert not await b.fid_on_chain(gone_fid) and await b.fid_on_chain(kept_fid)
+        assert await b.listdir(f"{trash}/files") == [] and await b.listdir(f"{trash}/info") == []
+        await b.sync.save_all()
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert await a.listdir(f"{trash}/files") == []
+        assert await a.read_file(f"{bucket}/dir/kept.bin") == kept
+        # an empty trash holds nothing back: the bucket can go
+        await a.ops.unlink(await a.ino(f"{bucket}/dir"), b"kept.bin", CTX)
+        await a.ops.rmdir(await a.ino(bucket), b"dir", CTX)
+        await a.wait_idle()
+        await a.ops.rmdir(ROOT_INODE, bucket.encode(), CTX)
+        assert bucket not in await a.listdir("")

@@ -21,7 +21,7 @@ from deossfs.devnet import process_alive
 from deossfs.gateway_client import GatewayClient
 from deossfs.keys import Account, account_from_secret
 
-from ..conftest import ROOT, Devnet
+from ..conftest import ROOT, Devnet, deossfs
 from ..harness import account, config_for, ledger, wait_for
 
 GIB = 1024**3
@@ -179,3 +179,54 @@ def wait_stored(client: GatewayClient, fid: str, timeout: float = 300) -> dict:
 
 def now() -> float:
     return time.time()
+
+
+# ---- S3 ----------------------------------------------------------------------------------
+
+
+@dataclass
+class S3Access:
+    """An access key of a gateway, and clients made with it."""
+
+    gateway: GatewayProcess
+    access_key_id: str
+    secret: str
+    account: str
+
+    def client(self, **config: object):  # noqa: ANN201 - a boto3 client
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3", endpoint_url=self.gateway.url, aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret, region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
+                          signature_version="s3v4", **config))  # type: ignore[arg-type]
+
+    def env(self) -> dict[str, str]:
+        """The environment of an S3 command-line client (aws, restic, rclone's env_auth)."""
+        return {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def create_key(gateway: GatewayProcess, account: str | None = None) -> S3Access:
+    import json
+
+    args = ["gateway", "key", "create", "--json"] + (["--account", account] if account else [])
+    created = json.loads(deossfs(*args, config=gateway.config).stdout)
+    return S3Access(gateway, created["access_key_id"], created["secret_access_key"],
+                    created["account"])
+
+
+@pytest.fixture(scope="session")
+def s3_access(gateways: Gateways) -> S3Access:
+    """An access key of the session gateway for its own account."""
+    if not gateways.main.alive:
+        gateways.main.start()
+    return create_key(gateways.main)
+
+
+@pytest.fixture
+def s3(s3_access: S3Access, gateway: GatewayProcess):  # noqa: ANN201 - a boto3 client
+    return s3_access.client()

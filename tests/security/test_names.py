@@ -14,6 +14,7 @@ from deossfs.chain.factory import open_chain
 from deossfs.config import load_config
 from deossfs.errors import InvalidName, NameTooLong
 from deossfs.keys import load_key_file
+from deossfs.names import MAX_KEY_BYTES, S3_MAX_KEY_BYTES, check_key
 from deossfs.processing.pipeline import bytes_reader
 from deossfs.store import ObjectStore
 
@@ -39,7 +40,7 @@ def cli_bytes(devnet: Devnet, *args: bytes) -> subprocess.CompletedProcess:
 BAD_TARGETS = [
     b"sec/../escape.txt", b"sec/a/../../escape.txt", b"sec/./a.txt", b"sec/a/./b.txt",
     b"sec//a.txt", b"sec/a/", b"sec/", b"sec", b"/sec/a.txt", b"sec/..", b"sec/.",
-    b"sec/" + b"x" * 2000, b"sec/" + b"d/" * 600 + b"f", b"sec/caf\xe9.txt", b"sec/\xff\xfe",
+    b"sec/" + b"x" * (MAX_KEY_BYTES + 1), b"sec/" + b"d/" * (MAX_KEY_BYTES // 2) + b"f", b"sec/caf\xe9.txt", b"sec/\xff\xfe",
     b"../sec/a.txt", b"Sec/a.txt", b"s/a.txt", b"sec" + b"x" * 100 + b"/a.txt", b"\xff/a.txt",
 ]
 
@@ -68,9 +69,17 @@ def test_get_refuses_bad_object_names(secure_devnet: Devnet, tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_s3_keeps_its_own_key_bound() -> None:
+    """The store takes deep keys (a mount's trees); S3 callers ask for S3's 1,024 bytes."""
+    assert check_key("k" * 4000) == "k" * 4000
+    assert check_key("k" * S3_MAX_KEY_BYTES, S3_MAX_KEY_BYTES)
+    with pytest.raises(NameTooLong):
+        check_key("k" * (S3_MAX_KEY_BYTES + 1), S3_MAX_KEY_BYTES)
+
+
 @pytest.mark.parametrize(("key", "error"), [
     ("a\x00b.txt", InvalidName), ("\x00", InvalidName), ("a/\x00/b", InvalidName),
-    ("x" * 1025, NameTooLong), ("caf\udce9.txt", InvalidName), ("..", InvalidName),
+    ("x" * (MAX_KEY_BYTES + 1), NameTooLong), ("caf\udce9.txt", InvalidName), ("..", InvalidName),
     ("a/../b", InvalidName),
 ])
 async def test_the_store_refuses_names_argv_cannot_carry(secure_devnet: Devnet, key: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +25,24 @@ class MalformedXML(InvalidInput):
     """An XML request body S3 would refuse as MalformedXML."""
 
 
-def document(root: str, children: Iterable[Any] = (), namespace: bool = True) -> bytes:
+@dataclass(frozen=True)
+class Tagged:
+    """An element's value with XML attributes: ("Grantee", Tagged({"xsi:type": ...}, [...]))."""
+
+    attributes: dict[str, str]
+    value: Any
+
+
+def document(root: str, children: Iterable[Any] = (), namespace: bool = True,
+             text: str | None = None) -> bytes:
     """`<root xmlns=...>children</root>` with the XML declaration, as S3 sends it.
 
-    A child is (name, value): a str or number becomes text, None is left out, a list of
-    pairs (or a Mapping) becomes nested elements, a list of several values repeats the
-    element."""
+    A child is (name, value): a str or number becomes text, a bool true/false, None is
+    left out, a list of pairs (or a Mapping) becomes nested elements, a Tagged value has
+    attributes too; a name given several times repeats the element. `text` is the root's
+    own text (LocationConstraint)."""
     element = ET.Element(root, {"xmlns": NAMESPACE} if namespace else {})
+    element.text = text
     _append(element, children)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(element, encoding="utf-8")
 
@@ -42,7 +54,10 @@ def _append(parent: ET.Element, children: Iterable[Any]) -> None:
         if value is None:
             continue
         child = ET.SubElement(parent, name)
-        if isinstance(value, Mapping) or (isinstance(value, list) and value and isinstance(value[0], tuple)):
+        if isinstance(value, Tagged):
+            child.attrib.update(value.attributes)
+            value = value.value
+        if isinstance(value, Mapping | list):
             _append(child, value)
         elif isinstance(value, bool):
             child.text = "true" if value else "false"

@@ -1,0 +1,144 @@
+"""The gateway's S3 API against the CLI on the same devnet, with boto3's transfer manager.
+
+    .venv/bin/python benchmarks/s3.py [--size-mib 1024] [--objects 10000]
+
+- boto3 `upload_file` (multipart, 8 MiB parts, 10 threads) against `deossfs put` of the
+  same random file (goal >= 0.8x);
+- boto3 `download_file` (ranged GETs, 10 threads) against a cold `deossfs get` (segment
+  cache and peers off), each read from the storage nodes: the download goes through a
+  second gateway with an empty cache (goal >= 0.8x);
+- ListObjectsV2 of a bucket of --objects keys, page by page of 1,000 (goal <= 0.5 s each);
+- the gateways' peak RSS (goal <= 400 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gateway import Gateway  # noqa: E402 - benchmarks/gateway.py
+
+MIB = 1024 * 1024
+COLD = ["-o", "cache.enabled=false", "-o", "peers.enabled=false"]
+
+
+def cli(config: Path, *args: str, cold: bool = True) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "deossfs", "--config", str(config), *(COLD if cold else []),
+                    *args], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--objects", type=int, default=10_000)
+    args = parser.parse_args()
+
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    from deossfs.config import load_config, write_config
+    from deossfs.devnet import devnet_down, devnet_up
+
+    work = Path(tempfile.mkdtemp(prefix="deossfs-s3bench-"))
+    try:
+        devnet_up(work / "net")
+        config = work / "net" / "deossfs.toml"
+        # a second config of the same account with a workspace (and cache) of its own
+        reader = load_config(config)
+        reader.workspace = work / "reader-workspace"
+        reader.cache.dir = work / "reader-workspace" / "cache"
+        reader.cache.size = 2 * 1024**3
+        reader_config = work / "reader.toml"
+        write_config(reader, reader_config)
+        (work / "reader").mkdir()
+        source = work / "source.bin"
+        with open(source, "wb") as handle:
+            for _ in range(args.size_mib):
+                handle.write(os.urandom(MIB))
+        size = args.size_mib * MIB
+        subprocess.run([sys.executable, "-m", "deossfs", "--config", str(config), "bucket", "create",
+                        "bench"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        put_seconds = cli(config, "put", "-q", str(source), "bench/cli.bin")
+        get_seconds = cli(config, "get", "-q", "bench/cli.bin", str(work / "back.bin"))
+
+        writer = Gateway(config, work, cold=False)
+        reading = Gateway(reader_config, work / "reader", cold=False)
+
+        def client(url: str, keys: dict[str, str]):  # noqa: ANN202
+            return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                                aws_access_key_id=keys["id"], aws_secret_access_key=keys["secret"],
+                                config=Config(s3={"addressing_style": "path"}, max_pool_connections=20))
+
+        keys = writer.create_key(config)
+        transfer = TransferConfig(multipart_threshold=8 * MIB, multipart_chunksize=8 * MIB,
+                                  max_concurrency=10)
+        s3 = client(writer.url, keys)
+        start = time.perf_counter()
+        s3.upload_file(str(source), "bench", "boto3.bin", Config=transfer)
+        upload_seconds = time.perf_counter() - start
+        s3_reader = client(reading.url, reading.create_key(reader_config))
+        start = time.perf_counter()
+        s3_reader.download_file("bench", "boto3.bin", str(work / "boto3-back.bin"), Config=transfer)
+        download_seconds = time.perf_counter() - start
+        assert (work / "boto3-back.bin").stat().st_size == size
+
+        s3.create_bucket(Bucket="listing")
+
+        def put(index: int) -> None:
+            s3.put_object(Bucket="listing", Key=f"dir{index % 100:03d}/object-{index:06d}", Body=b"")
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, range(args.objects)))
+        create_seconds = time.perf_counter() - start
+        page_times = []
+        token = None
+        listed = 0
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            start = time.perf_counter()
+            page = s3.list_objects_v2(Bucket="listing", MaxKeys=1000, **extra)
+            page_times.append(time.perf_counter() - start)
+            listed += page.get("KeyCount", 0)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated"):
+                break
+        assert listed == args.objects, listed
+        rss = max(writer.peak_rss(), reading.peak_rss())
+        writer.stop()
+        reading.stop()
+
+        mb = size / 1e6
+        load = os.getloadavg()
+        print(f"\nS3 through the gateway vs the CLI, {args.size_mib} MiB; load {load[0]:.2f} {load[1]:.2f}")
+        print(f"{'figure':<52} {'measured':>10} {'against':>10} {'ratio':>7} {'goal':>8}")
+        print(f"{'boto3 upload_file (MB/s) vs deossfs put':<52} {mb / upload_seconds:>10.1f} "
+              f"{mb / put_seconds:>10.1f} {put_seconds / upload_seconds:>7.2f} {'>= 0.8':>8}")
+        print(f"{'boto3 download_file (MB/s) vs cold deossfs get':<52} {mb / download_seconds:>10.1f} "
+              f"{mb / get_seconds:>10.1f} {get_seconds / download_seconds:>7.2f} {'>= 0.8':>8}")
+        print(f"{'ListObjectsV2 page of 1,000, slowest (s)':<52} {max(page_times):>10.3f} "
+              f"{0.5:>10} {max(page_times) / 0.5:>7.2f} {'<= 1':>8}")
+        print(f"{'gateway peak RSS (MB)':<52} {rss / 1e6:>10.0f} {400:>10} {rss / 400e6:>7.2f} {'<= 1':>8}")
+        print(f"({args.objects} empty objects put in {create_seconds:.1f} s by 8 threads; "
+              f"pages {len(page_times)}, median {sorted(page_times)[len(page_times) // 2]:.3f} s)")
+    finally:
+        devnet_down(work / "net")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP gateway: S3-compatible access to the store."""

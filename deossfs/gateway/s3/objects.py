@@ -1,0 +1,607 @@
+"""S3's object operations: PutObject, GetObject, HeadObject, DeleteObject(s), CopyObject,
+and the multipart ones (Create, UploadPart, UploadPartCopy, Complete, Abort, ListParts).
+
+Bytes go through the same path as the DeOSS routes: a body is verified as it streams
+(`payload.PayloadVerifier`), staged in a 0600 file and hashed for its storage order while
+it arrives, then stored by the gateway's upload service and answered once durable; only
+then does the catalog name it, so a read, a listing or a delete after the answer sees it
+(strong consistency through one gateway). A body that fails a check is discarded and
+nothing is named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import unquote
+
+import trio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ...catalog.records import ObjectRecord
+from ...errors import DeossError, InvalidInput, cli_message
+from ...processing.layout import charged_space
+from ...processing.pipeline import FilePlan
+from ...store import single_error_nursery
+from ..http import StagingFile, StoredFileResponse, body_chunks, parse_range
+from ..uploads import ReceivePlanner, UploadRecord
+from . import xml
+from .context import S3Call, S3Error, code_and_status
+from .multipart import MAX_PART_NUMBER, MAX_PART_SIZE, multipart_etag
+from .payload import PayloadResult, PayloadVerifier, stored_content_encoding
+
+#: S3's largest single PUT
+MAX_PUT_SIZE = 5 * 1024**3
+#: the headers S3 keeps with an object besides Content-Type (catalog.records.HEADERS)
+STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
+                  "expires")
+#: GetObject's query overrides of response headers
+OVERRIDES = {"response-content-type": "content-type", "response-content-language": "content-language",
+             "response-expires": "expires", "response-cache-control": "cache-control",
+             "response-content-disposition": "content-disposition",
+             "response-content-encoding": "content-encoding"}
+#: bytes of the body verified on the trio thread at once; larger pieces go to a thread
+_INLINE_VERIFY = 256 * 1024
+#: seconds between the spaces a long CompleteMultipartUpload sends to keep its client waiting
+KEEPALIVE_SECONDS = 10.0
+
+
+def quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def attributes_of(call: S3Call) -> dict[str, Any]:
+    """Content-Type, user metadata and the stored headers a PUT or Create carries."""
+    metadata = {}
+    for name in call.headers.names():
+        if name.startswith("x-amz-meta-"):
+            metadata[name[len("x-amz-meta-"):]] = call.headers.get(name) or ""
+    headers = {}
+    for name in STORED_HEADERS:
+        value = stored_content_encoding(call.headers) if name == "content-encoding" else call.header(name)
+        if value:
+            headers[name] = value
+    return {"content_type": call.header("content-type"), "metadata": metadata, "headers": headers}
+
+
+def object_headers(record: ObjectRecord) -> dict[str, str]:
+    """ETag, Last-Modified, Content-Type, the user metadata and stored headers of an object."""
+    headers = {"etag": quoted(record.etag), "last-modified": xml.http_date(record.modified_ns),
+               "content-type": record.content_type or "binary/octet-stream",
+               "accept-ranges": "bytes"}
+    for name, value in record.headers.items():
+        headers[name] = value
+    for name, value in record.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    return headers
+
+
+def _http_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None  # an unreadable date is ignored, as S3 does
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    wanted = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
+    return "*" in wanted or etag in wanted
+
+
+def check_conditions(call: S3Call, record: ObjectRecord, copy_source: bool = False) -> int | None:
+    """The status a conditional request gets instead of the object (412, 304), or None.
+
+    With `copy_source` the x-amz-copy-source-if-* headers are read, and every failed
+    condition is 412 (a copy is never 304)."""
+    prefix = "x-amz-copy-source-" if copy_source else ""
+    modified = record.modified_ns / 1e9
+    if_match = call.header(prefix + "if-match")
+    if_none_match = call.header(prefix + "if-none-match")
+    if if_match is not None and not _etag_matches(if_match, record.etag):
+        return 412
+    if if_match is None:
+        since = _http_time(call.header(prefix + "if-unmodified-since"))
+        if since is not None and int(modified) > since:
+            return 412
+    if if_none_match is not None and _etag_matches(if_none_match, record.etag):
+        return 412 if copy_source or call.request.method not in ("GET", "HEAD") else 304
+    if if_none_match is None:
+        since = _http_time(call.header(prefix + "if-modified-since"))
+        if since is not None and int(modified) <= since:
+            return 412 if copy_source else 304
+    return None
+
+
+class ObjectOperations:
+    """Object operations of one gateway (the S3Api routes to them)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.engine = api.engine
+
+    # ---- receiving bodies ------------------------------------------------------------
+
+    def _declared_size(self, call: S3Call) -> int:
+        text = call.header("x-amz-decoded-content-length") if call.verified.payload_mode.chunked \
+            else call.header("content-length")
+        if text is None:
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+        if not text.strip().isdigit():
+            raise InvalidInput("Content-Length is not a number")
+        return int(text)
+
+    async def _receive(self, call: S3Call, staged: StagingFile,
+                       planner: ReceivePlanner | None) -> PayloadResult:
+        """Verify and stage the body; the digests once it is whole and checks out."""
+        verifier = PayloadVerifier(call.headers, call.verified)
+        timeout = self.engine.config.gateway.body_timeout
+        try:
+            async for chunk in body_chunks(call.request, timeout):
+                pieces = verifier.feed(chunk) if len(chunk) <= _INLINE_VERIFY else \
+                    await trio.to_thread.run_sync(verifier.feed, chunk)
+                for piece in pieces:
+                    staged.write(piece)
+            result = verifier.finish()
+            staged.close()
+        except BaseException:
+            staged.discard()
+            raise
+        finally:
+            if planner is not None:
+                planner.body_complete()
+        return result
+
+    async def _stage_and_store(self, call: S3Call, bucket: str, path: str, size: int,
+                               encrypt: bool) -> tuple[PayloadResult, FilePlan | None]:
+        """Receive a body of `size` bytes for bucket/path and store it durably (nothing is
+        stored for an empty body); its digests, and the plan of what was stored."""
+        store = self.engine.store_for(call.owner)
+        if size:
+            codec = store.encrypted_codec if encrypt else store.plain_codec
+            territory = await store.territory()
+            need = charged_space(codec.segment_count(size))
+            if territory.remaining_space < need:
+                raise S3Error("EntityTooLarge", f"territory {territory.name!r} has "
+                              f"{territory.remaining_space // 2**20} MiB free; this object needs "
+                              f"{need // 2**20} MiB (12 x 8 MiB per segment)", 400)
+        reservation = self.engine.reserve(call.owner, size)
+        upload_id = self.api.uploads.new_id()
+        staged = StagingFile(self.api.uploads.staging_path(upload_id))
+        try:
+            async with single_error_nursery() as nursery:
+                planner = None
+                if size:
+                    planner = ReceivePlanner(store, bucket, path, encrypt, staged,
+                                             self.engine.planning_slots)
+                    nursery.start_soon(planner.run)
+                result = await self._receive(call, staged, planner)
+            if result.size != size:
+                raise S3Error("IncompleteBody", "You did not provide the number of bytes "
+                              "specified by the Content-Length HTTP header.", 400)
+            if not size:
+                reservation.release()
+                staged.discard()
+                return result, None
+            record = UploadRecord(id=upload_id, owner=call.owner, bucket=bucket, key=path,
+                                  territory=store.territory_name, size=size, encrypt=encrypt,
+                                  with_cipher=False, placement={}, respond="durable")
+            plan = await self.api.uploads.submit(record, store, reservation,
+                                                 planner.plan() if planner else None)
+            assert isinstance(plan, FilePlan)
+            return result, plan
+        except BaseException:
+            reservation.release()
+            staged.discard()
+            raise
+
+    # ---- PutObject ------------------------------------------------------------------
+
+    async def put_object(self, call: S3Call) -> Response:
+        catalog = self.api.catalog(call)
+        target = await catalog.prepare_put(call.bucket, call.key)
+        size = self._declared_size(call)
+        if size > MAX_PUT_SIZE:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
+                          "size (5 GiB for one PUT: use a multipart upload).", 400)
+        if call.key.endswith("/") and size:
+            raise InvalidInput(f"{call.key!r} ends in '/': a folder, which holds no bytes")
+        encrypt = self.engine.config.storage.encryption
+        result, plan = await self._stage_and_store(call, call.bucket, target.path, size, encrypt)
+        attributes = attributes_of(call)
+        record = ObjectRecord(key=call.key, size=size, etag=result.etag,
+                              fid=plan.fid if plan else None, modified_ns=time.time_ns(),
+                              content_type=attributes["content_type"], metadata=attributes["metadata"],
+                              headers=attributes["headers"], encrypted=encrypt)
+        await catalog.record_put(call.bucket, record)
+        headers = {"etag": quoted(result.etag)}
+        headers.update({f"x-amz-checksum-{name}": value for name, value in result.checksums.items()})
+        return Response(status_code=200, headers=headers)
+
+    # ---- GetObject / HeadObject -----------------------------------------------------
+
+    async def get_object(self, call: S3Call, head: bool = False) -> Response | StoredFileResponse:
+        catalog = self.api.catalog(call)
+        record = await catalog.get(call.bucket, call.key)
+        headers = object_headers(record)
+        status = check_conditions(call, record)
+        if status == 304:
+            return Response(status_code=304, headers={k: headers[k] for k in ("etag", "last-modified")})
+        if status == 412:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold", 412)
+        for name, header in OVERRIDES.items():
+            if name in call.query:
+                headers[header] = call.query[name]
+        byte_range = None
+        if_range = call.header("if-range")
+        if if_range is None or if_range.strip('"') == record.etag:
+            try:
+                byte_range = parse_range(call.header("range"), record.size)
+            except DeossError:
+                raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
+        if not record.fid:
+            return Response(b"", status_code=200, headers={**headers, "content-length": "0"})
+        store = self.engine.store_for(call.owner)
+        info = await store.file_info(record.fid)
+        start, end, status = 0, record.size, 200
+        if byte_range is not None:
+            start, end = byte_range
+            status = 206
+            headers["content-range"] = f"bytes {start}-{end - 1}/{record.size}"
+        return StoredFileResponse(store, info, start, end, status, headers, head_only=head)
+
+    # ---- DeleteObject(s) -------------------------------------------------------------
+
+    async def delete_object(self, call: S3Call) -> Response:
+        await self.api.catalog(call).delete(call.bucket, call.key)
+        return Response(status_code=204)
+
+    async def delete_objects(self, call: S3Call) -> Response:
+        body = await self._small_body(call)
+        document = xml.parse(body, "Delete")
+        quiet = (xml.text(document, "Quiet") or "").strip().lower() == "true"
+        objects = xml.children(document, "Object")
+        if len(objects) > 1000:
+            raise xml.MalformedXML("a DeleteObjects request names at most 1,000 keys")
+        catalog = self.api.catalog(call)
+        results: list[tuple[str, Any]] = []
+        for item in objects:
+            key = xml.text(item, "Key")
+            if key is None:
+                raise xml.MalformedXML("an Object without a Key")
+            try:
+                await catalog.delete(call.bucket, key)
+                if not quiet:
+                    results.append(("Deleted", [("Key", key)]))
+            except DeossError as exc:
+                code, _ = code_and_status(exc)
+                results.append(("Error", [("Key", key), ("Code", code), ("Message", cli_message(exc))]))
+        return Response(xml.document("DeleteResult", results), media_type="application/xml")
+
+    async def _small_body(self, call: S3Call) -> bytes:
+        """A request document (XML), verified like any body, at most MAX_REQUEST_XML bytes."""
+        verifier = PayloadVerifier(call.headers, call.verified)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in body_chunks(call.request, self.engine.config.gateway.body_timeout):
+            for piece in verifier.feed(chunk):
+                size += len(piece)
+                if size > xml.MAX_REQUEST_XML:
+                    raise xml.MalformedXML(f"the XML body is larger than {xml.MAX_REQUEST_XML} bytes")
+                parts.append(bytes(piece))
+        verifier.finish()
+        return b"".join(parts)
+
+    # ---- CopyObject -------------------------------------------------------------------
+
+    def _copy_source(self, call: S3Call) -> tuple[str, str]:
+        source = unquote(call.header("x-amz-copy-source") or "")
+        source = source.split("?versionId=", 1)[0].lstrip("/")
+        bucket, sep, key = source.partition("/")
+        if not sep or not bucket or not key:
+            raise InvalidInput("x-amz-copy-source must be BUCKET/KEY (URL-encoded)")
+        return bucket, key
+
+    async def copy_object(self, call: S3Call) -> Response:
+        src_bucket, src_key = self._copy_source(call)
+        catalog = self.api.catalog(call)
+        source = await catalog.get(src_bucket, src_key)
+        status = check_conditions(call, source, copy_source=True)
+        if status is not None:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold", 412)
+        directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise InvalidInput("x-amz-metadata-directive is COPY or REPLACE")
+        if (src_bucket, src_key) == (call.bucket, call.key) and directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
+                          "copy an object to itself without changing the object's metadata, "
+                          "storage class, website redirect location or encryption attributes.", 400)
+        attributes = attributes_of(call) if directive == "REPLACE" else None
+        copied = await catalog.copy(
+            src_bucket, src_key, call.bucket, call.key,
+            content_type=attributes["content_type"] if attributes else None,
+            metadata=attributes["metadata"] if attributes else None,
+            headers=attributes["headers"] if attributes else None,
+            replace_attributes=attributes is not None)
+        if copied is None:  # across buckets: CESS cannot share the FID; the bytes go again
+            copied = await self._copy_bytes(call, source, attributes)
+        document = xml.document("CopyObjectResult", [
+            ("LastModified", xml.timestamp(copied.modified_ns)), ("ETag", quoted(copied.etag))])
+        return Response(document, media_type="application/xml")
+
+    async def _copy_bytes(self, call: S3Call, source: ObjectRecord,
+                          attributes: Mapping[str, Any] | None) -> ObjectRecord:
+        catalog = self.api.catalog(call)
+        target = await catalog.prepare_put(call.bucket, call.key)
+        plan = await self._store_from(call, source, 0, source.size, call.bucket, target.path)
+        attributes = attributes or {"content_type": source.content_type,
+                                    "metadata": dict(source.metadata), "headers": dict(source.headers)}
+        record = ObjectRecord(key=call.key, size=source.size, etag=source.etag, fid=plan.fid,
+                              modified_ns=time.time_ns(), content_type=attributes["content_type"],
+                              metadata=attributes["metadata"], headers=attributes["headers"],
+                              encrypted=source.encrypted)
+        await catalog.record_put(call.bucket, record)
+        return record
+
+    async def _store_from(self, call: S3Call, source: ObjectRecord, start: int, end: int,
+                          bucket: str, path: str) -> FilePlan:
+        """Store bytes [start, end) of an object as bucket/path (read from the network
+        into a staging file, then put as an upload)."""
+        staged = await self._stage_from(call, source, start, end,
+                                        self.api.uploads.staging_path(upload_id := self.api.uploads.new_id()))
+        store = self.engine.store_for(call.owner)
+        reservation = self.engine.reserve(call.owner, end - start)
+        record = UploadRecord(id=upload_id, owner=call.owner, bucket=bucket, key=path,
+                              territory=store.territory_name, size=end - start,
+                              encrypt=self.engine.config.storage.encryption, with_cipher=False,
+                              placement={}, respond="durable")
+        try:
+            plan = await self.api.uploads.submit(record, store, reservation)
+        except BaseException:
+            reservation.release()
+            staged.discard()
+            raise
+        assert isinstance(plan, FilePlan)
+        return plan
+
+    async def _stage_from(self, call: S3Call, source: ObjectRecord, start: int, end: int,
+                          path: Any) -> StagingFile:
+        staged = StagingFile(path)
+        try:
+            if source.fid and end > start:
+                store = self.engine.store_for(call.owner)
+                info = await store.file_info(source.fid)
+
+                async def sink(data: memoryview) -> None:
+                    staged.write(data)
+
+                await store.read_range(info, start, end, sink)
+            staged.close()
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    # ---- multipart -------------------------------------------------------------------
+
+    async def create_multipart(self, call: S3Call) -> Response:
+        catalog = self.api.catalog(call)
+        await catalog.prepare_put(call.bucket, call.key)
+        upload = await trio.to_thread.run_sync(self.api.multipart.create, call.owner, call.bucket,
+                                               call.key, attributes_of(call))
+        return Response(xml.document("InitiateMultipartUploadResult", [
+            ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload.id)]),
+            media_type="application/xml")
+
+    def _part_number(self, call: S3Call) -> int:
+        text = call.query.get("partNumber", "")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_PART_NUMBER:
+            raise InvalidInput(f"Part number must be an integer between 1 and {MAX_PART_NUMBER}, "
+                               "inclusive")
+        return int(text)
+
+    async def _upload(self, call: S3Call) -> Any:
+        return await trio.to_thread.run_sync(self.api.multipart.get, call.query.get("uploadId", ""),
+                                             call.owner, call.bucket, call.key)
+
+    async def upload_part(self, call: S3Call) -> Response:
+        number = self._part_number(call)
+        upload = await self._upload(call)
+        size = self._declared_size(call)
+        if size > MAX_PART_SIZE:
+            raise S3Error("EntityTooLarge", "A part is at most 5 GiB.", 400)
+        reservation = self.engine.reserve(call.owner, size)
+        try:
+            incoming = self.api.multipart.part_path(upload)
+            result = await self._receive(call, StagingFile(incoming), None)
+            if result.size != size:
+                incoming.unlink(missing_ok=True)
+                raise S3Error("IncompleteBody", "You did not provide the number of bytes "
+                              "specified by the Content-Length HTTP header.", 400)
+            await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
+                                          result.size, result.etag)
+        finally:
+            reservation.release()
+        headers = {"etag": quoted(result.etag)}
+        headers.update({f"x-amz-checksum-{name}": value for name, value in result.checksums.items()})
+        return Response(status_code=200, headers=headers)
+
+    async def upload_part_copy(self, call: S3Call) -> Response:
+        number = self._part_number(call)
+        upload = await self._upload(call)
+        src_bucket, src_key = self._copy_source(call)
+        source = await self.api.catalog(call).get(src_bucket, src_key)
+        if check_conditions(call, source, copy_source=True) is not None:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold", 412)
+        start, end = 0, source.size
+        wanted = call.header("x-amz-copy-source-range")
+        if wanted:
+            parsed = None
+            with contextlib.suppress(DeossError):
+                parsed = parse_range(wanted, source.size)
+            if parsed is None or not wanted.startswith("bytes=") or wanted.startswith("bytes=-"):
+                raise InvalidInput("The x-amz-copy-source-range value must be of the form "
+                                   "bytes=first-last where first and last are the zero-based "
+                                   "offsets of the first and last bytes to copy")
+            start, end = parsed
+        incoming = self.api.multipart.part_path(upload)
+        staged = await self._stage_from(call, source, start, end, incoming)
+        md5 = await trio.to_thread.run_sync(_md5_of_file, incoming)
+        part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
+                                             staged.size, md5)
+        return Response(xml.document("CopyPartResult", [
+            ("LastModified", xml.timestamp(int(part.modified * 1e9))), ("ETag", quoted(part.etag))]),
+            media_type="application/xml")
+
+    async def list_parts(self, call: S3Call) -> Response:
+        upload = await self._upload(call)
+        marker_text = call.query.get("part-number-marker", "0") or "0"
+        limit_text = call.query.get("max-parts", "1000") or "1000"
+        if not marker_text.isdigit() or not limit_text.isdigit():
+            raise InvalidInput("part-number-marker and max-parts are whole numbers")
+        limit = min(int(limit_text), 1000)
+        parts = await trio.to_thread.run_sync(self.api.multipart.parts, upload, int(marker_text), limit + 1)
+        truncated = len(parts) > limit
+        parts = parts[:limit]
+        owner = [("ID", call.owner), ("DisplayName", call.owner)]
+        children: list[tuple[str, Any]] = [
+            ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload.id),
+            ("Initiator", owner), ("Owner", owner), ("StorageClass", "STANDARD"),
+            ("PartNumberMarker", int(marker_text)),
+            ("NextPartNumberMarker", parts[-1].number if parts else 0),
+            ("MaxParts", limit), ("IsTruncated", truncated)]
+        children += [("Part", [("PartNumber", p.number), ("LastModified", xml.timestamp(int(p.modified * 1e9))),
+                               ("ETag", quoted(p.etag)), ("Size", p.size)]) for p in parts]
+        return Response(xml.document("ListPartsResult", children), media_type="application/xml")
+
+    async def abort_multipart(self, call: S3Call) -> Response:
+        upload = await self._upload(call)
+        await trio.to_thread.run_sync(self.api.multipart.remove, upload)
+        return Response(status_code=204)
+
+    async def complete_multipart(self, call: S3Call) -> Response | CompletionResponse:
+        upload_id = call.query.get("uploadId", "")
+        lock = self.api.completion_lock(upload_id)
+        body = await self._small_body(call)
+        async with lock:
+            done = await trio.to_thread.run_sync(self.api.multipart.completed, upload_id, call.owner)
+            if done is not None:  # a repeated Complete (the client timed out): same answer
+                return Response(self._completed_document(call, done[2]), media_type="application/xml")
+            upload = await self._upload(call)
+            document = xml.parse(body, "CompleteMultipartUpload")
+            listed = []
+            for part in xml.children(document, "Part"):
+                number, etag = xml.text(part, "PartNumber"), xml.text(part, "ETag")
+                if number is None or etag is None or not number.strip().isdigit():
+                    raise xml.MalformedXML("each Part needs a PartNumber and an ETag")
+                listed.append((int(number), etag))
+            parts = await trio.to_thread.run_sync(self.api.multipart.check_complete, upload, listed)
+        # the parts are right: storing them takes as long as any put, while the answer's
+        # status is sent at once and spaces keep the client waiting (as S3 does)
+        return CompletionResponse(self._finish_upload(call, upload, parts, lock),
+                                  call.request_id)
+
+    def _completed_document(self, call: S3Call, etag: str, leading: bool = True) -> bytes:
+        document = xml.document("CompleteMultipartUploadResult", [
+            ("Location", f"{call.request.base_url}{call.bucket}/{call.key}"),
+            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(etag))])
+        return document if leading else document.split(b"\n", 1)[1]
+
+    async def _finish_upload(self, call: S3Call, upload: Any, parts: list, lock: trio.Lock) -> bytes:
+        """Store the parts as one object and name it; the answer's XML (without the XML
+        declaration: spaces may have gone before it)."""
+        async with lock:
+            done = await trio.to_thread.run_sync(self.api.multipart.completed, upload.id, call.owner)
+            if done is not None:
+                return self._completed_document(call, done[2], leading=False)
+            catalog = self.api.catalog(call)
+            target = await catalog.prepare_put(call.bucket, call.key)
+            etag = multipart_etag(parts)
+            size = sum(p.size for p in parts)
+            encrypt = self.engine.config.storage.encryption
+            store = self.engine.store_for(call.owner)
+            fid = None
+            if size:
+                reader = await trio.to_thread.run_sync(self.api.multipart.reader, upload, parts)
+                reservation = self.engine.reserve(call.owner, 0)  # the parts were counted
+                try:
+                    async with self.engine.store_slots:
+                        plan = await store.put(reader, size, call.bucket, target.path, encrypt=encrypt,
+                                               replace_existing=False,
+                                               salt_context=f"multipart:{upload.id}".encode())
+                    fid = plan.fid
+                finally:
+                    reservation.release()
+                    reader.close()
+            attributes = upload.attributes
+            record = ObjectRecord(key=call.key, size=size, etag=etag, fid=fid,
+                                  modified_ns=time.time_ns(), content_type=attributes.get("content_type"),
+                                  metadata=attributes.get("metadata", {}),
+                                  headers=attributes.get("headers", {}), encrypted=encrypt)
+            await catalog.record_put(call.bucket, record)
+            await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag)
+            return self._completed_document(call, etag, leading=False)
+
+
+class CompletionResponse:
+    """CompleteMultipartUpload's answer: 200 at once, a space every KEEPALIVE_SECONDS while
+    the object is stored, then the result - or S3's Error document, which clients look for
+    in a 200 answer to a Complete."""
+
+    def __init__(self, work: Any, request_id: str) -> None:
+        self.work = work
+        self.request_id = request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/xml"),
+                                (b"x-amz-request-id", self.request_id.encode())]})
+        await send({"type": "http.response.body", "body": b'<?xml version="1.0" encoding="UTF-8"?>\n',
+                    "more_body": True})
+        outcome: list[bytes] = []
+
+        async def run() -> None:
+            try:
+                outcome.append(await self.work)
+            except Exception as exc:  # the error goes in the body: the status is sent
+                code, _ = code_and_status(exc)
+                message = str(exc) if isinstance(exc, S3Error) else cli_message(exc)
+                outcome.append(xml.document("Error", [("Code", code), ("Message", message),
+                                                      ("RequestId", self.request_id)],
+                                            namespace=False).split(b"\n", 1)[1])
+
+        # the store runs to its end even if the client goes (a retried Complete finds it)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def store() -> None:
+                with trio.CancelScope(shield=True):
+                    await run()
+                done.set()
+
+            nursery.start_soon(store)
+            while not done.is_set():
+                with trio.move_on_after(KEEPALIVE_SECONDS):
+                    await done.wait()
+                if not done.is_set():
+                    with contextlib.suppress(Exception):
+                        await send({"type": "http.response.body", "body": b" ", "more_body": True})
+        await send({"type": "http.response.body", "body": outcome[0]})
+
+
+def _md5_of_file(path: Any) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
