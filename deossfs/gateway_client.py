@@ -113,9 +113,9 @@ class GatewayClient:
             filename = name or default_name
             if not filename:
                 raise ValueError("name the file: its source has no name")
-            headers = self.sign()
-            headers.update(self._upload_headers(territory, bucket, cipher, encrypt, miners, location))
-            headers["Filename"] = filename
+            # a list, not a dict: a region repeats the Latitude and Longitude headers
+            headers = [*self.sign().items(), ("Filename", filename),
+                       *self._upload_headers(territory, bucket, cipher, encrypt, miners, location)]
             response = self._http.put("/file", headers=headers, files={"file": (filename, body)})
         return _checked(response).json()["data"]["fid"]
 
