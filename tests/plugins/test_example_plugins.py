@@ -175,3 +175,39 @@ def test_region_keeps_fragments_inside_the_box(plugins_installed: None,
                 assert held_by == german
         finally:
             gateway.stop()
+
+
+def test_zstd_behind_the_s3_api(plugins_installed: None, devnet: Devnet, tmp_path: Path) -> None:
+    """A gateway whose stage is zstd: S3 objects go through it and come back whole, with
+    their own length; the bucket's metadata object, which the mount reads too, never does."""
+    from deossfs.catalog.protocol import META_KEY
+
+    from ..gateway.conftest import create_key
+    from ..harness import wait_for
+
+    config = plugin_config(devnet, tmp_path / "gw", processing={"stage": "zstd"})
+    gateway = GatewayProcess(config, tmp_path / "gw").start()
+    try:
+        s3 = create_key(gateway).client()
+        bucket = f"s3zstd-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        body = TEXT[:3 * MIB]
+        s3.put_object(Bucket=bucket, Key="logs/app.log", Body=body)
+        got = s3.get_object(Bucket=bucket, Key="logs/app.log")
+        assert got["ContentLength"] == len(body) and got["Body"].read() == body
+        part = s3.get_object(Bucket=bucket, Key="logs/app.log", Range="bytes=1000-1999")
+        assert part["Body"].read() == body[1000:2000]
+        with deossfs.Client(config=devnet.config) as client:
+            stat = client.stat(f"{bucket}/logs/app.log")
+            assert stat.stage == "zstd" and stat.stored_size < len(body) // 5
+
+            def metadata_saved() -> deossfs.ObjectStat | None:
+                try:
+                    return client.stat(f"{bucket}/{META_KEY}")
+                except deossfs.NotFound:
+                    return None
+
+            meta = wait_for(metadata_saved, 120, "the bucket's metadata object", interval=1)
+            assert meta.stage is None
+    finally:
+        gateway.stop()
