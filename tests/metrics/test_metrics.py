@@ -207,3 +207,27 @@ def test_the_mount(devnet: Devnet, tmp_path: Path) -> None:
         mounted.umount()
     finally:
         mounted.cleanup()
+
+
+def test_the_operations_guide_lists_every_metric_and_its_scrapes_parse() -> None:
+    """docs/operations.md names each metric metrics.py defines, and its sample scrapes are
+    Prometheus text of those metrics (taken from real processes, not made up)."""
+    from deossfs import metrics
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    defined = {m._name for m in vars(metrics).values()
+               if isinstance(m, metrics.Counter | metrics.Gauge | metrics.Histogram)}
+    assert len(defined) >= 11
+    for name in defined:
+        assert f"`{name}" in doc, f"docs/operations.md does not list {name}"
+    scrapes = doc.split("## A scrape", 1)[1]
+    blocks = [block for block in scrapes.split("\n\n") if block.startswith("    ")]
+    assert len(blocks) >= 2, "the gateway's and a node's scrapes"
+    seen: set[str] = set()
+    for block in blocks:
+        text = "\n".join(line[4:] for line in block.splitlines()) + "\n"
+        for family in text_string_to_metric_families(text):
+            assert family.name in defined, f"the sample has {family.name}, which metrics.py lacks"
+            assert family.samples
+            seen.add(family.name)
+    assert {"deossfs_bytes_in", "deossfs_bytes_out", "deossfs_requests"} <= seen
