@@ -36,6 +36,25 @@ Source = (str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
           | Iterable[bytes] | AsyncIterable[bytes])
 #: progress(done, total): bytes of the call's file done so far, and of the whole
 Progress = Callable[[int, int], None]
+
+
+class _ProgressCounter:
+    """Calls `progress(done, total)` as counts come in, `done` kept within `total`;
+    `finish()` makes the last call say "all" (a stage's output may be shorter)."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.progress, self.done = total, progress, 0
+
+    def __call__(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.progress is not None and self.done < self.total:
+            self.progress(self.total, self.total)
+
+
 #: a devnet directory's config file
 DEVNET_CONFIG = "deossfs.toml"
 _SPOOL_CHUNK = 1024 * 1024
@@ -236,18 +255,10 @@ class AsyncClient:
         An object of that name is replaced once the new one is durable."""
         bucket, key = split_target(target)
         async with _opened_source(self._store, source) as (read_into, size):
-            done = 0
-
-            def advance(count: int) -> None:
-                nonlocal done
-                done = min(size, done + count)
-                if progress is not None:
-                    progress(done, size)
-
+            advance = _ProgressCounter(size, progress)
             plan = await self._store.put(read_into, size, bucket, key, encrypt=encrypt,
                                          stage=stage, progress=advance)
-            if progress is not None and done < size:
-                progress(size, size)
+            advance.finish()
         return StoredObject(bucket, key, plan.fid, size, len(plan.segments), plan.encrypted)
 
     async def get(self, target: str, dest: str | os.PathLike[str] | IO[bytes] | None = None, *,
@@ -263,16 +274,8 @@ class AsyncClient:
         if start < 0 or stop < start:
             raise InvalidInput(f"bad byte range [{start}, {end}) of a {size}-byte object")
         total = stop - start
-        done = 0
-
-        def advance(count: int) -> None:
-            # a processed file's bytes are counted as fetched (stored): kept within the
-            # total, with a last call that says "all"
-            nonlocal done
-            done = min(total, done + count)
-            if progress is not None:
-                progress(done, total)
-
+        # a processed file's bytes are counted as fetched (stored): kept within the total
+        advance = _ProgressCounter(total, progress)
         result: bytes | Path | int
         if dest is None:
             out = bytearray()
@@ -292,8 +295,7 @@ class AsyncClient:
 
             await self._store.read_range(info, start, stop, write)
             result = total
-        if progress is not None and done < total:
-            progress(total, total)
+        advance.finish()
         return result
 
     async def _get_to_path(self, info: Any, dest: Path, start: int, stop: int,
