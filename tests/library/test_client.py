@@ -173,7 +173,8 @@ def test_territory_buckets_and_the_account(client: deossfs.Client, bucket: str, 
     assert isinstance(territory, deossfs.Territory)
     assert territory.name == "default" and territory.state == deossfs.TerritoryState.ACTIVE
     assert territory.remaining_space > 0
-    assert [t.name for t in client.territories()] == ["default"]
+    # other suites on the session devnet mint territories of their own
+    assert "default" in [t.name for t in client.territories()]
     assert bucket in client.buckets()
     assert client.account == cli("key", "show", config=devnet.config).stdout.strip()
 
