@@ -107,3 +107,36 @@ def test_the_cli_says_which_plugin_in_one_line(devnet: Devnet, bucket: str, tmp_
     assert result.returncode == 1
     assert result.stderr.startswith("deossfs: error: no scheduling policy named 'nosuch' is installed")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def _needs_mount(test):  # noqa: ANN001, ANN202
+    from ..fs.conftest import NEEDS_MOUNT
+
+    for mark in NEEDS_MOUNT:
+        test = mark(test)
+    return test
+
+
+@_needs_mount
+def test_the_mount_refuses_a_processed_file_with_enotsup(devnet: Devnet, bucket: str,
+                                                          tmp_path: Path) -> None:
+    """The mount shows files as they are stored: one stored through a stage is refused
+    (ENOTSUP and a log line naming the stage), never shown as its envelope."""
+    import errno
+
+    from ..harness import Mounted, config_for
+
+    with deossfs.Client(config=devnet.config) as client:
+        client.put(b"processed", f"{bucket}/staged.txt", stage="identity")
+        client.put(b"as it is", f"{bucket}/plain.txt")
+    mounted = Mounted(config_for(devnet, tmp_path / "m"), tmp_path / "mnt")
+    try:
+        mounted.mount()
+        assert mounted.path(bucket, "plain.txt").read_bytes() == b"as it is"
+        with pytest.raises(OSError) as caught:
+            mounted.path(bucket, "staged.txt").read_bytes()
+        assert caught.value.errno == errno.ENOTSUP
+        assert "processing stage 'identity'" in mounted.log()
+        mounted.umount()
+    finally:
+        mounted.cleanup()

@@ -106,6 +106,19 @@ def test_zstd_stores_compressed_and_a_second_instance_reads_it_back(
         # stat still says what the file needs
         stat_out = cli("stat", "--json", f"{bucket}/log.txt", config=reader_config)
         assert '"fid"' in stat_out.stdout
+        # the library and a gateway started now say the same, the gateway before any byte
+        with deossfs.Client(config=reader_config) as reader:
+            with pytest.raises(deossfs.MissingPlugin, match="processing stage 'zstd'"):
+                reader.get(f"{bucket}/log.txt")
+            assert reader.stat(f"{bucket}/log.txt").stage == "zstd"
+        gateway = GatewayProcess(reader_config, tmp_path / "gateway-without").start()
+        try:
+            with GatewayClient(gateway.url, account(devnet)) as client:
+                with pytest.raises(deossfs.MissingPlugin, match="processing stage 'zstd'") as caught:
+                    client.download(text.fid)
+                assert caught.value.http_status == 501
+        finally:
+            gateway.stop()
     finally:
         install_plugin("deossfs-zstd")
 
