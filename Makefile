@@ -62,6 +62,8 @@ lint: install
 bench: install
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/mount.py
+	$(PY) benchmarks/gateway.py
+	$(PY) benchmarks/s3.py
 
 clean: devnet-down
 	@! grep -qs " $(abspath $(DEVNET))/mnt " /proc/self/mounts || \

@@ -13,6 +13,11 @@ are page-aligned). Data that is not aligned goes through a small aligned staging
 buffer; a file system that refuses O_DIRECT (tmpfs) or an odd-sized end gets ordinary
 writes. Callers need not care: the bytes in the file are the same. Durability is
 unchanged too: O_DIRECT does not replace fdatasync (metadata, the disk's cache).
+
+A `sparse` writer leaves the zero blocks at the end of each write as a hole instead of
+writing them. CESS pads every segment to 32 MiB, so a small file's fragments are
+mostly zeros at their ends; on disk they take only the blocks that hold data. Reading
+a hole gives zeros, so the bytes in the file stay the same.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import numpy as np
 ALIGNMENT = 4096
 #: size of a staging buffer (for data that does not arrive aligned)
 STAGING_SIZE = 1024 * 1024
+#: granularity of the holes a sparse writer leaves (a multiple of ALIGNMENT)
+HOLE_BLOCK = 64 * 1024
 #: idle staging buffers kept for reuse: a fresh mapping's pages cost their first touch again
 _KEEP_IDLE = 16
 
@@ -50,6 +57,22 @@ def _give_staging(buffer: mmap.mmap) -> None:
     buffer.close()
 
 
+def zero_tail_start(view: memoryview) -> int:
+    """Where the run of zero `HOLE_BLOCK`s (counted from the start of `view`) that ends
+    `view` begins; `len(view)` when its last block holds data. Cost: one block for
+    data that does not end in zeros."""
+    end = len(view)
+    cut = end - (end % HOLE_BLOCK or HOLE_BLOCK)
+    while end > 0:
+        cut = max(cut, 0)
+        block = view[cut:end]
+        words = np.frombuffer(block, dtype=np.uint64 if len(block) % 8 == 0 else np.uint8)
+        if words.any():
+            return end
+        end, cut = cut, cut - HOLE_BLOCK
+    return 0
+
+
 def is_aligned(view: memoryview) -> bool:
     """Whether `view` can be written with O_DIRECT as it is (address and length)."""
     if len(view) % ALIGNMENT:
@@ -62,8 +85,16 @@ class DirectWriter:
     """Writes a file from its start to its end, O_DIRECT where the file system and the
     data allow it. Blocking; one writer is used by one thread at a time."""
 
-    def __init__(self, path: str | os.PathLike[str], *, mode: int = 0o600, exclusive: bool = True) -> None:
-        """Create the file at `path` (`exclusive`: it must not exist; else it is truncated)."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mode: int = 0o600,
+        exclusive: bool = True,
+        sparse: bool = False,
+    ) -> None:
+        """Create the file at `path` (`exclusive`: it must not exist; else it is truncated;
+        `sparse`: trailing zero blocks of each write become holes)."""
         flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
         try:
             fd = os.open(path, flags | os.O_DIRECT, mode)
@@ -74,6 +105,7 @@ class DirectWriter:
             fd = os.open(path, flags, mode)
             direct = False
         self._start(fd, direct, owned=True)
+        self._sparse = sparse
 
     @classmethod
     def over(cls, fd: int) -> DirectWriter:
@@ -97,6 +129,8 @@ class DirectWriter:
         self._written = 0  # bytes in the file (the next write's offset)
         self._staging: mmap.mmap | None = None
         self._staged = 0
+        self._sparse = False  # only for a new file: a hole over old data would keep it
+        self._hole_at_end = False
 
     def write(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
         """Append `data` (aligned buffers are written straight from where they are)."""
@@ -122,13 +156,15 @@ class DirectWriter:
 
     def flush(self) -> None:
         """Write what is staged: call once the file is complete (before fdatasync)."""
-        if not self._staged or self._staging is None:
-            return
-        tail = memoryview(self._staging)[: self._staged]
-        self._staged = 0
-        if len(tail) % ALIGNMENT:
-            self._buffered()  # an odd-sized end cannot go O_DIRECT
-        self._write(tail)
+        if self._staged and self._staging is not None:
+            tail = memoryview(self._staging)[: self._staged]
+            self._staged = 0
+            if len(tail) % ALIGNMENT:
+                self._buffered()  # an odd-sized end cannot go O_DIRECT
+            self._write(tail)
+        if self._hole_at_end:  # the file's size covers a hole at its end too
+            os.ftruncate(self.fd, self._written)
+            self._hole_at_end = False
 
     def close(self) -> None:
         """Close the file, or give an adopted one back as it was opened (without
@@ -145,6 +181,19 @@ class DirectWriter:
         self.fd = -1
 
     def _write(self, view: memoryview) -> None:
+        if self._sparse:
+            keep = zero_tail_start(view)
+            if keep < len(view):
+                self._write_data(view[:keep])
+                self._written += len(view) - keep
+                self._hole_at_end = True
+                return
+        self._write_data(view)
+
+    def _write_data(self, view: memoryview) -> None:
+        if not view:
+            return
+        self._hole_at_end = False
         if self.direct:
             try:
                 self._write_all(view)

@@ -10,6 +10,12 @@ It composes the layers in one direction: processing (encrypt, segment, erasure
 code, hash) → scheduling/p2p (choose nodes, move fragments) → chain (orders and
 metadata). Blocking work (CPU and the chain's blocking client) runs in worker
 threads through `trio.to_thread.run_sync`; everything else is trio.
+
+One file past 800 lines because it is the one façade the mount, the gateway, the CLI and
+the library stand on: its put, get, range-read and delete paths share the store's
+in-flight state (segment fetches shared between readers, the planning slots, the
+acting-for views), and splitting them would spread that state over modules that all
+need it. The work itself lives below it (processing/, scheduling/, p2p/, chain/, cache/).
 """
 
 from __future__ import annotations

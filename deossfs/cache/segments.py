@@ -75,7 +75,7 @@ class _SegmentDisk(diskcache.Disk):
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(full_path))
             try:
-                writer = DirectWriter(full_path, mode=0o644)
+                writer = DirectWriter(full_path, mode=0o644, sparse=True)
             except FileNotFoundError:
                 if attempt == 10:
                     raise

@@ -65,7 +65,7 @@ class FragmentWriter:
         store._ensure_dir(directory)
         self.temp_path = directory / f".{fragment_hash[:16]}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
         # past the page cache where possible: most of a node's write cost otherwise (directio)
-        self._file = DirectWriter(self.temp_path, mode=0o600)
+        self._file = DirectWriter(self.temp_path, mode=0o600, sparse=True)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append `data` (hashing it on the way; hashlib releases the GIL)."""

@@ -15,9 +15,13 @@ An encrypted segment is exactly SEGMENT_SIZE bytes:
     32 chunks: ciphertext || 16-byte tag; chunks 0..30 carry 1 MiB of
     plaintext, chunk 31 carries the rest of PLAINTEXT_CAPACITY.
 
-Bytes past the plaintext length are zeros before encryption, so the whole
-segment looks random. The segment index in the AAD stops segments being
-swapped within a file.
+Bytes past the plaintext length within a chunk are zeros before encryption.
+Chunks past the plaintext length (pure padding) are left as zeros, neither
+encrypted nor read back: the length is in the authenticated header (and the file
+size on the chain), so they hide nothing, and zeros cost no cipher work, leave
+the small file's fragments mostly zero (holes on the nodes' disks) and all-zero
+data fragments are never sent at all. The segment index in the AAD stops
+segments being swapped within a file.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def _chunk_layout() -> list[tuple[int, int, int]]:
 
 _CHUNKS = _chunk_layout()
 _ZEROS = bytes(CHUNK_PLAIN)
+_ZEROS_WITH_TAG = bytes(CHUNK_PLAIN + TAG_SIZE)
 
 
 def _nonce(chunk: int) -> bytes:
@@ -126,6 +131,9 @@ class SegmentCipher:
         target[:HEADER_SIZE] = header
         key = algorithms.AES(self._segment_key(salt))
         for chunk, (p_off, c_off, c_len) in enumerate(_CHUNKS):
+            if p_off >= length and chunk:  # pure padding (chunk 0 always authenticates the header)
+                target[c_off : c_off + c_len + TAG_SIZE] = _ZEROS_WITH_TAG[: c_len + TAG_SIZE]
+                continue
             encryptor = Cipher(key, modes.GCM(_nonce(chunk))).encryptor()
             encryptor.authenticate_additional_data(header)
             window = target[c_off : c_off + c_len + _SLACK]
@@ -160,8 +168,8 @@ class SegmentCipher:
         key = algorithms.AES(self._segment_key(salt))
         try:
             for chunk, (p_off, c_off, c_len) in enumerate(_CHUNKS):
-                if p_off >= length:
-                    break  # chunks of pure padding carry no plaintext
+                if p_off >= length and chunk:
+                    break  # chunks of pure padding carry no plaintext (zeros, see above)
                 tag = bytes(source[c_off + c_len : c_off + c_len + TAG_SIZE])
                 decryptor = Cipher(key, modes.GCM(_nonce(chunk), tag)).decryptor()
                 decryptor.authenticate_additional_data(header)

@@ -48,7 +48,9 @@ class GatewayProcess:
         args = [sys.executable, "-m", "deossfs", "--config", str(self.config)]
         for override in self.overrides:
             args += ["-o", override]
-        args += ["gateway", "--listen", "127.0.0.1:0", "--url-file", str(url_file)]
+        # a restart keeps the address, as a real one does: clients made before it still work
+        listen = f"127.0.0.1:{httpx.URL(self.url).port}" if self.url else "127.0.0.1:0"
+        args += ["gateway", "--listen", listen, "--url-file", str(url_file)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=ROOT)

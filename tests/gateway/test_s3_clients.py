@@ -88,7 +88,10 @@ def _rclone_env(s3_access: S3Access, tmp_path: Path) -> dict[str, str]:
         "[gw]\ntype = s3\nprovider = Other\nenv_auth = false\n"
         f"access_key_id = {s3_access.access_key_id}\nsecret_access_key = {s3_access.secret}\n"
         f"endpoint = {s3_access.gateway.url}\nregion = us-east-1\n")
-    return {**os.environ, "RCLONE_CONFIG": str(config)}
+    # Debian's rclone refuses to start when AWS_CA_BUNDLE is set ("HTTPClient's transport
+    # unsupported type"); the gateway is plain HTTP here, so no bundle is needed
+    env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+    return {**env, "RCLONE_CONFIG": str(config)}
 
 
 def test_rclone(s3_access: S3Access, tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from deossfs.directio import ALIGNMENT, STAGING_SIZE, DirectWriter, is_aligned
+from deossfs.directio import (
+    ALIGNMENT,
+    HOLE_BLOCK,
+    STAGING_SIZE,
+    DirectWriter,
+    is_aligned,
+    zero_tail_start,
+)
 
 
 def _chunks() -> list[memoryview]:
@@ -98,3 +105,43 @@ def test_tmpfs_same_bytes_direct_only_where_offered() -> None:
         assert path.read_bytes() == b"".join(bytes(c) for c in chunks)
     finally:
         path.unlink(missing_ok=True)
+
+
+def _padded_fragment() -> list[memoryview]:
+    """A small file's fragment as CESS pads it: data, then zeros to 8 MiB, arriving in
+    pieces of several alignments (one ends in zeros mid-way, then data follows)."""
+    data = os.urandom(300_000)
+    zeros_then_data = bytes(HOLE_BLOCK * 3) + os.urandom(5000)
+    tail = bytes(8 * 1024 * 1024 - len(data) - len(zeros_then_data))
+    buffer = mmap.mmap(-1, len(tail))  # aligned zeros: written straight or left as a hole
+    return [memoryview(data), memoryview(zeros_then_data), memoryview(buffer)]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sparse_writer_keeps_the_bytes_and_leaves_zero_ends_as_holes(
+    tmp_path: Path, sparse: bool
+) -> None:
+    chunks = _padded_fragment()
+    path = tmp_path / "fragment"
+    with DirectWriter(path, sparse=sparse) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.flush()
+    expected = b"".join(bytes(c) for c in chunks)
+    assert path.stat().st_size == len(expected)
+    assert path.read_bytes() == expected
+    allocated = path.stat().st_blocks * 512
+    if sparse:
+        assert allocated < 1024 * 1024  # the data and a few blocks, not 8 MiB
+    else:
+        assert allocated >= len(expected) - ALIGNMENT
+
+
+def test_zero_tail_start() -> None:
+    block = HOLE_BLOCK
+    assert zero_tail_start(memoryview(bytes(3 * block))) == 0
+    assert zero_tail_start(memoryview(b"x" + bytes(3 * block))) == block
+    assert zero_tail_start(memoryview(bytes(block) + b"x")) == block + 1
+    assert zero_tail_start(memoryview(b"x" * (block + 10))) == block + 10
+    assert zero_tail_start(memoryview(b"x" * block + bytes(10))) == block
+    assert zero_tail_start(memoryview(b"")) == 0

@@ -109,6 +109,23 @@ def test_encrypted_segments_hide_plaintext_and_fill_32mib(workspace: SegmentWork
     assert b"PLAINTEXT-MARKER" not in bytes(workspace.buffer)
 
 
+def test_a_small_encrypted_file_leaves_its_padding_chunks_zero(workspace: SegmentWorkspace) -> None:
+    """Chunks wholly past the plaintext stay zeros: three of four data fragments are the
+    zero fragment (never sent) and the rest end in zeros (holes on the nodes)."""
+    codec = SegmentCodec(SegmentCipher(os.urandom(32)))
+    data = os.urandom(5000)
+    codec.load(workspace, bytes_reader(data), 0, len(data), os.urandom(32))
+    codec.encode(workspace)
+    segment = bytes(workspace.segment)
+    chunk0_end = 64 + MIB + 16  # the header, chunk 0 and its tag
+    assert segment[chunk0_end:] == bytes(SEGMENT_SIZE - chunk0_end)
+    assert segment[64:5064] != data and len(set(segment[64:1000])) > 200  # chunk 0 is ciphertext
+    hashes = [hashlib.sha256(f).hexdigest() for f in workspace.fragments]
+    assert hashes[1:4] == [ZERO_FRAGMENT_HASH] * 3
+    assert all(bytes(f[2 * MIB :]) == bytes(FRAGMENT_SIZE - 2 * MIB) for f in workspace.fragments)
+    assert roundtrip(codec, data, workspace, drop=(0, 5, 6)) == data
+
+
 def test_tampered_segment_fails_authentication(workspace: SegmentWorkspace) -> None:
     cipher = SegmentCipher(os.urandom(32))
     codec = SegmentCodec(cipher)
