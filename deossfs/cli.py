@@ -218,6 +218,10 @@ def node_cmd(obj: Context, directory: str, host: str, port: int, idle_space: int
     config = obj.config()
     chain = obj.chain(config, account)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if config.metrics.listen:  # each node needs its own: -o metrics.listen=HOST:PORT
+        from .metrics import serve
+
+        serve(config.metrics.listen)
     run_node(node_dir, account, chain, host, port, idle_space, listen_fd=listen_fd)
 
 
@@ -487,12 +491,21 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
     bucket_name, key_name = split_target(target)
 
     async def action(store: Any) -> Any:
-        entry = await store.lookup(bucket_name, key_name)
-        return entry, await store.file_info(entry.fid), await store.endpoints()
+        from .errors import DeossError
 
-    entry, info, endpoints = _run_store(obj, action)
+        entry = await store.lookup(bucket_name, key_name)
+        info = await store.file_info(entry.fid)
+        try:
+            header = await store.stage_of(info)
+        except DeossError:  # a file another key encrypted: the chain's facts still show
+            header = None
+        return entry, info, await store.endpoints(), header
+
+    entry, info, endpoints, header = _run_store(obj, action)
     data = {
-        "bucket": bucket_name, "key": key_name, "fid": info.fid, "size": info.file_size,
+        "bucket": bucket_name, "key": key_name, "fid": info.fid,
+        "size": info.file_size if header is None else header.size, "stored_size": info.file_size,
+        "stage": None if header is None else {"name": header.stage, "params": header.params},
         "state": info.state.value, "completion": info.completion,
         "segments": [
             {"index": i, "hash": seg.hash,
@@ -504,7 +517,10 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{target}\n  fid    {info.fid}\n  size   {info.file_size}\n  state  {info.state.value}")
+    click.echo(f"{target}\n  fid    {info.fid}\n  size   {data['size']}\n  state  {info.state.value}")
+    if header is not None:
+        click.echo(f"  stage  {header.stage} {json.dumps(header.params)} "
+                   f"({info.file_size} bytes stored)")
     for seg in data["segments"]:
         click.echo(f"  segment {seg['index']}: {seg['hash']}")
         for frag in seg["fragments"]:

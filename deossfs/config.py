@@ -175,6 +175,40 @@ class MountConfig:
     orphan_grace: float = 24 * 3600.0
 
 
+@dataclass
+class ProcessingConfig:
+    """Processing stages (docs/extending.md): a plug-in that transforms a file's bytes
+    before segmentation and back after assembly."""
+
+    #: the stage new files go through (an entry point of the group deossfs.processing;
+    #: "" = none). Files are read back by their own record, whatever this says
+    stage: str = ""
+    #: options per stage name (a table per stage), given to the stage when it is made
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: decode each processed file once before it is stored, and refuse it unless that
+    #: gives the original bytes back
+    verify: bool = True
+
+
+@dataclass
+class SchedulingConfig:
+    """Placement policies (docs/extending.md): which nodes take a file's fragments."""
+
+    #: the policies, applied in order: built-ins (blacklist, nearby, pinned) or entry
+    #: points of the group deossfs.scheduling
+    policies: list[str] = field(default_factory=lambda: ["blacklist", "nearby", "pinned"])
+    #: options per plug-in policy name (a table per policy)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus text metrics of `deossfs mount`, `gateway` and `node` (docs/operations.md)."""
+
+    #: HOST:PORT the metrics are served at ("" = off); each process needs a port of its own
+    listen: str = ""
+
+
 #: the mount's staging directory inside the workspace (staged files are never in the cache)
 STAGING_DIR_NAME = "staging"
 
@@ -192,6 +226,9 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     mount: MountConfig = field(default_factory=MountConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def require_key_file(self) -> Path:
         if self.key_file is None:
@@ -224,7 +261,8 @@ class Config:
 
 _SECTIONS = {"chain": ChainConfig, "storage": StorageConfig, "cache": CacheConfig,
              "peers": PeersConfig, "serve": ServeConfig, "access": AccessConfig,
-             "gateway": GatewayConfig, "mount": MountConfig}
+             "gateway": GatewayConfig, "mount": MountConfig, "processing": ProcessingConfig,
+             "scheduling": SchedulingConfig, "metrics": MetricsConfig}
 #: options outside any section
 _TOP_LEVEL = ("key_file", "workspace")
 #: environment overrides are DEOSSFS_<SECTION>_<OPTION> (and DEOSSFS_KEY_FILE, DEOSSFS_WORKSPACE)
@@ -282,6 +320,13 @@ def _coerce(section: str, name: str, spec: Any, value: Any, base: Path, source: 
             raise ConfigError(f"config option {where}{source} must be a path string")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (base / path)
+    if "dict" in text:
+        # a table of tables: options by plug-in name
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+            raise ConfigError(f"config option {where}{source} must be a table of tables, one per "
+                              f"plug-in name, e.g. [{where}.NAME]")
+        return value
     if "list" in text:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"config option {where}{source} must be a list of strings")
@@ -315,6 +360,12 @@ def _from_text(spec: Any, text: str, where: str, source: str) -> Any:
     """An override's string (environment, command line) as the TOML value it stands for."""
     expected = str(spec.type)
     stripped = text.strip()
+    if "dict" in expected:
+        try:
+            return tomllib.loads(f"v = {stripped or '{}'}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"config option {where}{source} must be an inline TOML table, "
+                              "e.g. {zstd = {level = 19}}") from None
     if "list" in expected:
         if stripped.startswith("["):
             try:
@@ -417,6 +468,16 @@ def _validate(config: Config) -> None:
         raise ConfigError("config option gateway.respond must be \"durable\" (answer once stored) "
                           "or \"accepted\" (answer once staged and declared, as DeOSS)")
     parse_listen(config.gateway.listen, "gateway.listen")
+    if config.metrics.listen:
+        parse_listen(config.metrics.listen, "metrics.listen")
+    for where, names in (("processing.stage", [config.processing.stage]),
+                         ("scheduling.policies", config.scheduling.policies)):
+        for name in names:
+            if name != name.strip() or any(c.isspace() for c in name):
+                raise ConfigError(f"config option {where}: {name!r} is not a plug-in name")
+    if not config.scheduling.policies:
+        raise ConfigError("config option scheduling.policies names no policy",
+                          hint='the default is ["blacklist", "nearby", "pinned"]')
     for where, value in (("gateway.message_window", config.gateway.message_window),
                          ("gateway.header_timeout", config.gateway.header_timeout),
                          ("gateway.body_timeout", config.gateway.body_timeout)):

@@ -1,7 +1,7 @@
 """A one-machine network on the real CESS runtime: chopsticks + storage nodes on 127.0.0.1.
 
-The runtime is CESS testnet's spec 100 executed by chopsticks
-(../shared/cess/devchain.sh). What a real network gets from TEE-certified miners is
+The runtime is CESS testnet's spec 100 executed by chopsticks (the devchain script:
+`devchain_script` below; docs/cess.md). What a real network gets from TEE-certified miners is
 injected into the runtime's storage with chopsticks' `dev_setStorage` (no block, instant):
 
 - `Sminer.MinerItems[node]` for every storage node: state `positive`, 1 TiB declared
@@ -58,7 +58,8 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def devchain_script() -> Path:
-    """../shared/cess/devchain.sh (or $DEOSSFS_CESS_DEVCHAIN)."""
+    """The script that runs CESS's runtime under chopsticks: $DEOSSFS_CESS_DEVCHAIN, else
+    the one this machine keeps beside the checkout (cess/devchain.sh of its tools)."""
     override = os.environ.get("DEOSSFS_CESS_DEVCHAIN")
     return Path(override) if override else _REPO.parent / "shared" / "cess" / "devchain.sh"
 

@@ -143,6 +143,18 @@ class ConfigError(PermanentError):
     errno = errno.EINVAL
 
 
+class PluginError(PermanentError):
+    """A plug-in (a processing stage or a scheduling policy) raised, or broke its contract
+    (wrong sizes, too few or duplicate nodes): the message names it; nothing was stored."""
+
+    errno = errno.EIO
+    http_status = 500
+
+
+class MissingPlugin(Unsupported):
+    """A file needs a plug-in this instance does not have (the message names it)."""
+
+
 class KeyFileError(PermanentError):
     errno = errno.EACCES
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +29,8 @@ from .errors import DeossError, from_http_status
 from .keys import Account
 
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+#: a (latitude, longitude) point, or several (a region)
+Location = tuple[float, float] | Sequence[tuple[float, float]]
 #: a resumable upload sends chunks of this size unless told otherwise
 RESUME_CHUNK = 16 * 1024 * 1024
 
@@ -83,7 +85,7 @@ class GatewayClient:
     @staticmethod
     def _upload_headers(territory: str | None, bucket: str | None, cipher: str | None,
                         encrypt: bool | None, miners: Iterable[str] = (),
-                        location: tuple[float, float] | None = None) -> list[tuple[str, str]]:
+                        location: Location | None = None) -> list[tuple[str, str]]:
         headers = []
         for name, value in (("Territory", territory), ("Bucket", bucket), ("Cipher", cipher)):
             if value:
@@ -92,23 +94,28 @@ class GatewayClient:
             headers.append(("Encrypt", "true" if encrypt else "false"))
         headers.extend(("Miner", miner) for miner in miners)
         if location is not None:
-            headers += [("Latitude", str(location[0])), ("Longitude", str(location[1]))]
+            points = [location] if isinstance(location[0], int | float) else location
+            for lat, lon in points:  # type: ignore[misc]
+                headers += [("Latitude", str(lat)), ("Longitude", str(lon))]
         return headers
 
     # ---- uploads ------------------------------------------------------------------
 
     def upload(self, source: Source, name: str | None = None, *, territory: str | None = None,
                bucket: str | None = None, cipher: str | None = None, encrypt: bool | None = None,
-               miners: Iterable[str] = (), location: tuple[float, float] | None = None) -> str:
+               miners: Iterable[str] = (), location: Location | None = None) -> str:
         """PUT /file: store `source` (bytes, a path or a binary file) as `name`; its FID.
-        Files are streamed, never read into memory whole."""
+        Files are streamed, never read into memory whole. `miners` pin the upload to
+        those storage nodes (DeOSS's Miner headers); `location` is a (latitude, longitude)
+        point, or three or more of them naming a region (Latitude/Longitude headers),
+        for placement policies such as the region plug-in."""
         with _opened(source) as (body, default_name):
             filename = name or default_name
             if not filename:
                 raise ValueError("name the file: its source has no name")
-            headers = self.sign()
-            headers.update(self._upload_headers(territory, bucket, cipher, encrypt, miners, location))
-            headers["Filename"] = filename
+            # a list, not a dict: a region repeats the Latitude and Longitude headers
+            headers = [*self.sign().items(), ("Filename", filename),
+                       *self._upload_headers(territory, bucket, cipher, encrypt, miners, location)]
             response = self._http.put("/file", headers=headers, files={"file": (filename, body)})
         return _checked(response).json()["data"]["fid"]
 

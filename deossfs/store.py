@@ -1,4 +1,10 @@
-"""The object store: what the CLI and the mount use to put and get objects.
+"""The object store: what the CLI, the mount, the gateway and the library use to put and
+get objects.
+
+One file past 800 lines because it is the one façade (docs/architecture.md): put, get
+and the processing-stage paths share the store's state - workspaces, caches, the node
+selector, what it learnt of each file's layout and envelope - and splitting them would
+hand that state across modules. The stage machinery itself lives in processing/stages.py.
 
 It composes the layers in one direction: processing (encrypt, segment, erasure
 code, hash) → scheduling/p2p (choose nodes, move fragments) → chain (orders and
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,13 +51,16 @@ from .errors import (
     FileTooLarge,
     IntegrityError,
     InvalidInput,
+    MissingPlugin,
     NoSpace,
     NotEnoughNodes,
     NotFound,
     TemporaryError,
+    Unsupported,
     cli_message,
 )
 from .keys import Account
+from .metrics import BYTES_IN, SEGMENT_READS, UPLOADS
 from .names import chain_file_name, check_key
 from .p2p.nodeclient import NodeClient
 from .p2p.peers import PeerNetwork
@@ -84,6 +95,18 @@ from .processing.pipeline import (
     SegmentWorkspace,
     WorkspacePool,
     file_reader,
+)
+from .processing.stages import (
+    PROBE_BYTES,
+    ProcessingStage,
+    StagedSource,
+    StageHeader,
+    decode_range,
+    decode_to_fd,
+    encode_source,
+    load_stage,
+    parse_header,
+    starts_with_magic,
 )
 from .scheduling.selector import NodeSelector, Placement
 
@@ -141,7 +164,17 @@ class ObjectStore:
             preferred=list(storage.preferred_nodes),
             blocked=list(storage.blocked_nodes),
             penalty_seconds=storage.node_penalty_seconds,
+            policies=list(config.scheduling.policies),
+            policy_options=config.scheduling.options,
         )
+        #: the processing stage new files go through ("" = none; processing/stages.py)
+        self.stage_name = config.processing.stage
+        #: a view for the mount: files stored through a stage are refused, not decoded
+        #: (its lazy per-segment reads need the stored bytes to be the file's bytes)
+        self.refuse_processed = False
+        #: fid -> the file's processing envelope (None: none); shared by views
+        self._stages: dict[str, StageHeader | None] = {}
+        self._loaded_stages: dict[str, ProcessingStage] = {}
         self.client = NodeClient(account, timeout=storage.request_timeout)
         self.cipher = SegmentCipher(account.derive_key("deossfs encryption v1"))
         self.encrypted_codec = SegmentCodec(self.cipher)
@@ -170,6 +203,15 @@ class ObjectStore:
         if master_key is not None:
             view.cipher = SegmentCipher(master_key)
             view.encrypted_codec = SegmentCodec(view.cipher)
+        view._is_view = True
+        return view
+
+    def without_processing(self) -> ObjectStore:
+        """A view that stores files as they are and refuses to read files stored through a
+        processing stage (Unsupported): what the mount uses."""
+        view = copy.copy(self)
+        view.stage_name = ""
+        view.refuse_processed = True
         view._is_view = True
         return view
 
@@ -246,6 +288,7 @@ class ObjectStore:
         replace_existing: bool = True, salt_context: bytes | None = None,
         placement: Placement | None = None, status: UploadStatus | None = None,
         declared: Declared | None = None, plan: FilePlan | None = None,
+        stage: str | None = None,
     ) -> FilePlan:
         """Store `size` bytes as BUCKET/KEY; returns once the file is Active on the chain.
 
@@ -257,17 +300,100 @@ class ObjectStore:
         `placement` steers node choice for this put (pinned nodes, a location hint);
         `status` is kept up to date as the put goes; `declared` is called once the
         storage order is on the chain, before any fragment is sent. A `plan` made already
-        (`planner` below: pass 1 while the bytes arrived) saves pass 1.
+        (`planner` below: pass 1 while the bytes arrived) saves pass 1; it is not used
+        when a processing stage applies. `stage` names the processing stage (None: the
+        configured one, "": none).
         """
         status = status if status is not None else UploadStatus()
         try:
-            plan = await self._put(read_into, size, bucket, key, encrypt, progress,
-                                   replace_existing, salt_context, placement, status, declared, plan)
+            name = self.stage_name if stage is None else stage
+            # a file whose own bytes look like an envelope is wrapped in one, so that no
+            # reader mistakes it for a processed file (processing/stages.py)
+            if not name and await trio.to_thread.run_sync(starts_with_magic, read_into, size):
+                name = "identity"
+            if name:
+                plan = await self._put_processed(name, read_into, size, bucket, key, encrypt,
+                                                 progress, replace_existing, salt_context,
+                                                 placement, status, declared)
+            else:
+                plan = await self._put(read_into, size, bucket, key, encrypt, progress,
+                                       replace_existing, salt_context, placement, status,
+                                       declared, plan)
         except BaseException as exc:
             status.state, status.error = "failed", cli_message(exc)
+            UPLOADS.labels("failed").inc()
             raise
         status.state = "stored"
+        UPLOADS.labels("stored").inc()
         return plan
+
+    def stage(self, name: str) -> ProcessingStage:
+        """The processing stage `name`, made once with its options from the config."""
+        stage = self._loaded_stages.get(name)
+        if stage is None:
+            stage = load_stage(name, self.config.processing.options.get(name, {}))
+            self._loaded_stages[name] = stage
+        return stage
+
+    def stage_for(self, header: StageHeader) -> ProcessingStage:
+        """The stage a stored file's envelope names; MissingPlugin saying so when this
+        instance does not have it (checked before anything is fetched)."""
+        try:
+            return self.stage(header.stage)
+        except MissingPlugin as exc:
+            raise MissingPlugin(
+                f"this file was stored through the processing stage {header.stage!r}, which is "
+                "not installed here", hint=f"install the plug-in that provides it (entry point "
+                f"deossfs.processing:{header.stage}); {exc.hint}") from None
+
+    def _spool_path(self) -> Path:
+        directory = self.config.workspace_dir(self.account.address) / "spool"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory / uuid.uuid4().hex
+
+    async def _put_processed(
+        self, name: str, read_into: ReadInto, size: int, bucket: str, key: str,
+        encrypt: bool | None, progress: Progress | None, replace_existing: bool,
+        salt_context: bytes | None, placement: Placement | None, status: UploadStatus,
+        declared: Declared | None,
+    ) -> FilePlan:
+        """Store the stage's output (envelope + body, spooled once) in place of the bytes;
+        a stage that declines leaves the file as it is. Nothing reaches the chain before
+        the stage has finished (and, with processing.verify, given the bytes back)."""
+        check_key(key)
+        if size <= 0:
+            raise InvalidInput("empty files cannot be stored on CESS (the chain rejects them)")
+        await self.require_bucket(bucket)
+        stage = self.stage(name)
+        spool = self._spool_path()
+        staged: StagedSource | None = None
+        try:
+            staged = await trio.to_thread.run_sync(
+                lambda: encode_source(name, stage, read_into, size, spool,
+                                      verify=self.config.processing.verify))
+            if staged is None:
+                log.info("processing stage %r declined %s/%s: stored as it is", name, bucket, key)
+                return await self._put(read_into, size, bucket, key, encrypt, progress,
+                                       replace_existing, salt_context, placement, status,
+                                       declared, None)
+            scaled = None
+            if progress is not None:
+                ratio = size / staged.size
+
+                def scaled(n: int) -> None:  # progress counts the caller's bytes
+                    progress(round(n * ratio))
+
+            log.info("%s/%s through processing stage %r: %d bytes stored for %d", bucket, key,
+                     name, staged.size, size)
+            plan = await self._put(staged.reader(), staged.size, bucket, key, encrypt, scaled,
+                                   replace_existing, salt_context, placement, status, declared,
+                                   None)
+            self._remember_stage(plan.fid, staged.header)
+            return plan
+        finally:
+            if staged is not None:
+                os.close(staged.body_fd)
+            spool.unlink(missing_ok=True)
 
     async def _put(
         self, read_into: ReadInto, size: int, bucket: str, key: str, encrypt: bool | None,
@@ -309,6 +435,9 @@ class ObjectStore:
             specs = [SegmentSpec(s.hash, s.fragment_hashes) for s in plan.segments]
             already = await self._chain(self.chain.file, plan.fid)
             pending = await self._chain(self.chain.deal, plan.fid) if already is None else None
+            # the nodes are chosen before the order is declared: a placement policy that
+            # refuses (or breaks its contract) leaves nothing on the chain, no space locked
+            chosen = await self._choose_nodes(pending, placement) if already is None else None
             if already is not None and any(b.user == self.owner for b in already.owners):  # type: ignore[union-attr]
                 # CESS refuses a second declaration by an owner (`Existed`)
                 log.info("%s/%s is already stored as %s", bucket, key, plan.fid)
@@ -321,8 +450,9 @@ class ObjectStore:
             if declared is not None:
                 declared(plan)
             if already is None:
+                assert chosen is not None
                 await self._upload_columns(codec, plan, read_into, workspaces, progress,
-                                           placement, status)
+                                           placement, status, chosen)
             else:
                 log.info("FID %s already on the chain: added an owner, nothing to send", plan.fid)
                 if progress:
@@ -354,20 +484,32 @@ class ObjectStore:
             self._probed = True
         return nodes
 
+    async def _choose_nodes(self, deal: object, placement: Placement | None
+                            ) -> tuple[dict[int, str], list[StorageNode], list[StorageNode]]:
+        """(columns reported already, the chain's nodes, a node for each other column).
+        A resumed order's reported columns stay with their nodes, and those nodes (one
+        column each per deal) get no other column."""
+        nodes = await self._nodes()
+        reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}  # type: ignore[attr-defined]
+        columns = sorted(set(range(TOTAL_SHARDS)) - set(reported))
+        chosen = self.selector.choose(nodes, len(columns), exclude=reported.values(),
+                                      placement=placement, columns=columns)
+        return reported, nodes, chosen
+
     async def _upload_columns(
         self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,
         workspaces: list[SegmentWorkspace], progress: Progress | None,
         placement: Placement | None, status: UploadStatus,
+        chosen_before: tuple[dict[int, str], list[StorageNode], list[StorageNode]],
     ) -> None:
-        nodes = await self._nodes()
         status.state = "uploading"
-        # a resumed order may have columns reported already: they stay with their nodes,
-        # and those nodes (one column each per deal) get no other column
         deal = await self._chain(self.chain.deal, plan.fid)
-        reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}  # type: ignore[union-attr]
+        reported, nodes, chosen = chosen_before
+        reported_now = {c.index - 1 for c in deal.complete_list} if deal else set()  # type: ignore[union-attr]
+        if reported_now != set(reported):
+            # columns were reported meanwhile (another uploader of the same bytes)
+            reported, nodes, chosen = await self._choose_nodes(deal, placement)
         columns = set(range(TOTAL_SHARDS)) - set(reported)
-        chosen = self.selector.choose(nodes, len(columns), exclude=reported.values(),
-                                      placement=placement)
         assignment = dict(zip(sorted(columns), chosen, strict=True))
         for column in reported:
             status.sent[column] = len(plan.segments)
@@ -394,7 +536,7 @@ class ObjectStore:
                 raise NotEnoughNodes(f"upload of {plan.fid} failed: {refusal_message(failed.values())}")
             try:
                 replacements = self.selector.choose(nodes, len(failed), exclude=used,
-                                                    placement=placement)
+                                                    placement=placement, columns=sorted(failed))
             except NotEnoughNodes as exc:
                 raise NotEnoughNodes(
                     f"upload of {plan.fid} failed and no other node can take its columns: "
@@ -529,6 +671,7 @@ class ObjectStore:
         if flight is not None and self.cache.enabled:
             await flight.wait()
         if await self.cache.aget_into(info.fid, index, ws.segment, segment.hash):
+            SEGMENT_READS.labels("cache").inc()
             await self._count(hits=1, bytes_from_cache=SEGMENT_SIZE)
             return
         mine = (info.fid, index) not in self._fetching
@@ -548,6 +691,8 @@ class ObjectStore:
         if self.peers is not None:
             peer = await self.peers.fetch_segment(info.fid, index, segment.hash, ws.segment)
             if peer is not None:
+                SEGMENT_READS.labels("peer").inc()
+                BYTES_IN.labels("peers").inc(SEGMENT_SIZE)
                 await self._count(peer_hits=1, bytes_from_peers=SEGMENT_SIZE)
                 await self.cache.put_segment(info.fid, index, ws.segment)
                 return
@@ -559,6 +704,7 @@ class ObjectStore:
             into=lambda i: ws.fragments[i] if i < DATA_SHARDS else None,
         )
         received = sum(FRAGMENT_SIZE for i in fragments if segment.fragments[i].hash != ZERO_FRAGMENT_HASH)
+        SEGMENT_READS.labels("node").inc()
         await self._count(node_reads=1, bytes_from_nodes=received)
         if not all(i in fragments for i in range(DATA_SHARDS)):
             await trio.to_thread.run_sync(self.plain_codec.decode, fragments, ws)
@@ -589,23 +735,52 @@ class ObjectStore:
         entry = await self.lookup(bucket, key)
         assert entry is not None
         info = await self.file_info(entry.fid)
-        dest = dest.resolve()
-        tmp = dest.with_name(f".{dest.name}.deossfs-partial-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
+        async with atomic_output(dest) as fd:
             await self.read_into_fd(info, fd, progress)
-            await trio.to_thread.run_sync(os.fsync, fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, dest)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
         return entry
 
     async def read_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
+        """Write the file's bytes into `fd` (a new, empty file, open for reading and
+        writing). A file stored through a processing stage is decoded: its stored bytes
+        go to a spool file first. A file not met before is fetched straight into `fd`
+        and its first bytes looked at afterwards, so a plain get fetches nothing twice
+        (an `fd` open for writing only costs a look at segment 0 first instead)."""
+        readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
+        if info.fid not in self._stages and readable:
+            await self._stored_into_fd(info, fd, progress)
+            prefix = await trio.to_thread.run_sync(os.pread, fd, PROBE_BYTES, 0)
+            header = parse_header(prefix)
+            self._remember_stage(info.fid, header)
+            if header is None:
+                return
+            if self.refuse_processed:
+                _refuse_processed(info, header)
+            stage = self.stage_for(header)
+            with self._spooled() as (_, raw):
+                await trio.to_thread.run_sync(_move_to, fd, raw)
+                await trio.to_thread.run_sync(decode_to_fd, stage, header, raw, fd)
+            return
+        header = await self.stage_of(info)
+        if header is None:
+            await self._stored_into_fd(info, fd, progress)
+            return
+        stage = self.stage_for(header)
+        with self._spooled() as (_, raw):
+            await self._stored_into_fd(info, raw, progress)
+            await trio.to_thread.run_sync(decode_to_fd, stage, header, raw, fd)
+
+    @contextlib.contextmanager
+    def _spooled(self) -> Iterator[tuple[Path, int]]:
+        """A 0600 spool file in the workspace (path, fd), removed afterwards."""
+        spool = self._spool_path()
+        fd = os.open(spool, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            yield spool, fd
+        finally:
+            os.close(fd)
+            spool.unlink(missing_ok=True)
+
+    async def _stored_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
         """Fetch, decode and write every segment in order into `fd` (a new, empty file),
         two segments in flight. Written past the page cache where the file system
         allows (directio: copying a GiB into fresh page cache pages cost a get more CPU
@@ -677,11 +852,60 @@ class ObjectStore:
         self._layouts[info.fid] = result
         return result
 
+    # ---- processing stages on the way out ---------------------------------------------
+
+    def _remember_stage(self, fid: str, header: StageHeader | None) -> None:
+        if len(self._stages) > 10_000:
+            self._stages.clear()
+        self._stages[fid] = header
+
+    async def stage_of(self, info: FileInfo) -> StageHeader | None:
+        """The processing envelope `info` was stored with (None: none). Learnt from the
+        start of segment 0 once per file (it is cached like any segment); a mount's view
+        refuses a processed file here (Unsupported)."""
+        if info.fid in self._stages:
+            header = self._stages[info.fid]
+        else:
+            prefix = bytearray()
+
+            async def collect(view: memoryview) -> None:
+                prefix.extend(view)
+
+            await self._read_stored_range(info, 0, min(info.file_size, PROBE_BYTES), collect)
+            header = parse_header(prefix)
+            self._remember_stage(info.fid, header)
+        if header is not None and self.refuse_processed:
+            _refuse_processed(info, header)
+        return header
+
+    async def logical_size(self, info: FileInfo) -> int:
+        """The file's own length: the chain's file_size, or, for a file stored through a
+        processing stage, the length its envelope records."""
+        header = await self.stage_of(info)
+        return info.file_size if header is None else header.size
+
     async def read_range(self, info: FileInfo, start: int, end: int,
                          sink: Callable[[memoryview], Awaitable[object]]) -> None:
-        """Pass the plaintext bytes [start, end) of a stored file to `sink`, in order, as
-        views valid only during the call. Only the segments the range touches are fetched,
-        the next one while `sink` consumes the current (an HTTP response sends at network
+        """Pass the file's bytes [start, end) to `sink`, in order, as views valid only
+        during the call (`_read_stored_range`). A file stored through a processing stage
+        is fetched into a spool file and decoded from its start up to `end`."""
+        header = await self.stage_of(info)
+        if header is None:
+            await self._read_stored_range(info, start, end, sink)
+            return
+        end = min(end, header.size)
+        if start >= end:
+            return
+        stage = self.stage_for(header)
+        with self._spooled() as (_, raw):
+            await self._stored_into_fd(info, raw)
+            await trio.to_thread.run_sync(decode_range, stage, header, raw, start, end, sink)
+
+    async def _read_stored_range(self, info: FileInfo, start: int, end: int,
+                                 sink: Callable[[memoryview], Awaitable[object]]) -> None:
+        """Pass the stored bytes [start, end) of a file to `sink`, in order, as views
+        valid only during the call. Only the segments the range touches are fetched, the
+        next one while `sink` consumes the current (an HTTP response sends at network
         speed); memory is two 32 MiB workspaces and, encrypted, one plaintext buffer."""
         end = min(end, info.file_size)
         if start >= end:
@@ -745,7 +969,10 @@ class ObjectStore:
 
         Returns (plaintext length, whether the file is deossfs-encrypted); `ws` is
         scratch. Nothing is allocated per segment, so a reader can recycle buffers.
+        The stored bytes: a mount's view refuses a file stored through a processing stage.
         """
+        if self.refuse_processed and (index != 0 or info.fid in self._stages):
+            await self.stage_of(info)  # segment 0 says; read right below for index 0
         await self._fetch_decoded(info, index, ws)
 
         def finish() -> tuple[int, bool]:
@@ -761,11 +988,26 @@ class ObjectStore:
             out[:length] = ws.segment[:length]
             return length, False
 
-        return await trio.to_thread.run_sync(finish)
+        length, encrypted = await trio.to_thread.run_sync(finish)
+        if self.refuse_processed and index == 0 and info.fid not in self._stages:
+            header = parse_header(memoryview(out)[:min(length, PROBE_BYTES)])
+            self._remember_stage(info.fid, header)
+            if header is not None:
+                _refuse_processed(info, header)
+        return length, encrypted
 
     async def read_object(self, fid: str) -> bytes:
         """A whole (small) object in memory."""
         info = await self.file_info(fid)
+        header = await self.stage_of(info)
+        if header is not None:
+            pieces: list[bytes] = []
+
+            async def collect(view: memoryview) -> None:
+                pieces.append(bytes(view))
+
+            await self.read_range(info, 0, header.size, collect)
+            return b"".join(pieces)
         out = bytearray(max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE))
         parts = []
         ws = self.workspaces.take()  # lent, as for a put (the mount reads its metadata objects)
@@ -800,6 +1042,46 @@ def largest_file(encrypted: bool) -> int:
     """The most bytes one object can hold: MAX_SEGMENTS segments (an encrypted segment
     carries a little less than 32 MiB of plaintext)."""
     return MAX_SEGMENTS * (PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE)
+
+
+@contextlib.asynccontextmanager
+async def atomic_output(dest: Path) -> AsyncIterator[int]:
+    """An fd (read-write) of a hidden temporary file beside `dest` that becomes `dest`,
+    fsynced, only when the block ends without an exception; otherwise it is removed."""
+    dest = dest.expanduser().resolve()
+    tmp = dest.with_name(f".{dest.name}.deossfs-partial-{os.getpid()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        yield fd
+        await trio.to_thread.run_sync(os.fsync, fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _move_to(source: int, target: int) -> None:
+    """Copy all of `source` into the empty `target`, then empty `source` (blocking)."""
+    size = os.fstat(source).st_size
+    offset = 0
+    while offset < size:
+        copied = os.copy_file_range(source, target, size - offset, offset, offset)
+        if copied == 0:
+            raise OSError(f"could not copy byte {offset} of {size} to the spool file")
+        offset += copied
+    os.ftruncate(source, 0)
+    os.lseek(source, 0, os.SEEK_SET)  # the decoded bytes start at 0, not past a hole
+
+
+def _refuse_processed(info: FileInfo, header: StageHeader) -> None:
+    raise Unsupported(
+        f"file {info.fid[:16]}… was stored through the processing stage {header.stage!r}, "
+        "which the mount does not decode",
+        hint="read it with `deossfs get` or the library (deossfs.Client)")
 
 
 @contextlib.asynccontextmanager

@@ -551,8 +551,10 @@ class Catalog:
         replaced = set(self._merged.get(bucket, ()))
         blob = await trio.to_thread.run_sync(encode_object, snapshot)
         try:
+            # never through a processing stage: the mount reads this object too, and
+            # reads no processed file (docs/extending.md)
             plan = await self.store.put(bytes_reader(blob), len(blob), bucket, META_KEY,
-                                        encrypt=True, replace_existing=False)
+                                        encrypt=True, replace_existing=False, stage="")
         except BaseException as exc:
             self._changed(bucket)  # still unsaved: the next round saves it
             if isinstance(exc, DeossError):

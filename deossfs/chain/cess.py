@@ -13,7 +13,7 @@ awaited outside it by scanning new blocks for the extrinsic's hash. A nonce erro
 again. The dispatch result is read from the block's events; a module error becomes
 `errors.chain_error(<CESS error name>)`, the same names the embedded ledger raises.
 
-Encoding facts (see ../shared/docs/CESS-PROTOCOL.md):
+Encoding facts (docs/cess-protocol.md):
 - a `Hash` is `[u8; 64]`: the 64 ASCII characters of the hex digest;
 - in spec 100 `Sminer.MinerItems.peer_id` and `Oss.register(endpoint)` are `[u8; 38]`
   (a libp2p peer id); a deossfs network carries its HTTP endpoint there, NUL-padded;

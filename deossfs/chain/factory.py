@@ -10,8 +10,11 @@ from .naming import NamedBuckets
 
 
 def open_chain(config: Config, account: Account | None) -> ChainClient:
-    """The chain a config names, with deossfs' bucket names (chain/naming.py)."""
-    return NamedBuckets(_open_backend(config, account))  # type: ignore[return-value]
+    """The chain a config names, with deossfs' bucket names (chain/naming.py), its calls
+    timed for the metrics (metrics.py)."""
+    from ..metrics import MeteredChain
+
+    return MeteredChain(NamedBuckets(_open_backend(config, account)))  # type: ignore[return-value]
 
 
 def _open_backend(config: Config, account: Account | None) -> ChainClient:

@@ -1,6 +1,6 @@
 """The chain interface: one method per CESS call or storage item we use.
 
-Calls map one-to-one onto the extrinsics of ../shared/docs/CESS-PROTOCOL.md
+Calls map one-to-one onto the extrinsics of docs/cess-protocol.md
 (pallets FileBank, StorageHandler, Oss, Sminer) and queries onto their storage
 items. The interface is blocking and thread-safe: the trio side calls it through
 `trio.to_thread.run_sync`. A call the chain refuses raises `errors.ChainError`

@@ -155,15 +155,18 @@ class DeossApi:
     def _placement(request: Request) -> Placement:
         miners = tuple(canonical_account(m) for m in _header_list(request, "Miner"))
         longitudes, latitudes = _header_list(request, "Longitude"), _header_list(request, "Latitude")
-        location = None
+        area: list[tuple[float, float]] = []
         if longitudes or latitudes:
             try:
-                location = (float(latitudes[0]), float(longitudes[0]))
-            except (ValueError, IndexError):
-                raise InvalidInput("Longitude and Latitude are numbers, sent together") from None
-            if not (-90 <= location[0] <= 90 and -180 <= location[1] <= 180):
+                if len(longitudes) != len(latitudes):
+                    raise ValueError("unpaired")
+                area = [(float(lat), float(lon)) for lat, lon in zip(latitudes, longitudes, strict=True)]
+            except ValueError:
+                raise InvalidInput("Longitude and Latitude are numbers, sent in pairs") from None
+            if not all(-90 <= lat <= 90 and -180 <= lon <= 180 for lat, lon in area):
                 raise InvalidInput("Latitude is -90..90 and Longitude -180..180")
-        return Placement(preferred=miners, location=location)
+        # one point is a location hint; three or more are a region, as DeOSS takes them
+        return Placement(preferred=miners, location=area[0] if area else None, area=tuple(area))
 
     async def _check_space(self, store: ObjectStore, size: int, encrypt: bool) -> None:
         """Refuse, before reading it, a body bigger than the territory's free space."""
@@ -190,7 +193,8 @@ class DeossApi:
             id=upload_id, owner=owner, bucket=bucket, key=key, territory=territory, size=staged.size,
             encrypt=encrypt, with_cipher=cipher is not None,
             placement={"preferred": list(placement.preferred),
-                       "location": list(placement.location) if placement.location else None},
+                       "location": list(placement.location) if placement.location else None,
+                       "area": [list(point) for point in placement.area]},
             respond=self.config.respond)
         return await self.uploads.submit(record, store, reservation, plan)
 
@@ -416,7 +420,7 @@ class DeossApi:
             if guessed is None and extension:
                 guessed = mimetypes.guess_type(f"x.{extension}")[0]
             content_type = guessed or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        size = info.file_size
+        size = await store.logical_size(info)  # a processed file's own length
         etag = f'"{info.fid}"'
         headers = {"content-type": content_type, "accept-ranges": "bytes", "etag": etag,
                    "content-disposition": content_disposition(disposition, name),

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..chain.interface import FileInfo
 from ..errors import InvalidInput, RangeNotSatisfiable, RequestTimeout
+from ..metrics import BYTES_IN, BYTES_OUT, REQUESTS, method_label
 from ..store import ObjectStore, single_error_nursery
 
 access_log = logging.getLogger("deossfs.gateway.access")
@@ -40,7 +41,8 @@ _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 class AccessLog:
-    """ASGI middleware: one line per request — method, path, account, status, bytes, ms.
+    """ASGI middleware: one line per request — method, path, account, status, bytes, ms —
+    and the request and byte counters of metrics.py.
 
     Routes name the account they acted for in `scope["state"]["account"]`
     (`request.state.account`); a request the client abandoned is logged with status 499."""
@@ -62,12 +64,21 @@ class AccessLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
+                body = len(message.get("body", b""))
+                sent += body
+                BYTES_OUT.labels("http").inc(body)
             await send(message)
 
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                BYTES_IN.labels("http").inc(len(message.get("body", b"")))
+            return message
+
         try:
-            await self.app(scope, receive, counting_send)
+            await self.app(scope, counting_receive, counting_send)
         finally:
+            REQUESTS.labels("http", method_label(scope["method"]), str(status)).inc()
             path = scope.get("raw_path", scope["path"].encode())
             if isinstance(path, bytes):
                 path = path.decode("latin-1")

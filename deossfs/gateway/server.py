@@ -14,6 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from .. import metrics
 from ..catalog.catalog import Catalogs
 from ..chain.interface import ChainClient
 from ..config import Config, parse_listen
@@ -91,6 +92,7 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
         partial(RequestVerifier, engine.workspace / "seen-messages.sqlite3",
                 settings.message_window, settings.accept_unfresh_messages))
     uploads = await trio.to_thread.run_sync(UploadService, engine)
+    metrics.upload_gauges(lambda: uploads.journal.counts()[0], lambda: uploads.journal.counts()[1])
     keys = KeyStore.for_account(credentials_path(config, account), account)
     catalogs = Catalogs(engine.workspace / "catalog", engine.store_for)
     multipart = await trio.to_thread.run_sync(MultipartStore, engine.workspace / "multipart")
@@ -140,7 +142,10 @@ async def _expire_multipart(multipart: MultipartStore, days: float) -> None:
 def run_gateway(config: Config, account: Account, chain: ChainClient, listen: str | None = None,
                 on_ready: object = None) -> None:
     """Blocking `serve_gateway` for the CLI: until SIGINT or SIGTERM. Uploads under way are
-    resumed from the journal at the next start."""
+    resumed from the journal at the next start. Serves the metrics at metrics.listen."""
+
+    if config.metrics.listen:
+        metrics.serve(config.metrics.listen)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

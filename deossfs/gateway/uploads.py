@@ -78,7 +78,8 @@ class UploadRecord:
     def placement_hint(self) -> Placement:
         location = self.placement.get("location")
         return Placement(preferred=tuple(self.placement.get("preferred", ())),
-                         location=tuple(location) if location else None)  # type: ignore[arg-type]
+                         location=tuple(location) if location else None,  # type: ignore[arg-type]
+                         area=tuple(tuple(p) for p in self.placement.get("area", ())))  # type: ignore[misc]
 
 
 _SCHEMA = """
@@ -156,6 +157,12 @@ class UploadJournal:
         rows = self._run(f"SELECT {', '.join(_COLUMNS)} FROM uploads WHERE owner=? AND bucket=? "
                          "AND state='failed' ORDER BY updated DESC", (owner, bucket))
         return [self._record(r) for r in rows]
+
+    def counts(self) -> tuple[int, int]:
+        """(uploads not yet stored, uploads that failed for good) in the journal."""
+        rows = dict(self._run("SELECT state = 'failed', COUNT(*) FROM uploads "
+                              "WHERE state != 'stored' GROUP BY state = 'failed'"))
+        return rows.get(0, 0), rows.get(1, 0)
 
     def expired_failures(self, before: float) -> list[str]:
         return [r[0] for r in self._run(
@@ -498,6 +505,10 @@ class ReceivePlanner:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self.store.stage_name:
+            # a processing stage changes the bytes before they are segmented: pass 1 runs
+            # over its output, once the body is whole (docs/extending.md)
+            return
         try:
             self.slots.acquire_nowait()
         except trio.WouldBlock:

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 
 import h11
 
+from ..metrics import BYTES_IN, BYTES_OUT, REQUESTS, method_label
+
 log = logging.getLogger(__name__)
 
 #: a body is received this much at a time (one reused buffer per connection)
@@ -126,6 +128,7 @@ class Exchange:
         return self._consumed
 
     def _taken(self, count: int) -> None:
+        BYTES_IN.labels("http").inc(count)
         self._left -= count
         self._consumed += count
         if not self._left:
@@ -148,6 +151,7 @@ class Exchange:
                 continue
             if isinstance(event, h11.Data):
                 self._consumed += len(event.data)
+                BYTES_IN.labels("http").inc(len(event.data))
                 if self._consumed > limit:
                     self.stop_reading()
                     return self._consumed
@@ -172,6 +176,7 @@ class Exchange:
         if not self.keep_alive:
             fields.append(("connection", "close"))
         self.responded = True
+        REQUESTS.labels("http", method_label(self.method), str(status)).inc()
         return self._conn.send(h11.Response(status_code=status, headers=fields))  # type: ignore[return-value]
 
     def respond(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
@@ -192,6 +197,7 @@ class Exchange:
                 self.keep_alive = False
                 raise OSError("file shrank while being sent")
             offset += sent
+            BYTES_OUT.labels("http").inc(sent)
 
     def respond_repeated(self, status: int, headers: Iterable[tuple[str, str]], block: bytes,
                          count: int) -> None:
@@ -208,6 +214,7 @@ class Exchange:
         try:
             while views:
                 sent = self._sock.sendmsg(views)
+                BYTES_OUT.labels("http").inc(sent)
                 while views and sent >= len(views[0]):
                     sent -= len(views[0])
                     views.pop(0)

@@ -32,7 +32,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -43,6 +43,7 @@ import trio
 
 from ..errors import IntegrityError, InvalidInput, NodeRefused, NodeUnavailable
 from ..keys import Account
+from ..metrics import BYTES_IN, BYTES_OUT, NODE_ERRORS, NODE_SECONDS, error_kind
 from ..processing.layout import FRAGMENT_SIZE, ZERO_FRAGMENT_HASH
 from .signing import sign_request
 
@@ -195,6 +196,19 @@ def _shut_down(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+@contextlib.contextmanager
+def _metered(endpoint: str, op: str) -> Iterator[None]:
+    """Time one fragment request (NODE_SECONDS) and count its failure (NODE_ERRORS)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        NODE_ERRORS.labels(endpoint, op, error_kind(exc)).inc()
+        raise
+    finally:
+        NODE_SECONDS.labels(endpoint, op).observe(time.perf_counter() - started)
+
+
 class NodeClient:
     """Talks to storage nodes as `account`. One pool of kept-alive connections for all nodes."""
 
@@ -307,11 +321,26 @@ class NodeClient:
             body = response.read(_MAX_ANSWER)
             return _Answer(response.status, response.reason, body, reusable=_reusable(response))
 
-        answer = await self._exchange(endpoint, "did not take the fragment", roundtrip)
-        self._check(answer, endpoint)
-        self._check_code(answer, endpoint)
+        with _metered(endpoint, "put"):
+            answer = await self._exchange(endpoint, "did not take the fragment", roundtrip)
+            self._check(answer, endpoint)
+            self._check_code(answer, endpoint)
+        BYTES_OUT.labels("nodes").inc(len(payload))
 
     async def get_fragment(
+        self,
+        endpoint: str,
+        fid: str,
+        fragment_hash: str,
+        byte_range: tuple[int, int] | None = None,
+        *,
+        into: memoryview | None = None,
+    ) -> bytes | memoryview:
+        """`_get_fragment`, timed and its failures counted (metrics.py)."""
+        with _metered(endpoint, "get"):
+            return await self._get_fragment(endpoint, fid, fragment_hash, byte_range, into=into)
+
+    async def _get_fragment(
         self,
         endpoint: str,
         fid: str,
@@ -381,6 +410,7 @@ class NodeClient:
         self._check(answer, endpoint)
         assert answer.data is not None
         data = answer.data
+        BYTES_IN.labels("nodes").inc(len(data))
         if answer.status == 206:
             if byte_range is None or len(data) != byte_range[1] - byte_range[0]:
                 raise IntegrityError(f"node {endpoint} sent a partial answer not asked for")

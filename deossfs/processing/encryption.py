@@ -1,7 +1,7 @@
 """Segment encryption: AES-256-GCM under a fresh key per segment.
 
 Why not AES-GCM-SIV: it runs at 240-275 MB/s here, AES-GCM at about 2,000 MB/s
-(docs/PERFORMANCE-LIMITS.md); encryption would cost as much as a third of the
+(the reference machine in docs/PERFORMANCE.md); encryption would cost as much as a third of the
 mandatory SHA-256 work. Why GCM is safe here: every segment version gets a fresh
 random 32-byte salt and its own key HKDF(master, salt); within that key nonces
 are the chunk counter 0..31, so a (key, nonce) pair is never used twice unless two

@@ -1,4 +1,4 @@
-"""The CESS data layout constants (../shared/docs/CESS-PROTOCOL.md)."""
+"""The CESS data layout constants (docs/cess-protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,13 @@
-"""Node choice for a storage order.
+"""Node choice for a storage order: the selector keeps each node's health, the policies
+choose.
 
-Order of preference (as DeOSS's "shunt" plus what a serious client adds):
-1. preferred nodes from the config (`storage.preferred_nodes`), shuffled; when 12
-   or more are configured (blocked ones aside) only those are ever used - the
-   file is pinned to that cluster, and an upload fails rather than leave it;
-2. the rest by measured round-trip time, with randomness so load spreads;
-3. never blocked nodes (`storage.blocked_nodes`), nodes not `positive`, or nodes
-   that failed within the penalty window (`storage.node_penalty_seconds`). Once
-   the window has passed a node is re-checked: it is used again, a success clears
-   its record and another failure starts a new window.
+The selector measures and remembers (round-trip times, failures and a penalty window:
+`storage.node_penalty_seconds`; once the window has passed a node is re-checked - used
+again, a success clears its record and another failure starts a new window) and offers
+the policies the nodes that are `positive`, not penalized and not used by the order
+already. The policies (scheduling/policies.py; `scheduling.policies` in the config)
+choose among them: by default the blacklist, nearest first, then preferred nodes first
+(12 or more pin files to them), as DeOSS's "shunt" plus what a serious client adds.
 Reads use the same record: fragments on penalized nodes are fetched last.
 """
 
@@ -16,26 +15,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..chain.interface import MinerState, StorageNode
-from ..errors import NotEnoughNodes
 from ..processing.layout import TOTAL_SHARDS
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one upload's fragments should go, beside the configured preferences.
-
-    `preferred` pins the upload to these node accounts as `storage.preferred_nodes` does
-    (DeOSS's repeated `Miner` header); `location` (latitude, longitude) is a hint that
-    placement policies may use (DeOSS's `Latitude`/`Longitude` headers); the built-in
-    choice records it and does not use it.
-    """
-
-    preferred: tuple[str, ...] = ()
-    location: tuple[float, float] | None = None
+from .policies import (
+    DEFAULT_POLICIES,
+    NodeCandidate,
+    Placement,
+    PlacementRequest,
+    SchedulingPolicy,
+    load_policies,
+    run_policies,
+)
 
 
 @dataclass
@@ -55,17 +49,24 @@ class NodeSelector:
     #: the time source of penalty windows (tests pass a fake one)
     clock: Callable[[], float] = time.monotonic
 
+    #: the policies, in order (names of built-ins or `deossfs.scheduling` entry points)
+    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
+    #: options of plug-in policies, by name
+    policy_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    _loaded: list[tuple[str, SchedulingPolicy]] | None = field(default=None, repr=False)
+
     @property
     def pinned(self) -> bool:
         """12 or more preferred nodes: only they may take files."""
-        return self._pinned(self.preferred)
+        return len(set(self.preferred) - set(self.blocked)) >= TOTAL_SHARDS
 
-    def _pinned(self, preferred: Iterable[str]) -> bool:
-        return len(set(preferred) - set(self.blocked)) >= TOTAL_SHARDS
-
-    def _preferred(self, placement: Placement | None) -> list[str]:
-        """An upload's own pinned nodes replace the configured ones."""
-        return list(placement.preferred) if placement and placement.preferred else self.preferred
+    def loaded_policies(self) -> list[tuple[str, SchedulingPolicy]]:
+        """The policies, loaded at first use (a missing plug-in fails the first upload,
+        not every command)."""
+        if self._loaded is None:
+            self._loaded = load_policies(self.policies, self.policy_options,
+                                         self.preferred, self.blocked)
+        return self._loaded
 
     def penalized(self, account: str) -> bool:
         health = self.health.get(account)
@@ -89,49 +90,32 @@ class NodeSelector:
         health.failures = 0
         health.failed_until = 0.0
 
-    def usable(self, nodes: Iterable[StorageNode]) -> list[StorageNode]:
+    def candidates(self, nodes: Iterable[StorageNode], exclude: Iterable[str] = ()) -> list[NodeCandidate]:
+        """The nodes policies may choose: positive, not penalized, not excluded."""
         now = self.clock()
-        blocked = set(self.blocked)
-        return [
-            node
-            for node in nodes
-            if node.state == MinerState.POSITIVE
-            and node.account not in blocked
-            and self._health(node.account).failed_until <= now
-        ]
+        excluded = set(exclude)
+        out = []
+        for node in nodes:
+            health = self._health(node.account)
+            if (node.state == MinerState.POSITIVE and node.account not in excluded
+                    and health.failed_until <= now):
+                out.append(NodeCandidate(node, health.rtt, health.failures))
+        return out
 
     def rank(self, nodes: Iterable[StorageNode], placement: Placement | None = None) -> list[StorageNode]:
-        """Usable nodes, best first."""
-        usable = self.usable(nodes)
-        preferred_set = set(self._preferred(placement))
-        preferred = [n for n in usable if n.account in preferred_set]
-        self.rng.shuffle(preferred)
-        if self._pinned(preferred_set) or len(preferred) >= TOTAL_SHARDS:
-            return preferred
-        others = [n for n in usable if n.account not in preferred_set]
-
-        def score(node: StorageNode) -> float:
-            rtt = self._health(node.account).rtt
-            base = rtt if rtt is not None else 0.05  # unmeasured: assume a typical LAN peer
-            return base * self.rng.uniform(1.0, 2.0)
-
-        others.sort(key=score)
-        return preferred + others
+        """Every node the policies would use, best first."""
+        candidates = self.candidates(nodes)
+        request = PlacementRequest(0, (), placement or Placement(), self.rng)
+        return [c.node for c in run_policies(self.loaded_policies(), candidates, request)]
 
     def choose(self, nodes: Iterable[StorageNode], count: int = TOTAL_SHARDS,
-               exclude: Iterable[str] = (), placement: Placement | None = None) -> list[StorageNode]:
-        """`count` distinct usable nodes, or NotEnoughNodes."""
-        excluded = set(exclude)
-        ranked = [n for n in self.rank(nodes, placement) if n.account not in excluded]
-        if len(ranked) < count:
-            if self._pinned(self._preferred(placement)):
-                raise NotEnoughNodes(
-                    f"only {len(ranked)} of the preferred storage nodes are usable, {count} needed "
-                    "(12 or more preferred nodes pin files to them)",
-                    hint="check that they are up, or edit storage.preferred_nodes",
-                )
-            raise NotEnoughNodes(
-                f"only {len(ranked)} usable storage nodes, {count} needed",
-                hint="start more nodes (deossfs devnet up --nodes 12) or check blocked_nodes",
-            )
-        return ranked[:count]
+               exclude: Iterable[str] = (), placement: Placement | None = None,
+               columns: Iterable[int] = ()) -> list[StorageNode]:
+        """`count` distinct nodes for `columns` (in order), chosen by the policies; else
+        NotEnoughNodes, or PluginError for a policy that broke its contract."""
+        request = PlacementRequest(count, tuple(columns), placement or Placement(), self.rng)
+        chosen = run_policies(self.loaded_policies(), self.candidates(nodes, exclude), request)
+        return [c.node for c in chosen[:count]]
+
+
+__all__ = ["NodeSelector", "NodeHealth", "Placement"]

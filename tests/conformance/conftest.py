@@ -1,6 +1,6 @@
 """One chain interface, two backends: the embedded ledger and the real CESS runtime.
 
-The runtime is CESS testnet's spec 100 under chopsticks (../shared/cess/devchain.sh),
+The runtime is CESS testnet's spec 100 under chopsticks (the devchain script, docs/cess.md),
 started once per session from the cached install (`make devchain`). Setup - 12 test
 miners, the network's idle space, balances - is injected once with dev_setStorage;
 each test then rewinds the chain to that block with dev_setHead (instant), so tests

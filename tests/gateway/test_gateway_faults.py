@@ -5,6 +5,7 @@ access lists and Ethereum signatures."""
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
 import time
 from pathlib import Path
@@ -57,15 +58,30 @@ def test_accepted_uploads_survive_kill_9_of_the_gateway(gateways: Gateways, tmp_
 
 
 def test_an_upload_that_fails_for_good_is_reported_not_dropped(gateways: Gateways) -> None:
+    from deossfs.devnet import stop_node
+
+    from ..harness import node_account, restart_dead
+
     gateway = gateways.extra("failing", "gateway.respond=accepted", "gateway.retry_seconds=0.2",
                              "gateway.upload_attempts=2").start()
+    nodes = gateways.devnet.nodes()
     try:
         nobody = [account_from_secret(Keypair.generate_mnemonic()).address for _ in range(12)]
         with gateway.client(gateways.account) as client:
-            # pinned to 12 nodes that do not exist: declared, then no node can take it
-            fid = httpx.put(f"{gateway.url}/object/pinned.bin",
-                            headers=[*client.sign().items()] + [("Miner", m) for m in nobody],
-                            content=b"p" * 50_000).json()["data"]["fid"]
+            # pinned to 12 nodes that do not exist: refused before anything is declared
+            refused = httpx.put(f"{gateway.url}/object/nowhere.bin",
+                                headers=[*client.sign().items()] + [("Miner", m) for m in nobody],
+                                content=b"n" * 50_000)
+            assert refused.status_code == 503 and "usable" in refused.json()["msg"]
+            # pinned to 12 nodes that are up: accepted once declared (nodes are measured
+            # and chosen before that); one of them dies before it gets its fragment of the
+            # second segment, and no other node may take its column
+            pinned = [node_account(n) for n in nodes[:12]]
+            answer = httpx.put(f"{gateway.url}/object/pinned.bin",
+                               headers=[*client.sign().items()] + [("Miner", m) for m in pinned],
+                               content=b"p" * (64 * 1024 * 1024), timeout=120)
+            stop_node(nodes[0], signal.SIGKILL)
+            fid = answer.json()["data"]["fid"]
 
             def failed() -> dict | None:
                 state = client.state(fid)
@@ -79,6 +95,7 @@ def test_an_upload_that_fails_for_good_is_reported_not_dropped(gateways: Gateway
             assert client.state(fid)["state"] == "failed"
     finally:
         gateway.stop()
+        restart_dead(gateways.devnet)
 
 
 def test_a_client_gone_mid_upload_leaves_nothing(gateway: GatewayProcess, gateways: Gateways) -> None:
