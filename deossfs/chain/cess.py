@@ -18,6 +18,9 @@ Encoding facts (docs/cess-protocol.md):
 - in spec 100 `Sminer.MinerItems.peer_id` and `Oss.register(endpoint)` are `[u8; 38]`
   (a libp2p peer id); a deossfs network carries its HTTP endpoint there, NUL-padded;
 - substrate-interface needs the BoundedVec type-registry fix to encode FileBank calls.
+
+One file of about 800 lines: the connection, the nonce discipline, the encodings and the
+calls are one client, and each call needs all of them.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ the log into a fresh in-memory ledger and compares the state.
 Several processes (the CLI, a gateway, a dozen storage nodes) share the file:
 WAL mode, a 30 s busy timeout and one connection per thread.
 
+One file past 800 lines: it is one `ChainClient` whose calls share one schema, one
+transaction discipline and one signed log, and whose rules cross pallets (a storage order
+checks the territory, the bucket and the miners at once); split by pallet, every part
+would reach into the same tables and the same transaction.
+
 Time: block = floor((now + offset - genesis) / 6 s), as CESS has 6-second blocks;
 the dev call `advance_time` moves the offset forward (expiry tests).
 
