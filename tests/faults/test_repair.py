@@ -45,20 +45,22 @@ def test_verify_finds_and_repair_rebuilds_every_kind_of_bad_fragment(
         handle.seek(FRAGMENT_SIZE // 2)
         handle.write(b"\xff" * 64)
     os.truncate(where(0, 5), FRAGMENT_SIZE // 2)
-    where(1, 2).unlink()
+    # a parity fragment: segment 1 holds 5 MB, so its data columns 1-3 are the zero
+    # fragment, which no node stores
+    where(1, 9).unlink()
     dead_miner = stat["segments"][0]["fragments"][7]["miner"]
     kill(nodes[dead_miner])
-    expected = {(0, 0, "corrupt"), (0, 5, "corrupt"), (1, 2, "missing"),
+    expected = {(0, 0, "corrupt"), (0, 5, "corrupt"), (1, 9, "missing"),
                 (0, 7, "unreachable"), (1, 7, "unreachable")}
 
     code, report = _verify(plain_config, "faults/repair.bin")
     assert code != 0
     found = {(p["segment"], p["column"], p["kind"]) for f in report["files"] for p in f["problems"]}
     assert found == expected
-    assert report["fragments"] == 24
+    assert report["fragments"] == 24 - 3  # segment 1's zero fragments are held by no node
 
     # an order left open by an interrupted repair is picked up again
-    lost = stat["segments"][1]["fragments"][2]
+    lost = stat["segments"][1]["fragments"][9]
     chain = ledger(healthy)
     try:
         chain.generate_restoral_order(fid, lost["hash"], lost["miner"])
