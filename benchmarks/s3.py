@@ -54,6 +54,7 @@ def main() -> None:
     from deossfs.devnet import devnet_down, devnet_up
 
     work = Path(tempfile.mkdtemp(prefix="deossfs-s3bench-"))
+    gateways: list[Gateway] = []
     try:
         devnet_up(work / "net")
         config = work / "net" / "deossfs.toml"
@@ -76,7 +77,9 @@ def main() -> None:
         get_seconds = cli(config, "get", "-q", "bench/cli.bin", str(work / "back.bin"))
 
         writer = Gateway(config, work, cold=False)
+        gateways.append(writer)
         reading = Gateway(reader_config, work / "reader", cold=False)
+        gateways.append(reading)
 
         def client(url: str, keys: dict[str, str]):  # noqa: ANN202
             return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
@@ -129,8 +132,6 @@ def main() -> None:
                 break
         assert listed == args.objects, listed
         rss = max(writer.peak_rss(), reading.peak_rss())
-        writer.stop()
-        reading.stop()
 
         mb = size / 1e6
         load = os.getloadavg()
@@ -146,6 +147,8 @@ def main() -> None:
         print(f"({args.objects} empty objects put in {create_seconds:.1f} s by 8 threads; "
               f"pages {len(page_times)}, median {sorted(page_times)[len(page_times) // 2]:.3f} s)")
     finally:
+        for gateway in gateways:  # also when a step failed: no gateway outlives the run
+            gateway.stop()
         devnet_down(work / "net")
         shutil.rmtree(work, ignore_errors=True)
 
