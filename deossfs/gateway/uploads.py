@@ -24,8 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,6 +40,7 @@ from ..scheduling.selector import Placement
 from ..store import ObjectStore, UploadStatus
 from .engine import GatewayEngine, Reservation
 from .http import StagingFile
+from .journal import DurableJournal
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +98,13 @@ _COLUMNS = ("id", "owner", "bucket", "key", "territory", "size", "encrypt", "wit
             "placement", "respond", "state", "fid", "error", "attempts", "created", "updated")
 
 
-class UploadJournal:
+class UploadJournal(DurableJournal):
     """The gateway's upload journal (SQLite, WAL, synchronous=FULL: a committed row
     survives kill -9 and power loss). Blocking: called from worker threads."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        os.chmod(path, 0o600)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self.conn.execute(sql, args).fetchall()
+        super().__init__(path, _SCHEMA)
 
     def save(self, record: UploadRecord) -> None:
         record.updated = time.time()

@@ -16,14 +16,13 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..journal import DurableJournal
 from .context import NoSuchUpload, S3Error
 
 #: S3's bounds: part numbers, parts but the last at least 5 MiB, at most 10,000 parts
@@ -69,28 +68,14 @@ class Part:
     modified: float
 
 
-class MultipartStore:
+class MultipartStore(DurableJournal):
     """The journal and staging area of multipart uploads. Blocking (SQLite): call it from
     worker threads; safe from several."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = threading.Lock()
-        path = directory / "multipart.sqlite3"
-        self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        os.chmod(path, 0o600)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self.conn.execute(sql, args).fetchall()
+        super().__init__(directory / "multipart.sqlite3", _SCHEMA)
 
     # ---- uploads --------------------------------------------------------------------
 
