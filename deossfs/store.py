@@ -108,6 +108,7 @@ from .processing.stages import (
     parse_header,
     starts_with_magic,
 )
+from .reader import SegmentReader
 from .scheduling.selector import NodeSelector, Placement
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ class ObjectStore:
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
         self.cache = SegmentCache.from_config(config, account.address, self.counters)
         self.peers = PeerNetwork(config.peers, account, chain) if config.peers.enabled else None
+        #: read_range through one reader shared by all views (`share_reads`), or None
+        self.shared_reader: SegmentReader | None = None
 
     def acting_for(self, owner: str, *, territory: str | None = None,
                    master_key: bytes | None = None) -> ObjectStore:
@@ -890,6 +893,12 @@ class ObjectStore:
         during the call (`_read_stored_range`). A file stored through a processing stage
         is fetched into a spool file and decoded from its start up to `end`."""
         header = await self.stage_of(info)
+        if header is None and self.shared_reader is not None:
+            encrypted = await self.encrypted_layout(info)
+            await self.shared_reader.read_range(
+                self, info, start, min(end, info.file_size),
+                PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE, sink)
+            return
         if header is None:
             await self._read_stored_range(info, start, end, sink)
             return
@@ -954,6 +963,27 @@ class ObjectStore:
         finally:
             for ws in workspaces:
                 ws.release_pages()
+
+    async def plaintext_segment_into(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                                     out: bytearray) -> tuple[int, bool]:
+        """Segment `index`'s plaintext into `out` (DECRYPT_BUFFER_SIZE bytes) as
+        `read_range` reads it: the layout is the file's (`encrypted_layout`), a wrong key
+        is AccessDenied. Returns (length, encrypted); `ws` is scratch."""
+        encrypted = await self.encrypted_layout(info)
+        await self._fetch_decoded(info, index, ws)
+        if encrypted:
+            return await trio.to_thread.run_sync(self._decrypt_segment, info, index, ws, out), True
+        length = self.plain_codec.segment_span(index, info.file_size)[1]
+        await trio.to_thread.run_sync(lambda: out.__setitem__(slice(0, length), ws.segment[:length]))
+        return length, False
+
+    def share_reads(self, memory_segments: int, fetch_slots: int) -> None:
+        """Serve `read_range` of this store and all its views through one SegmentReader:
+        concurrent ranged reads of a segment share one fetch and one decryption, and a
+        few recycled buffers bound the memory (a gateway's downloads)."""
+        self.shared_reader = SegmentReader(self, memory_segments, fetch_slots=fetch_slots,
+                                           idle_buffers=fetch_slots,
+                                           fetch=_plaintext_segment)
 
     def _decrypt_segment(self, info: FileInfo, index: int, ws: SegmentWorkspace, out: bytearray) -> int:
         try:
@@ -1036,6 +1066,11 @@ class ObjectStore:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
         with contextlib.suppress(NotFound):
             await self._chain(self.chain.delete_file, self.owner, fid)
+
+
+async def _plaintext_segment(store: ObjectStore, info: FileInfo, index: int, ws: SegmentWorkspace,
+                             out: bytearray) -> tuple[int, bool]:
+    return await store.plaintext_segment_into(info, index, ws, out)
 
 
 def largest_file(encrypted: bool) -> int:

@@ -3,7 +3,7 @@
 The namespace lives in the local database (fs/db.py) and, per bucket, in an
 encrypted metadata object on CESS (fs/metadata.py). File content is either staged
 (a whole local copy in the workspace, being or waiting to be uploaded) or stored
-(read lazily per segment through fs/reader.py). Writes never touch the network:
+(read lazily per segment through deossfs/reader.py). Writes never touch the network:
 close queues the file in the journal and the uploader (fs/uploader.py) makes it
 durable in the background.
 
@@ -35,9 +35,9 @@ from ..errors import DeossError, classify, cli_message, to_errno
 from ..names import MAX_KEY_BYTES
 from ..processing.encryption import PLAINTEXT_CAPACITY
 from ..processing.layout import charged_space, segment_count
+from ..reader import SegmentReader
 from ..store import ObjectStore, largest_file
 from .db import ROOT_INODE, Database, Row, now_ns
-from .reader import SegmentReader
 from .trash import INLINE_MAX, VIEWS, Trash, root_uid
 
 log = logging.getLogger(__name__)

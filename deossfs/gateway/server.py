@@ -73,6 +73,12 @@ def check_tls_files(cert: Path, key: Path) -> None:
                           hint="both are PEM; the key must be the certificate's, unencrypted") from None
 
 
+#: decoded segments the gateway keeps for the ranged GETs that follow (33 MiB each),
+#: and segments it fetches at once: with their recycled buffers, ~300 MB at most
+READ_MEMORY_SEGMENTS = 3
+READ_FETCHES = 2
+
+
 async def serve_gateway(config: Config, account: Account, chain: ChainClient,
                         listen: str | None = None, *,
                         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -86,6 +92,9 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
         log.warning("gateway.accept_unfresh_messages is on: signed requests can be replayed "
                     "forever, as with DeOSS. Turn it off once clients send fresh Messages.")
     store = ObjectStore(config, account, chain)
+    # downloads of all accounts share decoded segments: S3 clients fetch one object as
+    # many ranged GETs at once, four of them per segment (reader.py says why)
+    store.share_reads(memory_segments=READ_MEMORY_SEGMENTS, fetch_slots=READ_FETCHES)
     engine = GatewayEngine(config, account, chain, store)
     engine.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
     verifier = await trio.to_thread.run_sync(

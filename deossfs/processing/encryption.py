@@ -86,6 +86,9 @@ class SegmentCipher:
             raise InvalidInput("the encryption key must be 32 bytes")
         self._master = master_key
         self._salt_key: bytes | None = None
+        #: names the key without revealing it: decrypted segments kept in memory are
+        #: filed under it, so a reader with another key never gets them
+        self.key_id = hashlib.sha256(b"deossfs key id v1\0" + master_key).digest()[:16]
 
     def _segment_key(self, salt: bytes) -> bytes:
         return HKDF(

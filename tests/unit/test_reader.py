@@ -1,4 +1,4 @@
-"""The mount's segment reader recycles plaintext buffers: concurrent readers of many
+"""The segment reader (the mount's, and the gateway's shared one) recycles plaintext buffers: concurrent readers of many
 segments, with an LRU of one so buffers are evicted and refilled all the time, must
 still get exactly their bytes.
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import trio
 
-from deossfs.fs.reader import _IDLE_BUFFERS, SegmentReader
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
+from deossfs.reader import _IDLE_BUFFERS, SegmentReader
 
 SEGMENTS = 6
 
@@ -29,6 +30,8 @@ class _Info:
 class SegmentFiller:
     """Writes segment `index` as `index` repeated, in a worker thread, in steps, so a
     reader copying from a buffer being refilled would see mixed bytes."""
+
+    cipher = SimpleNamespace(key_id=b"k1")
 
     def __init__(self) -> None:
         self.fetches = 0
@@ -91,3 +94,94 @@ def _segment_starts(start: int, end: int) -> list[int]:
         out.append(boundary)
         boundary += PLAINTEXT_CAPACITY
     return out
+
+
+class KeyedFiller(SegmentFiller):
+    """A store view whose segments read as (index + its key's number): two keys, two
+    plaintexts of one FID, as the gateway's views of two accounts would decrypt them."""
+
+    def __init__(self, number: int, fetches: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.number = number
+        self.cipher = SimpleNamespace(key_id=bytes([number]))
+        self.log = fetches
+
+    async def read_segment_into(self, info: _Info, index: int, ws: object, out: bytearray) -> tuple[int, bool]:
+        self.log.append((self.number, index))
+        await trio.sleep(random.random() * 0.01)
+        out[:PLAINTEXT_CAPACITY] = bytes([index + self.number]) * PLAINTEXT_CAPACITY
+        return PLAINTEXT_CAPACITY, True
+
+
+async def test_concurrent_ranged_reads_share_fetches_and_hold_their_buffers() -> None:
+    """Ten 8 MiB ranges at once (boto3's download_file), with a sink that awaits between
+    pieces: every range gets exactly its bytes although only three segments stay in
+    memory, and each segment is fetched once per key, not once per range."""
+    fetches: list[tuple[int, int]] = []
+    alice, bob = KeyedFiller(1, fetches), KeyedFiller(100, fetches)
+    reader = SegmentReader(alice, memory_segments=3, fetch_slots=2, idle_buffers=2,  # type: ignore[arg-type]
+                           fetch=lambda store, info, index, ws, out: store.read_segment_into(info, index, ws, out))
+    info = _Info("f" * 64, tuple(range(SEGMENTS)))
+    size = SEGMENTS * PLAINTEXT_CAPACITY
+    part = 8 << 20
+    results: dict[tuple[int, int], bytes] = {}
+
+    async def download(store: KeyedFiller, start: int, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            end = min(start + part, size)
+            pieces: list[bytes] = []
+
+            async def sink(view: memoryview) -> None:
+                for offset in range(0, len(view), 1 << 20):  # sent piece by piece
+                    pieces.append(bytes(view[offset:offset + (1 << 20)]))
+                    await trio.sleep(0)
+            await reader.read_range(store, info, start, end, PLAINTEXT_CAPACITY, sink)  # type: ignore[arg-type]
+            results[(store.number, start)] = b"".join(pieces)
+
+    async with trio.open_nursery() as nursery:
+        for store in (alice, bob):
+            limiter = trio.CapacityLimiter(10)
+            for start in range(0, size, part):
+                nursery.start_soon(download, store, start, limiter)
+    for (number, start), data in results.items():
+        end = min(start + part, size)
+        expected = b"".join(bytes([pos // PLAINTEXT_CAPACITY + number])
+                            * (min(end, (pos // PLAINTEXT_CAPACITY + 1) * PLAINTEXT_CAPACITY) - pos)
+                            for pos in _segment_starts(start, end))
+        assert data == expected, (number, start)
+    assert len(results) == 2 * len(range(0, size, part))
+    # each key fetched each segment itself (never the other's plaintext), and ranges
+    # of one segment shared fetches: far fewer than one per range and segment touched
+    for number in (1, 100):
+        mine = [index for who, index in fetches if who == number]
+        assert set(mine) == set(range(SEGMENTS))
+        assert len(mine) < len(range(0, size, part)), mine
+
+
+async def test_a_cancelled_fetch_is_taken_over_by_its_waiter() -> None:
+    """The request that started a segment's fetch goes away (client disconnected): a
+    request waiting for the same segment fetches it itself, and is not cancelled."""
+    fetches: list[tuple[int, int]] = []
+    store = KeyedFiller(1, fetches)
+    reader = SegmentReader(store, memory_segments=2,  # type: ignore[arg-type]
+                           fetch=lambda s, info, index, ws, out: s.read_segment_into(info, index, ws, out))
+    info = _Info("f" * 64, tuple(range(SEGMENTS)))
+    got: list[bytes] = []
+
+    async def sink(view: memoryview) -> None:
+        got.append(bytes(view[:4]))
+
+    first = trio.CancelScope()
+
+    async def leaving() -> None:
+        with first:
+            await reader.read_range(store, info, 0, 4, PLAINTEXT_CAPACITY, sink)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(leaving)
+        await trio.sleep(0)  # the first request owns the fetch now
+        nursery.start_soon(reader.read_range, store, info, 0, 4, PLAINTEXT_CAPACITY, sink)
+        await trio.sleep(0)
+        first.cancel()
+    assert got == [bytes([1]) * 4]
+    assert fetches == [(1, 0), (1, 0)]
