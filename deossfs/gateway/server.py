@@ -112,6 +112,7 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
         async with trio.open_nursery() as nursery:
             await nursery.start(uploads.run)
             await nursery.start(catalogs.run)
+            await nursery.start(s3.planning.run)
             nursery.start_soon(_expire_multipart, multipart, settings.multipart_expiry_days)
             binds: list[str] = await nursery.start(partial(serve, app, hyper, mode="asgi"))
             url = binds[0] if binds else f"http://{hyper.bind[0]}"

@@ -31,6 +31,7 @@ from . import xml
 from .context import S3Call, S3Error, authenticate, error_response
 from .multipart import MultipartStore
 from .objects import ObjectOperations
+from .planning import PartsPlanning
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class S3Api:
         self.keys = keys
         self.catalogs = catalogs
         self.multipart = multipart
+        #: pass 1 of multipart uploads while their parts arrive
+        self.planning = PartsPlanning(engine, multipart)
         self.objects = ObjectOperations(self)
         self.region = engine.config.gateway.region
         self._completion_locks: dict[str, trio.Lock] = {}

@@ -193,8 +193,11 @@ class MultipartStore(DurableJournal):
                               f"part but the last must be at least {MIN_PART_SIZE} bytes.", 400)
         return chosen
 
+    def part_file(self, upload: Upload, part: Part) -> Path:
+        return self.directory / upload.id / part.file
+
     def reader(self, upload: Upload, parts: list[Part]) -> PartsReader:
-        return PartsReader([self.directory / upload.id / p.file for p in parts], [p.size for p in parts])
+        return PartsReader([self.part_file(upload, p) for p in parts], [p.size for p in parts])
 
 
 def multipart_etag(parts: list[Part]) -> str:
@@ -208,11 +211,22 @@ class PartsReader:
     worker threads may share it). `close` releases the files."""
 
     def __init__(self, files: list[Path], sizes: list[int]) -> None:
-        self.fds = [os.open(f, os.O_RDONLY) for f in files]
-        self.sizes = sizes
+        self.fds: list[int] = []
+        self.sizes: list[int] = []
         self.starts = [0]
-        for size in sizes:
-            self.starts.append(self.starts[-1] + size)
+        try:
+            for file, size in zip(files, sizes, strict=True):
+                self.append(file, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def append(self, file: Path, size: int) -> None:
+        """One more part at the end (its file is opened now: a part uploaded again later
+        is a new file, so this one's bytes stay what they were)."""
+        self.fds.append(os.open(file, os.O_RDONLY))
+        self.sizes.append(size)
+        self.starts.append(self.starts[-1] + size)
 
     @property
     def size(self) -> int:

@@ -487,8 +487,9 @@ class ObjectOperations:
                 incoming.unlink(missing_ok=True)
                 raise S3Error("IncompleteBody", "You did not provide the number of bytes "
                               "specified by the Content-Length HTTP header.", 400)
-            await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
-                                          result.size, result.etag)
+            part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number,
+                                                 incoming, result.size, result.etag)
+            self.api.planning.part_recorded(upload, part, self.engine.config.storage.encryption)
         finally:
             reservation.release()
         headers = {"etag": quoted(result.etag)}
@@ -511,6 +512,7 @@ class ObjectOperations:
         md5 = await trio.to_thread.run_sync(_md5_of_file, incoming)
         part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
                                              staged.size, md5)
+        self.api.planning.part_recorded(upload, part, self.engine.config.storage.encryption)
         return Response(xml.document("CopyPartResult", [
             ("LastModified", xml.timestamp(int(part.modified * 1e9))), ("ETag", quoted(part.etag))]),
             media_type="application/xml")
@@ -538,6 +540,7 @@ class ObjectOperations:
 
     async def abort_multipart(self, call: S3Call) -> Response:
         upload = await self._upload(call)
+        self.api.planning.drop(upload.id)
         await trio.to_thread.run_sync(self.api.multipart.remove, upload)
         return Response(status_code=204)
 
@@ -584,6 +587,8 @@ class ObjectOperations:
             store = self.engine.store_for(call.owner)
             fid = None
             if size:
+                # pass 1 of the segments in parts that arrived already is done (planning.py)
+                plan = await self.api.planning.plan_for(upload, parts, size, encrypt)
                 reader = await trio.to_thread.run_sync(self.api.multipart.reader, upload, parts)
                 reservation = self.engine.reserve(call.owner, 0)  # the parts were counted
                 try:
@@ -592,7 +597,7 @@ class ObjectOperations:
                             plan = await store.put(reader, size, call.bucket, target.path,
                                                    encrypt=encrypt, replace_existing=False,
                                                    salt_context=f"multipart:{upload.id}".encode(),
-                                                   status=status)
+                                                   status=status, plan=plan)
                     fid = plan.fid
                 finally:
                     reservation.release()

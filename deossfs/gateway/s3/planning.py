@@ -1,0 +1,163 @@
+"""Pass 1 of a multipart upload while its parts arrive.
+
+A put hashes every segment (pass 1: salts, fragments, the FID) before the storage order
+can be declared, and only then encodes and sends (pass 2). Planned at Complete, pass 1
+of a 1 GiB upload starts after its last part and the client waits for both passes.
+Here the segments are planned as the parts that hold them arrive: parts 1..k recorded
+(in any order) cover k x part-size bytes, and every whole segment in them is planned in
+a worker thread, so at Complete only the last segment or two are left.
+
+What was planned is used only for the bytes Complete names: each planned segment must
+lie within leading parts that are the very part files it was read from (a part uploaded
+again is a new file). Otherwise, or after a restart, or when no planning slot was free
+(each planner holds a 96 MiB workspace), `put` plans the file itself as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ...processing.pipeline import FilePlan
+from .multipart import MultipartStore, Part, PartsReader, Upload
+
+if TYPE_CHECKING:
+    from ...store import ObjectStore
+    from ..engine import GatewayEngine
+
+log = logging.getLogger(__name__)
+
+#: a planner whose upload got no part for this long gives its workspace back
+IDLE_SECONDS = 120.0
+
+
+@dataclass(eq=False)
+class _Planning:
+    upload: Upload
+    store: ObjectStore
+    encrypt: bool
+    #: parts recorded and not yet fed, by number (the latest recording of each)
+    pending: dict[int, Part] = field(default_factory=dict)
+    wake: trio.Event = field(default_factory=trio.Event)
+    #: what Complete names: (parts, total size); set once
+    final: tuple[list[Part], int] | None = None
+    plan: FilePlan | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    #: segments planned before Complete, and how many of them Complete's parts kept
+    planned_early: int = 0
+    kept: int = 0
+
+
+class PartsPlanning:
+    """The planners of the multipart uploads under way (at most `engine.planning_slots`
+    at once, shared with single PUTs planned while their bodies arrive)."""
+
+    def __init__(self, engine: GatewayEngine, multipart: MultipartStore,
+                 idle_seconds: float = IDLE_SECONDS) -> None:
+        self.engine = engine
+        self.multipart = multipart
+        self.idle_seconds = idle_seconds
+        self._plannings: dict[str, _Planning] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def part_recorded(self, upload: Upload, part: Part, encrypt: bool) -> None:
+        """A part is whole and journaled: plan what it completes (in the background)."""
+        planning = self._plannings.get(upload.id)
+        if planning is None:
+            store = self.engine.store_for(upload.owner)
+            if self._nursery is None or store.stage_name:
+                # a processing stage changes the bytes before they are segmented
+                return
+            try:
+                self.engine.planning_slots.acquire_nowait()
+            except trio.WouldBlock:
+                return
+            planning = _Planning(upload, store, encrypt)
+            self._plannings[upload.id] = planning
+            self._nursery.start_soon(self._drive, planning)
+        planning.pending[part.number] = part
+        planning.wake.set()
+
+    def drop(self, upload_id: str) -> None:
+        """The upload was aborted: stop planning it."""
+        planning = self._plannings.pop(upload_id, None)
+        if planning is not None:
+            planning.final = ([], 0)
+            planning.wake.set()
+
+    async def plan_for(self, upload: Upload, parts: list[Part], size: int, encrypt: bool) -> FilePlan | None:
+        """The plan of the object Complete composes of `parts`, or None (put plans it)."""
+        planning = self._plannings.pop(upload.id, None)
+        if planning is None:
+            return None
+        planning.final = (parts, size)
+        planning.wake.set()
+        await planning.done.wait()
+        if planning.plan is None or planning.encrypt != encrypt:
+            return None
+        return planning.plan
+
+    async def _drive(self, planning: _Planning) -> None:
+        upload = planning.upload
+        planner, ws = planning.store.planner(upload.bucket, upload.key, planning.encrypt,
+                                             salt_context=f"multipart:{upload.id}".encode())
+        capacity = planner.codec.capacity
+        fed: list[Part] = []
+        reader = PartsReader([], [])
+        try:
+            # parts recorded before this planner began
+            for part in await trio.to_thread.run_sync(self.multipart.parts, upload):
+                planning.pending.setdefault(part.number, part)
+            while planning.final is None:
+                while (part := planning.pending.pop(len(fed) + 1, None)) is not None:
+                    reader.append(self.multipart.part_file(upload, part), part.size)
+                    fed.append(part)
+                while planning.final is None and reader.size >= planner.planned_bytes + capacity:
+                    await trio.to_thread.run_sync(planner.add, reader, capacity)
+                    planning.planned_early += 1
+                if planning.final is not None:
+                    break
+                with trio.move_on_after(self.idle_seconds) as idle:
+                    await planning.wake.wait()
+                planning.wake = trio.Event()
+                if idle.cancelled_caught:
+                    log.info("multipart upload %s sent no part for %g s: its pass 1 waits for "
+                             "Complete", upload.id, self.idle_seconds)
+                    self._plannings.pop(upload.id, None)
+                    return
+            parts, size = planning.final
+            if not parts:
+                return
+            matched = 0
+            for planned_from, named in zip(fed, parts, strict=False):
+                if planned_from.file != named.file:
+                    break
+                matched += planned_from.size
+            keep = planning.kept = min(len(planner.segments), matched // capacity, size // capacity)
+            del planner.segments[keep:]
+            whole = await trio.to_thread.run_sync(self.multipart.reader, upload, parts)
+            try:
+                while planner.planned_bytes < size:
+                    await trio.to_thread.run_sync(planner.add, whole, min(capacity, size - planner.planned_bytes))
+            finally:
+                whole.close()
+            planning.plan = planner.finish(size)
+            log.debug("multipart upload %s: %d of %d segments planned while its parts arrived",
+                      upload.id, keep, len(planning.plan.segments))
+        except Exception as exc:  # put plans again, and reports it there if it is real
+            log.info("planning multipart upload %s while its parts arrived failed (%s); "
+                     "Complete plans it", upload.id, exc)
+        finally:
+            reader.close()
+            planning.store.workspaces.give(ws)
+            self.engine.planning_slots.release()
+            planning.done.set()
