@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from deossfs.chain.factory import open_chain
 from deossfs.config import load_config
@@ -52,6 +53,28 @@ def get(config: Path, key: str, dest: Path) -> bytes:
 
 
 # ---- reads ---------------------------------------------------------------------------------
+
+
+async def test_a_healthy_read_asks_the_nodes_for_the_data_fragments_only(
+        healthy: Devnet, plain_config: Path, tmp_path: Path) -> None:
+    """With every node answering, a cold read of N segments makes 4 x N fragment requests:
+    parity is fetched only for a fragment that failed or straggles (a reader that fetched
+    parity as soon as one of its four fetches was done read ~75% more than it needed)."""
+    data = os.urandom(4 * PLAINTEXT_CAPACITY - 12_345)  # 4 segments, no zero fragment
+    put(plain_config, data, "data-only.bin", tmp_path)
+
+    def fragment_gets() -> float:
+        return sum(sample.value for metric in REGISTRY.collect()
+                   if metric.name == "deossfs_node_request_seconds"
+                   for sample in metric.samples
+                   if sample.name.endswith("_count") and sample.labels.get("op") == "get")
+
+    before = fragment_gets()
+    async with open_store(plain_config) as store:
+        out = tmp_path / "out.bin"
+        await store.get_file("faults", "data-only.bin", out)
+    assert out.read_bytes() == data
+    assert fragment_gets() - before == 4 * 4
 
 
 @pytest.mark.parametrize("which", ["4 data + 4 parity", "random 8"])
