@@ -76,6 +76,8 @@ class _Plaintext:
     generation: int = 0
     pins: int = 0
     retired: bool = False
+    #: the buffer as a fetch's workspace, for a reader that decodes in place
+    workspace: SegmentWorkspace | None = None
 
     @property
     def view(self) -> memoryview:
@@ -105,14 +107,26 @@ class SegmentReader:
 
     def __init__(self, store: ObjectStore, memory_segments: int = 4, *,
                  fetch_slots: int = _FETCHES, idle_buffers: int = _IDLE_BUFFERS,
-                 fetch: SegmentFetch = stored_segment) -> None:
+                 max_buffers: int | None = None, fetch: SegmentFetch = stored_segment,
+                 in_place: bool = False) -> None:
+        """`max_buffers` caps the plaintext buffers in existence (in the LRU, being
+        filled, pinned by a response, idle): a fetch past it evicts the oldest unpinned
+        segment, or waits for a pin to go. It must exceed `fetch_slots`. `in_place`:
+        `fetch` is given a workspace over the plaintext buffer itself (no scratch
+        workspace per fetch: half the memory)."""
+        self.in_place = in_place
         self.store = store
         # at least one: a fetched segment must stay until its fetcher has copied from it
         self.memory_segments = max(1, memory_segments)
         self.fetch = fetch
         self._lru: OrderedDict[_Key, _Plaintext] = OrderedDict()
         self._fetch_slots = trio.Semaphore(max(1, fetch_slots))
-        self._idle_limit = idle_buffers
+        self._max_buffers = max_buffers
+        if max_buffers is not None and max_buffers <= fetch_slots:
+            raise ValueError("max_buffers must exceed fetch_slots")
+        self._buffers = 0
+        self._buffer_freed = trio.Event()
+        self._idle_limit = idle_buffers if max_buffers is None else max_buffers
         self._idle_workspaces: list[SegmentWorkspace] = []
         self._idle_buffers: list[_Plaintext] = []
         self._flights: dict[_Key, _Flight] = {}
@@ -143,25 +157,56 @@ class SegmentReader:
         once nobody sends from it."""
         plain.generation += 1
         plain.retired = True
-        if not plain.pins and len(self._idle_buffers) < self._idle_limit:
+        if not plain.pins:
+            self._release(plain)
+
+    def _release(self, plain: _Plaintext) -> None:
+        """A retired buffer nobody uses: idle for the next fetch, or dropped."""
+        if len(self._idle_buffers) < self._idle_limit:
             self._idle_buffers.append(plain)
+        else:
+            self._buffers -= 1
+        self._buffer_freed.set()
 
     def _evict(self) -> None:
         while len(self._lru) > self.memory_segments:
             self._retire(self._lru.popitem(last=False)[1])
 
+    async def _take_buffer(self) -> _Plaintext:
+        while True:
+            if self._idle_buffers:
+                return self._idle_buffers.pop()
+            if self._max_buffers is None or self._buffers < self._max_buffers:
+                self._buffers += 1
+                return _Plaintext(bytearray(_BUFFER_SIZE))
+            unpinned = next((key for key, plain in self._lru.items() if not plain.pins), None)
+            if unpinned is not None:
+                self._retire(self._lru.pop(unpinned))
+                continue
+            # every buffer is being filled or sent from: wait for one to come back (all
+            # waiters on one event; each looks again)
+            if self._buffer_freed.is_set():
+                self._buffer_freed = trio.Event()
+            await self._buffer_freed.wait()
+
     async def _fetch(self, store: ObjectStore, info: FileInfo, index: int) -> _Plaintext:
         async with self._fetch_slots:
-            ws = self._idle_workspaces.pop() if self._idle_workspaces else SegmentWorkspace(with_parity=False)
-            plain = self._idle_buffers.pop() if self._idle_buffers else _Plaintext(bytearray(_BUFFER_SIZE))
+            plain = await self._take_buffer()
             plain.retired = False
+            if self.in_place:
+                if plain.workspace is None:
+                    plain.workspace = SegmentWorkspace.over(plain.buffer)
+                ws = plain.workspace
+            else:
+                ws = self._idle_workspaces.pop() if self._idle_workspaces else SegmentWorkspace(with_parity=False)
             try:
                 plain.length, encrypted = await self.fetch(store, info, index, ws, plain.buffer)
             except BaseException:
                 self._retire(plain)
                 raise
             finally:
-                self._idle_workspaces.append(ws)
+                if not self.in_place:
+                    self._idle_workspaces.append(ws)
         self._encrypted[info.fid] = encrypted
         self.fetched_segments += 1
         return plain
@@ -215,9 +260,8 @@ class SegmentReader:
             yield plain.view
         finally:
             plain.pins -= 1
-            if not plain.pins and plain.retired and len(self._idle_buffers) < self._idle_limit \
-                    and plain not in self._idle_buffers:
-                self._idle_buffers.append(plain)
+            if not plain.pins and plain.retired and plain not in self._idle_buffers:
+                self._release(plain)
 
     def prefetch(self, fid: str, index: int, count: int) -> None:
         """Start fetching a segment in the background (read-ahead)."""

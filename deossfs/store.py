@@ -567,8 +567,12 @@ class ObjectStore:
 
         async def send(ws: SegmentWorkspace, index: int) -> None:
             try:
-                await send_segment(self.client, plan.fid, ws.fragments,
-                                   plan.segments[index].fragment_hashes, assignment, failed)
+                # the segment enters the cache while its fragments go out (both only read
+                # the workspace), not before: a cache write held up the next segment
+                async with _nursery() as beside:
+                    beside.start_soon(self.cache.put_segment, plan.fid, index, ws.segment)
+                    await send_segment(self.client, plan.fid, ws.fragments,
+                                       plan.segments[index].fragment_hashes, assignment, failed)
                 for column in assignment:
                     if column not in failed:
                         status.sent[column] += 1
@@ -583,7 +587,6 @@ class ObjectStore:
                     break
                 ws = await free_recv.receive()
                 await trio.to_thread.run_sync(codec.rebuild, ws, read_into, plan, index)
-                await self.cache.put_segment(plan.fid, index, ws.segment)
                 nursery.start_soon(send, ws, index)
         return failed
 
@@ -874,7 +877,7 @@ class ObjectStore:
             async def collect(view: memoryview) -> None:
                 prefix.extend(view)
 
-            await self._read_stored_range(info, 0, min(info.file_size, PROBE_BYTES), collect)
+            await self._read_stored(info, 0, min(info.file_size, PROBE_BYTES), collect)
             header = parse_header(prefix)
             self._remember_stage(info.fid, header)
         if header is not None and self.refuse_processed:
@@ -893,14 +896,8 @@ class ObjectStore:
         during the call (`_read_stored_range`). A file stored through a processing stage
         is fetched into a spool file and decoded from its start up to `end`."""
         header = await self.stage_of(info)
-        if header is None and self.shared_reader is not None:
-            encrypted = await self.encrypted_layout(info)
-            await self.shared_reader.read_range(
-                self, info, start, min(end, info.file_size),
-                PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE, sink)
-            return
         if header is None:
-            await self._read_stored_range(info, start, end, sink)
+            await self._read_stored(info, start, end, sink)
             return
         end = min(end, header.size)
         if start >= end:
@@ -909,6 +906,17 @@ class ObjectStore:
         with self._spooled() as (_, raw):
             await self._stored_into_fd(info, raw)
             await trio.to_thread.run_sync(decode_range, stage, header, raw, start, end, sink)
+
+    async def _read_stored(self, info: FileInfo, start: int, end: int,
+                           sink: Callable[[memoryview], Awaitable[object]]) -> None:
+        """The stored bytes [start, end) to `sink`: through the shared reader if this store
+        has one (`share_reads`), else with workspaces of this call's own."""
+        if self.shared_reader is None:
+            await self._read_stored_range(info, start, end, sink)
+            return
+        encrypted = await self.encrypted_layout(info)
+        await self.shared_reader.read_range(self, info, start, min(end, info.file_size),
+                                            PLAINTEXT_CAPACITY if encrypted else SEGMENT_SIZE, sink)
 
     async def _read_stored_range(self, info: FileInfo, start: int, end: int,
                                  sink: Callable[[memoryview], Awaitable[object]]) -> None:
@@ -964,30 +972,34 @@ class ObjectStore:
             for ws in workspaces:
                 ws.release_pages()
 
-    async def plaintext_segment_into(self, info: FileInfo, index: int, ws: SegmentWorkspace,
-                                     out: bytearray) -> tuple[int, bool]:
-        """Segment `index`'s plaintext into `out` (DECRYPT_BUFFER_SIZE bytes) as
-        `read_range` reads it: the layout is the file's (`encrypted_layout`), a wrong key
-        is AccessDenied. Returns (length, encrypted); `ws` is scratch."""
+    async def plaintext_segment_in_place(self, info: FileInfo, index: int,
+                                         ws: SegmentWorkspace) -> tuple[int, bool]:
+        """Segment `index`'s plaintext at the start of `ws.segment`, as `read_range` reads
+        it: the layout is the file's (`encrypted_layout`), a wrong key is AccessDenied.
+        Returns (length, encrypted)."""
         encrypted = await self.encrypted_layout(info)
         await self._fetch_decoded(info, index, ws)
-        if encrypted:
-            return await trio.to_thread.run_sync(self._decrypt_segment, info, index, ws, out), True
-        length = self.plain_codec.segment_span(index, info.file_size)[1]
-        await trio.to_thread.run_sync(lambda: out.__setitem__(slice(0, length), ws.segment[:length]))
-        return length, False
+        if not encrypted:
+            return self.plain_codec.segment_span(index, info.file_size)[1], False
+        return await trio.to_thread.run_sync(self._decrypt_segment, info, index, ws, None), True
 
     def share_reads(self, memory_segments: int, fetch_slots: int) -> None:
         """Serve `read_range` of this store and all its views through one SegmentReader:
-        concurrent ranged reads of a segment share one fetch and one decryption, and a
-        few recycled buffers bound the memory (a gateway's downloads)."""
+        concurrent ranged reads of a segment share one fetch and one decryption, and
+        memory_segments + fetch_slots recycled buffers bound the memory (a gateway's
+        downloads: however many responses send at once)."""
         self.shared_reader = SegmentReader(self, memory_segments, fetch_slots=fetch_slots,
-                                           idle_buffers=fetch_slots,
-                                           fetch=_plaintext_segment)
+                                           max_buffers=memory_segments + fetch_slots,
+                                           fetch=_plaintext_segment, in_place=True)
 
-    def _decrypt_segment(self, info: FileInfo, index: int, ws: SegmentWorkspace, out: bytearray) -> int:
+    def _decrypt_segment(self, info: FileInfo, index: int, ws: SegmentWorkspace,
+                         out: bytearray | None) -> int:
+        """The plaintext length of segment `index` decrypted into `out` (None: in place)."""
         try:
-            length = self.cipher.decrypt_into(ws.segment, index, out)
+            if out is None:
+                length = self.cipher.decrypt_in_place(ws.segment, index)
+            else:
+                length = self.cipher.decrypt_into(ws.segment, index, out)
         except IntegrityError:
             raise AccessDenied(f"file {info.fid[:16]}… is encrypted under another key",
                                hint="read it with the key (or the Cipher) that stored it") from None
@@ -1070,7 +1082,7 @@ class ObjectStore:
 
 async def _plaintext_segment(store: ObjectStore, info: FileInfo, index: int, ws: SegmentWorkspace,
                              out: bytearray) -> tuple[int, bool]:
-    return await store.plaintext_segment_into(info, index, ws, out)
+    return await store.plaintext_segment_in_place(info, index, ws)  # ws is over `out`
 
 
 def largest_file(encrypted: bool) -> int:

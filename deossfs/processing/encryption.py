@@ -30,6 +30,8 @@ import hashlib
 import hmac
 import os
 import struct
+import threading
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -72,6 +74,17 @@ def _chunk_layout() -> list[tuple[int, int, int]]:
 _CHUNKS = _chunk_layout()
 _ZEROS = bytes(CHUNK_PLAIN)
 _ZEROS_WITH_TAG = bytes(CHUNK_PLAIN + TAG_SIZE)
+
+
+_bounce = threading.local()
+
+
+def _bounce_buffer() -> bytearray:
+    """This thread's buffer for one decrypted chunk (update_into wants slack past it)."""
+    buffer = getattr(_bounce, "buffer", None)
+    if buffer is None:
+        buffer = _bounce.buffer = bytearray(CHUNK_PLAIN + _SLACK)
+    return buffer
 
 
 def _nonce(chunk: int) -> bytes:
@@ -157,6 +170,29 @@ class SegmentCipher:
         `out` must hold DECRYPT_BUFFER_SIZE bytes (the cipher needs a little slack).
         """
         source = memoryview(segment).cast("B")
+        view = memoryview(out).cast("B")
+        if len(view) < DECRYPT_BUFFER_SIZE:
+            raise InvalidInput("decryption buffer too small")
+        return self._decrypt(source, index, lambda _chunk, p_off, _len: view[p_off:], None)
+
+    def decrypt_in_place(self, segment: bytearray | memoryview, index: int) -> int:
+        """decrypt_into with the segment's own buffer as the output: each chunk is
+        decrypted into a small bounce buffer and copied down to its plaintext offset,
+        which lies before the chunks still to be read. Saves a 32 MiB buffer per segment
+        held (a gateway's shared reader); on a failure the buffer holds neither."""
+        view = memoryview(segment).cast("B")
+        bounce = _bounce_buffer()
+
+        def land(_chunk: int, p_off: int, c_len: int) -> None:
+            view[p_off : p_off + c_len] = bounce[:c_len]
+
+        return self._decrypt(view, index, lambda _chunk, _p_off, _len: bounce, land)
+
+    def _decrypt(self, source: memoryview, index: int,
+                 target: Callable[[int, int, int], memoryview | bytearray],
+                 land: Callable[[int, int, int], None] | None) -> int:
+        """Check the header, then authenticate and decrypt each chunk holding plaintext
+        into `target(chunk, plaintext offset, length)`, then `land` it."""
         if len(source) != SEGMENT_SIZE:
             raise IntegrityError("an encrypted segment must be 32 MiB")
         magic, version, stored_index, length, salt = _HEADER.unpack(source[:HEADER_SIZE])
@@ -164,9 +200,6 @@ class SegmentCipher:
             raise IntegrityError("not a deossfs-encrypted segment")
         if stored_index != index or length > PLAINTEXT_CAPACITY:
             raise IntegrityError(f"segment {index} carries a wrong header")
-        view = memoryview(out).cast("B")
-        if len(view) < DECRYPT_BUFFER_SIZE:
-            raise InvalidInput("decryption buffer too small")
         header = bytes(source[:HEADER_SIZE])
         key = algorithms.AES(self._segment_key(salt))
         try:
@@ -176,8 +209,10 @@ class SegmentCipher:
                 tag = bytes(source[c_off + c_len : c_off + c_len + TAG_SIZE])
                 decryptor = Cipher(key, modes.GCM(_nonce(chunk), tag)).decryptor()
                 decryptor.authenticate_additional_data(header)
-                decryptor.update_into(source[c_off : c_off + c_len], view[p_off:])
+                decryptor.update_into(source[c_off : c_off + c_len], target(chunk, p_off, c_len))
                 decryptor.finalize()
+                if land is not None:
+                    land(chunk, p_off, c_len)
         except InvalidTag:
             raise IntegrityError(f"segment {index} failed authentication") from None
         return length

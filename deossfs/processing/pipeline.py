@@ -46,16 +46,32 @@ class SegmentWorkspace:
         shards = TOTAL_SHARDS if with_parity else DATA_SHARDS
         # private: MADV_DONTNEED frees private anonymous pages (they read back as zeros);
         # the default, shared, would keep them in shmem and only unmap them
-        self.buffer = mmap.mmap(-1, shards * FRAGMENT_SIZE, flags=mmap.MAP_PRIVATE)
+        self.buffer: mmap.mmap | None = mmap.mmap(-1, shards * FRAGMENT_SIZE, flags=mmap.MAP_PRIVATE)
         view = memoryview(self.buffer)
         self.segment = view[:SEGMENT_SIZE]
         self.parity_area = view[SEGMENT_SIZE:]
         self.fragments = [view[i * FRAGMENT_SIZE : (i + 1) * FRAGMENT_SIZE] for i in range(shards)]
         self.parity = self.fragments[DATA_SHARDS:]
 
+    @classmethod
+    def over(cls, buffer: bytearray) -> SegmentWorkspace:
+        """A data-only workspace (`with_parity=False`) in a buffer of the caller's: a reader
+        that decrypts in place receives, decodes and decrypts a segment in one buffer."""
+        if len(buffer) < SEGMENT_SIZE:
+            raise ValueError("a workspace needs a whole segment's room")
+        ws = cls.__new__(cls)
+        ws.buffer = None
+        view = memoryview(buffer)
+        ws.segment = view[:SEGMENT_SIZE]
+        ws.parity_area = view[SEGMENT_SIZE:SEGMENT_SIZE]
+        ws.fragments = [view[i * FRAGMENT_SIZE : (i + 1) * FRAGMENT_SIZE] for i in range(DATA_SHARDS)]
+        ws.parity = []
+        return ws
+
     def release_pages(self) -> None:
         """Return the memory to the kernel; the workspace stays usable (it reads as zeros)."""
-        self.buffer.madvise(mmap.MADV_DONTNEED)
+        if self.buffer is not None:  # a buffer of the caller's (`over`) is theirs to free
+            self.buffer.madvise(mmap.MADV_DONTNEED)
 
 
 class WorkspacePool:

@@ -140,6 +140,24 @@ def test_tampered_segment_fails_authentication(workspace: SegmentWorkspace) -> N
         cipher.decrypt(bytes(workspace.segment), 1)
 
 
+@pytest.mark.parametrize("size", [1, 5000, MIB, MIB + 7, 20 * MIB + 3, PLAINTEXT_CAPACITY])
+def test_decrypting_in_place_gives_what_decrypt_into_gives(size: int, workspace: SegmentWorkspace) -> None:
+    """The gateway's reader decrypts in the segment's own buffer (each plaintext chunk
+    lands before ciphertext not yet read); a tampered chunk anywhere is still refused."""
+    cipher = SegmentCipher(os.urandom(32))
+    codec = SegmentCodec(cipher)
+    data = os.urandom(size)
+    codec.load(workspace, bytes_reader(data), 0, size, os.urandom(32))
+    segment = bytearray(workspace.segment)
+    assert cipher.decrypt_in_place(segment, 0) == size
+    assert bytes(segment[:size]) == data == cipher.decrypt(workspace.segment, 0)
+    last_chunk = min(size - 1, PLAINTEXT_CAPACITY - 1) // MIB
+    tampered = bytearray(workspace.segment)
+    tampered[64 + last_chunk * (MIB + 16) + 3] ^= 1  # a byte of the last chunk with plaintext
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_in_place(tampered, 0)
+
+
 def test_same_salt_rebuilds_identical_segment(workspace: SegmentWorkspace) -> None:
     """Pass 2 must recreate exactly what pass 1 hashed."""
     data = os.urandom(3 * MIB)

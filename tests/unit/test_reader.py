@@ -116,11 +116,20 @@ class KeyedFiller(SegmentFiller):
 async def test_concurrent_ranged_reads_share_fetches_and_hold_their_buffers() -> None:
     """Ten 8 MiB ranges at once (boto3's download_file), with a sink that awaits between
     pieces: every range gets exactly its bytes although only three segments stay in
-    memory, and each segment is fetched once per key, not once per range."""
+    memory and five buffers exist, and each segment is fetched once per key, not once per
+    range."""
     fetches: list[tuple[int, int]] = []
     alice, bob = KeyedFiller(1, fetches), KeyedFiller(100, fetches)
-    reader = SegmentReader(alice, memory_segments=3, fetch_slots=2, idle_buffers=2,  # type: ignore[arg-type]
-                           fetch=lambda store, info, index, ws, out: store.read_segment_into(info, index, ws, out))
+    peak = 0
+
+    async def fetch(store: KeyedFiller, info: _Info, index: int, ws: object, out: bytearray) -> tuple[int, bool]:
+        nonlocal peak
+        peak = max(peak, reader._buffers)
+        return await store.read_segment_into(info, index, ws, out)
+
+    # the gateway's settings: buffers capped at LRU + fetches, whatever the responses pin
+    reader = SegmentReader(alice, memory_segments=3, fetch_slots=2, max_buffers=5,  # type: ignore[arg-type]
+                           fetch=fetch)  # type: ignore[arg-type]
     info = _Info("f" * 64, tuple(range(SEGMENTS)))
     size = SEGMENTS * PLAINTEXT_CAPACITY
     part = 8 << 20
@@ -152,6 +161,7 @@ async def test_concurrent_ranged_reads_share_fetches_and_hold_their_buffers() ->
     assert len(results) == 2 * len(range(0, size, part))
     # each key fetched each segment itself (never the other's plaintext), and ranges
     # of one segment shared fetches: far fewer than one per range and segment touched
+    assert 0 < peak <= 5, peak
     for number in (1, 100):
         mine = [index for who, index in fetches if who == number]
         assert set(mine) == set(range(SEGMENTS))
