@@ -151,7 +151,7 @@ class PartsPlanning:
             finally:
                 whole.close()
             planning.plan = planner.finish(size)
-            log.debug("multipart upload %s: %d of %d segments planned while its parts arrived",
+            log.info("multipart upload %s: %d of %d segments planned while its parts arrived",
                       upload.id, keep, len(planning.plan.segments))
         except Exception as exc:  # put plans again, and reports it there if it is real
             log.info("planning multipart upload %s while its parts arrived failed (%s); "
