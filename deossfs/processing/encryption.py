@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import IntegrityError, InvalidInput
-from .layout import MIB, SEGMENT_SIZE
+from .layout import MIB, SEGMENT_SIZE, ensure_zero
 
 MAGIC = b"DSF1"
 VERSION = 1
@@ -58,6 +58,15 @@ _SLACK = 15
 DECRYPT_BUFFER_SIZE = PLAINTEXT_CAPACITY + _SLACK
 
 
+def stored_extent(length: int) -> int:
+    """How many bytes from the start of an encrypted segment holding `length` plaintext
+    bytes can be non-zero: the header and every chunk up to the last with plaintext
+    (chunk 0 always); pure-padding chunks are zeros."""
+    last = min(max(length - 1, 0) // CHUNK_PLAIN, CHUNKS - 1)
+    _, c_off, c_len = _CHUNKS[last]
+    return c_off + c_len + TAG_SIZE
+
+
 def _chunk_layout() -> list[tuple[int, int, int]]:
     """(plaintext offset, ciphertext offset, plaintext length) of each chunk."""
     layout = []
@@ -73,7 +82,6 @@ def _chunk_layout() -> list[tuple[int, int, int]]:
 
 _CHUNKS = _chunk_layout()
 _ZEROS = bytes(CHUNK_PLAIN)
-_ZEROS_WITH_TAG = bytes(CHUNK_PLAIN + TAG_SIZE)
 
 
 _bounce = threading.local()
@@ -148,7 +156,9 @@ class SegmentCipher:
         key = algorithms.AES(self._segment_key(salt))
         for chunk, (p_off, c_off, c_len) in enumerate(_CHUNKS):
             if p_off >= length and chunk:  # pure padding (chunk 0 always authenticates the header)
-                target[c_off : c_off + c_len + TAG_SIZE] = _ZEROS_WITH_TAG[: c_len + TAG_SIZE]
+                # zeros; written only where the buffer holds something else (a fresh
+                # workspace's untouched pages then stay unallocated: small files)
+                ensure_zero(target[c_off : c_off + c_len + TAG_SIZE])
                 continue
             encryptor = Cipher(key, modes.GCM(_nonce(chunk))).encryptor()
             encryptor.authenticate_additional_data(header)

@@ -155,9 +155,15 @@ class ErasureCoder:
 
     # ---- encoding ----------------------------------------------------------
 
-    def encode(self, data: BufferLike, parity: Sequence[BufferLike]) -> None:
-        """Write the 8 parity fragments of `data` (4 x fragment_size bytes) into `parity`."""
+    def encode(self, data: BufferLike, parity: Sequence[BufferLike], extent: int | None = None) -> None:
+        """Write the 8 parity fragments of `data` (4 x fragment_size bytes) into `parity`.
+
+        With `extent`, only the first `extent` bytes of each fragment are computed: the
+        caller knows every data fragment is zero past it, so every parity byte there is
+        zero too (each parity byte combines the data bytes at its own position) and
+        leaves those bytes to the caller."""
         fs = self.fragment_size
+        length = fs if extent is None else min(fs, extent)
         src = _as_array(data, self.segment_size, writable=False, what="data")
         if len(parity) != PARITY_SHARDS:
             raise InvalidInput(f"expected {PARITY_SHARDS} parity buffers, got {len(parity)}")
@@ -166,8 +172,10 @@ class ErasureCoder:
             for i, p in enumerate(parity)
         ]
         base = _address(src)
+        if length <= 0:
+            return
         self._lib.ec_encode_data(
-            fs,
+            length,
             DATA_SHARDS,
             PARITY_SHARDS,
             self._encode_tables.address,

@@ -27,3 +27,18 @@ def segment_count(stored_size: int, capacity: int = SEGMENT_SIZE) -> int:
 def charged_space(segments: int) -> int:
     """Territory space a file of `segments` segments occupies (12 x 8 MiB each)."""
     return segments * SEGMENT_SPACE
+
+
+def ensure_zero(view: memoryview) -> None:
+    """Make `view` all zeros, writing only the 1 MiB blocks that are not: untouched pages
+    of an anonymous mapping read as the shared zero page and stay unallocated, so a
+    small file's segment costs memory for its data, not for 96 MiB of padding."""
+    import numpy as np  # the erasure code loads it anyway
+
+    for start in range(0, len(view), MIB):
+        block = view[start : start + MIB]
+        if np.frombuffer(block, dtype=np.uint8).any():
+            block[:] = _ZERO_MIB[: len(block)]
+
+
+_ZERO_MIB = bytes(MIB)

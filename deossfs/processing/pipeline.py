@@ -20,10 +20,18 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY, SegmentCipher
+from .encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY, SegmentCipher, stored_extent
 from .erasure import get_coder
 from .hashes import merkle_root
-from .layout import DATA_SHARDS, FRAGMENT_SIZE, SEGMENT_SIZE, TOTAL_SHARDS, segment_count
+from .layout import (
+    DATA_SHARDS,
+    FRAGMENT_SIZE,
+    SEGMENT_SIZE,
+    TOTAL_SHARDS,
+    ZERO_FRAGMENT_HASH,
+    ensure_zero,
+    segment_count,
+)
 
 #: read `len(view)` bytes at `offset` into `view`; returns bytes read (short at EOF)
 ReadInto = Callable[[int, memoryview], int]
@@ -141,8 +149,9 @@ class SegmentPlanner:
         ws = self.ws
         salt = self.codec.load_span(ws, read_into, index, index * self.codec.capacity, length,
                                     None, self.salt_context)
-        self.codec.encode(ws)
-        seg_hash, frag_hashes = self.codec.hash_segment(ws)
+        extent = self.codec.stored_extent(length)
+        self.codec.encode(ws, extent)
+        seg_hash, frag_hashes = self.codec.hash_segment(ws, extent)
         self.segments.append(SegmentPlan(index, seg_hash, frag_hashes, salt))
 
     def finish(self, size: int) -> FilePlan:
@@ -215,7 +224,7 @@ class SegmentCodec:
             got = read_into(offset, ws.segment[:length]) if length else 0
             if got != length:
                 raise OSError(f"file shrank while being read (segment {index})")
-            ws.segment[length:] = bytes(SEGMENT_SIZE - length)
+            ensure_zero(ws.segment[length:])
             return None
         scratch = ws.parity_area[:length]
         got = read_into(offset, scratch) if length else 0
@@ -227,15 +236,33 @@ class SegmentCodec:
         self.cipher.encrypt_into(scratch, ws.segment, index, salt)
         return salt
 
-    def encode(self, ws: SegmentWorkspace) -> None:
-        """RS-encode ws.segment into its 8 parity fragments."""
-        self.coder.encode(ws.segment, ws.parity)
+    def stored_extent(self, length: int) -> int:
+        """How many bytes from the start of a stored segment holding `length` plaintext
+        bytes can be non-zero (the rest is padding, zeros in either layout)."""
+        return length if self.cipher is None else stored_extent(length)
+
+    def encode(self, ws: SegmentWorkspace, extent: int = SEGMENT_SIZE) -> None:
+        """RS-encode ws.segment into its 8 parity fragments. With `extent` (ws.segment is
+        zero past it, as `load` leaves it), only each fragment's first `extent` bytes are
+        computed and the parity past them is made zero: a small file's segment then
+        touches a few pages of the 64 MiB parity area, not all of them."""
+        if extent >= FRAGMENT_SIZE:
+            self.coder.encode(ws.segment, ws.parity)
+            return
+        computed = min(FRAGMENT_SIZE, -(-extent // 64) * 64)  # whole vectors for ISA-L
+        self.coder.encode(ws.segment, ws.parity, extent=computed)
+        for fragment in ws.parity:
+            ensure_zero(fragment[computed:])
 
     @staticmethod
-    def hash_segment(ws: SegmentWorkspace) -> tuple[str, tuple[str, ...]]:
-        """The segment hash and the 12 fragment hashes, hashed on both cores."""
+    def hash_segment(ws: SegmentWorkspace, extent: int = SEGMENT_SIZE) -> tuple[str, tuple[str, ...]]:
+        """The segment hash and the 12 fragment hashes, hashed on both cores; data
+        fragments wholly past `extent` are the zero fragment, whose hash is known."""
         buffers: list[memoryview] = [ws.segment, *ws.fragments]
-        digests = list(_HASH_POOL.map(lambda b: hashlib.sha256(b).hexdigest(), buffers))
+        zero = {1 + i for i in range(DATA_SHARDS) if i * FRAGMENT_SIZE >= extent}
+        digests = list(_HASH_POOL.map(
+            lambda n: ZERO_FRAGMENT_HASH if n in zero else hashlib.sha256(buffers[n]).hexdigest(),
+            range(len(buffers))))
         return digests[0], tuple(digests[1:])
 
     def plan(
@@ -258,7 +285,7 @@ class SegmentCodec:
     def rebuild(self, ws: SegmentWorkspace, read_into: ReadInto, plan: FilePlan, index: int) -> None:
         """Pass 2: recreate segment `index` exactly as planned (same salt)."""
         self.load(ws, read_into, index, plan.size, plan.segments[index].salt)
-        self.encode(ws)
+        self.encode(ws, self.stored_extent(self.segment_span(index, plan.size)[1]))
 
     def decode(self, fragments: Mapping[int, bytes | bytearray | memoryview], ws: SegmentWorkspace) -> None:
         """Rebuild ws.segment from any 4 fragments (data ones are copied, not decoded)."""

@@ -12,7 +12,7 @@ from deossfs.errors import IntegrityError
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY, SegmentCipher
 from deossfs.processing.hashes import is_hash, merkle_root
 from deossfs.processing.layout import FRAGMENT_SIZE, MIB, SEGMENT_SIZE, ZERO_FRAGMENT_HASH
-from deossfs.processing.pipeline import SegmentCodec, SegmentWorkspace, bytes_reader
+from deossfs.processing.pipeline import SegmentCodec, SegmentPlanner, SegmentWorkspace, bytes_reader
 
 
 def sha(data: bytes) -> bytes:
@@ -203,3 +203,48 @@ def test_any_four_fragments_decode_a_full_segment() -> None:
     for choice in list(combinations(range(12), 4))[::41]:
         codec.decode({i: fragments[i] for i in choice}, out)
         assert hashlib.sha256(out.segment).hexdigest() == plan.segments[0].hash
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+@pytest.mark.parametrize("size", [1, 100, 4095, MIB - 1, MIB + 1, 3 * MIB + 5, FRAGMENT_SIZE - 1,
+                                  FRAGMENT_SIZE + 1, 20 * MIB, PLAINTEXT_CAPACITY])
+def test_a_small_segment_is_encoded_and_hashed_as_a_full_one(size: int, encrypt: bool) -> None:
+    """Encoding only up to the stored extent gives byte-identical fragments and hashes to
+    encoding all 8 MiB of every fragment, also in a workspace full of an earlier
+    segment's bytes; and a fresh workspace stays almost unallocated for a small one."""
+    codec = SegmentCodec(SegmentCipher(os.urandom(32)) if encrypt else None)
+    size = min(size, codec.capacity)
+    data = os.urandom(size)
+    salt = os.urandom(32)
+    dirty = SegmentWorkspace()
+    dirty.buffer[:] = os.urandom(len(dirty.buffer))  # a big segment's leftovers
+    codec.load(dirty, bytes_reader(data), 0, size, salt)
+    extent = codec.stored_extent(size)
+    codec.encode(dirty, extent)
+    hashes = codec.hash_segment(dirty, extent)
+
+    full = SegmentWorkspace()
+    codec.load(full, bytes_reader(data), 0, size, salt)
+    codec.coder.encode(full.segment, full.parity)  # every byte of every fragment
+    expected = (hashlib.sha256(full.segment).hexdigest(),
+                tuple(hashlib.sha256(f).hexdigest() for f in full.fragments))
+    assert bytes(dirty.buffer) == bytes(full.buffer)
+    assert hashes == expected
+
+
+def test_a_small_encrypted_segment_leaves_a_fresh_workspace_unallocated() -> None:
+    codec = SegmentCodec(SegmentCipher(os.urandom(32)))
+    ws = SegmentWorkspace()
+    data = bytes_reader(os.urandom(100_000))
+    before = resident_anon_mib()
+    SegmentPlanner(codec, ws, b"context").add(data, 100_000)
+    # chunk 0 (1 MiB of ciphertext) and the first MiB of each of the 8 parity fragments;
+    # padding is only read (untouched pages read as the shared zero page, not counted)
+    grown = resident_anon_mib() - before
+    assert grown < 16, grown  # of the workspace's 96 MiB
+
+
+def resident_anon_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(x for x in status if x.startswith("RssAnon:"))
+    return int(line.split()[1]) / 1024
