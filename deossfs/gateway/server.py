@@ -21,6 +21,7 @@ from ..config import Config, parse_listen
 from ..errors import ConfigError
 from ..keys import Account
 from ..store import ObjectStore
+from . import memory
 from .app import build_app
 from .auth import RequestVerifier
 from .console.routes import Console
@@ -77,26 +78,6 @@ def check_tls_files(cert: Path, key: Path) -> None:
 #: and segments it fetches at once (each in its buffer, decrypted in place): ~130 MB
 READ_MEMORY_SEGMENTS = 2
 READ_FETCHES = 2
-#: glibc's malloc arenas (M_ARENA_MAX): by default up to 8 per core, one per busy worker
-#: thread, each keeping the freed MiB-sized blocks of its thread resident. Measured during
-#: boto3 downloads of 512 MiB: 484-535 MB peak RSS with the default, 418-433 with 2
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # from glibc's malloc.h
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """Cap glibc's malloc arenas for threads started from now on (no-op elsewhere)."""
-    import contextlib
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL(name).mallopt(_M_ARENA_MAX, arenas)
-
-
 async def serve_gateway(config: Config, account: Account, chain: ChainClient,
                         listen: str | None = None, *,
                         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -172,7 +153,7 @@ def run_gateway(config: Config, account: Account, chain: ChainClient, listen: st
     """Blocking `serve_gateway` for the CLI: until SIGINT or SIGTERM. Uploads under way are
     resumed from the journal at the next start. Serves the metrics at metrics.listen."""
 
-    limit_malloc_arenas()  # before the metrics thread and trio's worker threads start
+    memory.limit_malloc_arenas()  # before the metrics thread and trio's worker threads start
     if config.metrics.listen:
         metrics.serve(config.metrics.listen)
 

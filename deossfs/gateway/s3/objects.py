@@ -29,6 +29,7 @@ from ...errors import DeossError, InvalidInput, NoSuchKey, cli_message
 from ...processing.layout import charged_space
 from ...processing.pipeline import FilePlan
 from ...store import single_error_nursery
+from .. import memory
 from ..http import StagingFile, StoredFileResponse, body_chunks, parse_range
 from ..uploads import ReceivePlanner, UploadRecord
 from . import xml
@@ -589,6 +590,8 @@ class ObjectOperations:
             if size:
                 # pass 1 of the segments in parts that arrived already is done (planning.py)
                 plan = await self.api.planning.plan_for(upload, parts, size, encrypt)
+                # what receiving the parts left free in the heap, before pass 2's workspaces
+                await trio.to_thread.run_sync(memory.give_back_free_memory)
                 reader = await trio.to_thread.run_sync(self.api.multipart.reader, upload, parts)
                 reservation = self.engine.reserve(call.owner, 0)  # the parts were counted
                 try:
