@@ -9,7 +9,7 @@ APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-v
 APT_PACKAGES_LEAN := gvfs dbus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install system-packages venv devchain run test lint bench clean devnet-down
+.PHONY: install system-packages venv devchain run test lint bench screenshots clean devnet-down
 
 install: system-packages venv
 
@@ -64,6 +64,11 @@ bench: install
 	$(PY) benchmarks/mount.py
 	$(PY) benchmarks/gateway.py
 	$(PY) benchmarks/s3.py
+	$(PY) benchmarks/console.py
+
+# the browser tests, saving their screenshots as docs/console.md's pictures
+screenshots: install
+	DEOSSFS_SCREENSHOTS=$(CURDIR)/docs/console $(PY) -m pytest -q -p no:cacheprovider tests/gateway/test_console.py
 
 clean: devnet-down
 	@! grep -qs " $(abspath $(DEVNET))/mnt " /proc/self/mounts || \

@@ -18,8 +18,11 @@ import httpx
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-#: where the tests save the screenshots docs/console.md shows
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+#: where the tests save their screenshots: a temporary directory, or, with
+#: DEOSSFS_SCREENSHOTS=DIR (`make screenshots`: docs/console), the pictures docs/console.md
+#: shows - a test run does not rewrite files of the checkout
+SCREENSHOTS = Path(os.environ.get("DEOSSFS_SCREENSHOTS")
+                   or Path(tempfile.gettempdir()) / "deossfs-console-screenshots")
 T = TypeVar("T")
 
 
