@@ -75,9 +75,9 @@ def check_tls_files(cert: Path, key: Path) -> None:
 
 
 #: decoded segments the gateway keeps for the ranged GETs that follow (33 MiB each),
-#: and segments it fetches at once (each in its buffer, decrypted in place): ~130 MB
+#: and segments it fetches at once (each in its buffer, decrypted in place): ~160 MB
 READ_MEMORY_SEGMENTS = 2
-READ_FETCHES = 2
+READ_FETCHES = 3
 async def serve_gateway(config: Config, account: Account, chain: ChainClient,
                         listen: str | None = None, *,
                         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
