@@ -30,7 +30,7 @@ import trio
 from .chain.interface import FileInfo
 from .processing.encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY
 from .processing.layout import SEGMENT_SIZE
-from .processing.pipeline import SegmentWorkspace
+from .processing.pipeline import SegmentBuffer, SegmentWorkspace, aligned_buffer
 
 if TYPE_CHECKING:  # the store calls into this module; this one only calls back
     from .store import ObjectStore
@@ -45,19 +45,19 @@ READ_AHEAD_SEGMENTS = 2
 _BUFFER_SIZE = max(SEGMENT_SIZE, DECRYPT_BUFFER_SIZE)
 #: segment fetches in flight at once (each holds a 32 MiB scratch workspace)
 _FETCHES = 3
-#: evicted plaintext buffers kept for the next fetches: a fresh 33 MiB bytearray is
+#: evicted plaintext buffers kept for the next fetches: a fresh 33 MiB buffer is
 #: zero-filled page by page, which cost a sixth of a cold read's CPU
 _IDLE_BUFFERS = _FETCHES
 
 #: (store, info, index, scratch workspace, out) -> (plaintext length, encrypted?)
-SegmentFetch = Callable[["ObjectStore", FileInfo, int, SegmentWorkspace, bytearray],
+SegmentFetch = Callable[["ObjectStore", FileInfo, int, SegmentWorkspace, SegmentBuffer],
                         Awaitable[tuple[int, bool]]]
 #: (key id, fid, segment index)
 _Key = tuple[bytes, str, int]
 
 
 async def stored_segment(store: ObjectStore, info: FileInfo, index: int, ws: SegmentWorkspace,
-                         out: bytearray) -> tuple[int, bool]:
+                         out: SegmentBuffer) -> tuple[int, bool]:
     """The mount's fetch: the stored bytes, whose layout is learnt from the segment."""
     return await store.read_segment_into(info, index, ws, out)
 
@@ -71,7 +71,7 @@ class _Plaintext:
     A pinned buffer (`pins` > 0: a response is sending from it) is refilled only once
     its last pin is gone."""
 
-    buffer: bytearray
+    buffer: SegmentBuffer
     length: int = 0
     generation: int = 0
     pins: int = 0
@@ -178,7 +178,8 @@ class SegmentReader:
                 return self._idle_buffers.pop()
             if self._max_buffers is None or self._buffers < self._max_buffers:
                 self._buffers += 1
-                return _Plaintext(bytearray(_BUFFER_SIZE))
+                # page-aligned: a segment read in place goes to the disk cache as it is
+                return _Plaintext(aligned_buffer(_BUFFER_SIZE))
             unpinned = next((key for key, plain in self._lru.items() if not plain.pins), None)
             if unpinned is not None:
                 self._retire(self._lru.pop(unpinned))

@@ -90,6 +90,7 @@ from .processing.layout import (
 from .processing.pipeline import (
     FilePlan,
     ReadInto,
+    SegmentBuffer,
     SegmentCodec,
     SegmentPlanner,
     SegmentWorkspace,
@@ -719,7 +720,7 @@ class ObjectStore:
     async def _count(self, **deltas: int) -> None:
         await trio.to_thread.run_sync(lambda: self.counters.add(**deltas))
 
-    def codec_for(self, info: FileInfo, segment: memoryview, out: bytearray,
+    def codec_for(self, info: FileInfo, segment: memoryview, out: SegmentBuffer,
                   index: int = 0) -> tuple[SegmentCodec, int | None]:
         """Which layout a file uses: deossfs-encrypted (by its authenticated header) or
         plain. Deciding decrypts `segment` into `out` when it is encrypted, and returns
@@ -993,7 +994,7 @@ class ObjectStore:
                                            fetch=_plaintext_segment, in_place=True)
 
     def _decrypt_segment(self, info: FileInfo, index: int, ws: SegmentWorkspace,
-                         out: bytearray | None) -> int:
+                         out: SegmentBuffer | None) -> int:
         """The plaintext length of segment `index` decrypted into `out` (None: in place)."""
         try:
             if out is None:
@@ -1006,7 +1007,7 @@ class ObjectStore:
         return min(length, self.encrypted_codec.segment_span(index, info.file_size)[1])
 
     async def read_segment_into(self, info: FileInfo, index: int, ws: SegmentWorkspace,
-                                out: bytearray) -> tuple[int, bool]:
+                                out: SegmentBuffer) -> tuple[int, bool]:
         """Segment `index`'s plaintext into `out` (DECRYPT_BUFFER_SIZE or more bytes).
 
         Returns (plaintext length, whether the file is deossfs-encrypted); `ws` is
@@ -1081,7 +1082,7 @@ class ObjectStore:
 
 
 async def _plaintext_segment(store: ObjectStore, info: FileInfo, index: int, ws: SegmentWorkspace,
-                             out: bytearray) -> tuple[int, bool]:
+                             out: SegmentBuffer) -> tuple[int, bool]:
     return await store.plaintext_segment_in_place(info, index, ws)  # ws is over `out`
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
 import os
 import struct
 import threading
@@ -173,7 +174,7 @@ class SegmentCipher:
             target[c_off + c_len : c_off + c_len + TAG_SIZE] = encryptor.tag
 
     def decrypt_into(
-        self, segment: bytes | bytearray | memoryview, index: int, out: bytearray | memoryview
+        self, segment: bytes | bytearray | memoryview, index: int, out: bytearray | memoryview | mmap.mmap
     ) -> int:
         """Authenticate and decrypt a segment into `out`; returns the plaintext length.
 
@@ -185,7 +186,7 @@ class SegmentCipher:
             raise InvalidInput("decryption buffer too small")
         return self._decrypt(source, index, lambda _chunk, p_off, _len: view[p_off:], None)
 
-    def decrypt_in_place(self, segment: bytearray | memoryview, index: int) -> int:
+    def decrypt_in_place(self, segment: bytearray | memoryview | mmap.mmap, index: int) -> int:
         """decrypt_into with the segment's own buffer as the output: each chunk is
         decrypted into a small bounce buffer and copied down to its plaintext offset,
         which lies before the chunks still to be read. Saves a 32 MiB buffer per segment

@@ -39,6 +39,18 @@ ReadInto = Callable[[int, memoryview], int]
 _HASH_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="hash")
 
 
+#: a buffer a segment is decoded into: a bytearray, or a page-aligned mapping
+#: (`aligned_buffer`) whose contents can be written to disk with O_DIRECT as they are
+SegmentBuffer = bytearray | mmap.mmap
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """`size` zero bytes, page-aligned: a segment decoded here goes to the segment cache
+    straight from where it is (directio), where a bytearray's would be copied through a
+    staging buffer first."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
 class SegmentWorkspace:
     """Reusable buffers for one segment: 4 data + 8 parity fragments, 96 MiB.
 
@@ -62,7 +74,7 @@ class SegmentWorkspace:
         self.parity = self.fragments[DATA_SHARDS:]
 
     @classmethod
-    def over(cls, buffer: bytearray) -> SegmentWorkspace:
+    def over(cls, buffer: SegmentBuffer) -> SegmentWorkspace:
         """A data-only workspace (`with_parity=False`) in a buffer of the caller's: a reader
         that decrypts in place receives, decodes and decrypts a segment in one buffer."""
         if len(buffer) < SEGMENT_SIZE:
