@@ -163,7 +163,7 @@ class ObjectOperations:
                 pieces = verifier.feed(chunk) if len(chunk) <= _INLINE_VERIFY else \
                     await trio.to_thread.run_sync(verifier.feed, chunk)
                 for piece in pieces:
-                    staged.write(piece)
+                    await staged.write_async(piece)
             result = verifier.finish()
             staged.close()
         except BaseException:
