@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,9 +43,10 @@ class ConsoleClient:
     """The console over plain HTTP (httpx), signed in like a browser: for what needs no
     script (pages, forms, refusals)."""
 
-    def __init__(self, base: str, verify: object = True) -> None:
+    def __init__(self, base: str, cafile: str | None = None) -> None:
         self.base = base.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, follow_redirects=False, timeout=60, verify=verify)  # type: ignore[arg-type]
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
+        self.http = httpx.Client(base_url=self.base, follow_redirects=False, timeout=60, verify=verify)
 
     def close(self) -> None:
         self.http.close()
@@ -449,8 +451,9 @@ def test_https_with_boto3_and_a_secure_cookie(tls_gateway: GatewayProcess) -> No
     # an unverified certificate is refused by a client that verifies (the default CA store)
     with pytest.raises(httpx.ConnectError):
         httpx.get(tls_gateway.url + "/version")
-    assert httpx.get(tls_gateway.url + "/version", verify=cert).json().startswith("deossfs")
-    client = ConsoleClient(tls_gateway.url, verify=cert)
+    trusting = ssl.create_default_context(cafile=cert)
+    assert httpx.get(tls_gateway.url + "/version", verify=trusting).json().startswith("deossfs")
+    client = ConsoleClient(tls_gateway.url, cafile=cert)
     try:
         answer = client.signin(access.access_key_id, access.secret)
         assert answer.status_code == 303
@@ -491,7 +494,7 @@ def test_https_console_in_the_browser(tls_gateway: GatewayProcess) -> None:
 
 def test_wrong_secret_then_rate_limited(tls_gateway: GatewayProcess) -> None:
     access = create_key(tls_gateway)
-    client = ConsoleClient(tls_gateway.url, verify=str(tls_gateway.cert))  # type: ignore[attr-defined]
+    client = ConsoleClient(tls_gateway.url, cafile=str(tls_gateway.cert))  # type: ignore[attr-defined]
     try:
         answer = client.signin(access.access_key_id, "not the secret")
         assert answer.status_code == 401
