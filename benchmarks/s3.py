@@ -6,8 +6,10 @@
   same random file, both with the segment cache on, the default (goal >= 0.8x);
 - boto3 `download_file` (ranged GETs, 10 threads) against a cold `deossfs get` (segment
   cache and peers off), each read from the storage nodes: the download goes through a
-  second gateway with an empty cache (goal >= 0.8x); then both again with their output
-  in tmpfs (/dev/shm), so that both write their output the same way;
+  second gateway, cold as well (goal >= 0.8x); then both again with their output in
+  tmpfs (/dev/shm), so that both write their output the same way; then both with the
+  segment cache on but empty (the default: each keeps what it reads), output in tmpfs,
+  the download through a third gateway;
 - ListObjectsV2 of a bucket of --objects keys, page by page of 1,000 (goal <= 0.5 s each);
 - the gateways' peak RSS (goal <= 400 MB): the writer's (uploads, listing) and the
   reader's (downloads).
@@ -27,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,6 +56,23 @@ def cli(config: Path, *args: str, cold: bool = True) -> float:
     return time.perf_counter() - start
 
 
+def config_of_its_own(config: Path, work: Path, name: str) -> Path:
+    """A config of the same account as `config`, with a workspace and a 4 GiB cache of its
+    own and peers off (every read comes from the storage nodes, none from the writer's
+    cache), at work/NAME.toml (and work/NAME, a directory for its gateway)."""
+    from deossfs.config import load_config, write_config
+
+    other = load_config(config)
+    other.workspace = work / f"{name}-workspace"
+    other.cache.dir = other.workspace / "cache"
+    other.cache.size = 4 * 1024**3
+    other.peers.enabled = False
+    path = work / f"{name}.toml"
+    write_config(other, path)
+    (work / name).mkdir()
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -63,7 +83,6 @@ def main() -> None:
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
-    from deossfs.config import load_config, write_config
     from deossfs.devnet import devnet_down, devnet_up
 
     work = Path(tempfile.mkdtemp(prefix="deossfs-s3bench-"))
@@ -71,14 +90,10 @@ def main() -> None:
     try:
         devnet_up(work / "net")
         config = work / "net" / "deossfs.toml"
-        # a second config of the same account with a workspace (and cache) of its own
-        reader = load_config(config)
-        reader.workspace = work / "reader-workspace"
-        reader.cache.dir = work / "reader-workspace" / "cache"
-        reader.cache.size = 2 * 1024**3
-        reader_config = work / "reader.toml"
-        write_config(reader, reader_config)
-        (work / "reader").mkdir()
+        # a second config of the same account with a workspace (and cache) of its own (its
+        # gateway runs cold), and a third, whose cache is on: gateway and CLI keep what they read
+        reader_config = config_of_its_own(config, work, "reader")
+        cacher_config = config_of_its_own(config, work, "cacher")
         source = work / "source.bin"
         with open(source, "wb") as handle:
             for _ in range(args.size_mib):
@@ -88,8 +103,12 @@ def main() -> None:
                         "bench"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         writer = Gateway(config, work, cold=False)
         gateways.append(writer)
-        reading = Gateway(reader_config, work / "reader", cold=False)
+        # cold, as the CLI's get it is compared with (an empty cache on would add writing
+        # every segment read into the cache: the third gateway's rows)
+        reading = Gateway(reader_config, work / "reader", cold=True)
         gateways.append(reading)
+        caching = Gateway(cacher_config, work / "cacher", cold=False)
+        gateways.append(caching)
 
         def client(url: str, keys: dict[str, str]):  # noqa: ANN202
             return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
@@ -136,18 +155,28 @@ def main() -> None:
         # the boto3 objects, the downloads the CLI's. On disk, boto3 writes through the
         # page cache (costly on this VM, and the previous run's pages are still being
         # written back), the CLI with O_DIRECT; in tmpfs both pay the same
-        shm_get_runs, shm_download_runs = [], []
         shm = Path("/dev/shm")
-        if shm.is_dir() and shutil.disk_usage(shm).free > 3 * size:
-            for run in range(RUNS):
-                shm_get_runs.append(cli(config, "get", "-q", f"bench/boto3-{run}.bin", str(shm / "deossfs-back.bin")))
+        in_memory = shm.is_dir() and shutil.disk_usage(shm).free > 3 * size
+
+        def gets_into_tmpfs(cli_config: Path, s3_client: Any, cold: bool) -> tuple[list[float], list[float]]:
+            """Interleaved runs of a CLI get (a boto3 object) and a download (a CLI one)."""
+            get_runs, download_runs = [], []
+            for run in range(RUNS if in_memory else 0):
+                get_runs.append(cli(cli_config, "get", "-q", f"bench/boto3-{run}.bin",
+                                    str(shm / "deossfs-back.bin"), cold=cold))
                 (shm / "deossfs-back.bin").unlink()
                 start = time.perf_counter()
-                s3_reader.download_file("bench", f"cli-{run}.bin", str(shm / "deossfs-boto3-back.bin"),
+                s3_client.download_file("bench", f"cli-{run}.bin", str(shm / "deossfs-boto3-back.bin"),
                                         Config=transfer)
-                shm_download_runs.append(time.perf_counter() - start)
+                download_runs.append(time.perf_counter() - start)
                 (shm / "deossfs-boto3-back.bin").unlink()
-        reader_rss = reading.peak_rss()
+            return get_runs, download_runs
+
+        shm_get_runs, shm_download_runs = gets_into_tmpfs(config, s3_reader, cold=True)
+        # with the segment cache on (empty): each object is read once through this cache
+        cached_get_runs, cached_download_runs = gets_into_tmpfs(
+            cacher_config, client(caching.url, caching.create_key(cacher_config)), cold=False)
+        reader_rss = max(reading.peak_rss(), caching.peak_rss())
         put_seconds, upload_seconds = min(put_runs), min(upload_runs)
         get_seconds, download_seconds = min(get_runs), min(download_runs)
 
@@ -187,6 +216,10 @@ def main() -> None:
             shm_get, shm_download = min(shm_get_runs), min(shm_download_runs)
             print(f"{'  ... both writing into tmpfs':<52} {mb / shm_download:>10.1f} "
                   f"{mb / shm_get:>10.1f} {shm_get / shm_download:>7.2f} {'>= 0.8':>8}")
+        if cached_get_runs:
+            cached_get, cached_download = min(cached_get_runs), min(cached_download_runs)
+            print(f"{'  ... both caching what they read, into tmpfs':<52} {mb / cached_download:>10.1f} "
+                  f"{mb / cached_get:>10.1f} {cached_get / cached_download:>7.2f} {'>= 0.8':>8}")
         print(f"{'ListObjectsV2 page of 1,000, slowest (s)':<52} {max(page_times):>10.3f} "
               f"{0.5:>10} {max(page_times) / 0.5:>7.2f} {'<= 1':>8}")
         for name, rss in (("uploads, listing", writer_rss), ("downloads", reader_rss)):
@@ -194,7 +227,8 @@ def main() -> None:
                   f"{rss / 400e6:>7.2f} {'<= 1':>8}")
         print(f"(every run, s: put {fmt(put_runs)}, upload_file {fmt(upload_runs)}, "
               f"get {fmt(get_runs)}, download_file {fmt(download_runs)}; into tmpfs: "
-              f"get {fmt(shm_get_runs)}, download_file {fmt(shm_download_runs)})")
+              f"get {fmt(shm_get_runs)}, download_file {fmt(shm_download_runs)}; caching, into "
+              f"tmpfs: get {fmt(cached_get_runs)}, download_file {fmt(cached_download_runs)})")
         print(f"({args.objects} empty objects put in {create_seconds:.1f} s by 8 threads; "
               f"pages {len(page_times)}, median {sorted(page_times)[len(page_times) // 2]:.3f} s)")
     finally:
