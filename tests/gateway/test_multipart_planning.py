@@ -4,7 +4,8 @@ Real parts: the multipart journal (SQLite) and part files on disk, a real Object
 codec (encryption, RS, hashes). What is checked is the plan Complete gets: it must be the
 plan `put` itself makes of the bytes Complete names (same FID, same segment and fragment
 hashes), however the parts arrived - out of order, one uploaded again after its segment
-was planned, fewer named than sent - and the planning slot must always come back.
+was planned, fewer named than sent - and the planning slot must be held only while a
+segment is being planned.
 The uploads through real S3 clients, stored on real nodes, are in test_s3_api.py and
 test_s3_clients.py.
 """
@@ -130,23 +131,57 @@ async def test_complete_naming_fewer_parts_than_were_sent(tmp_path: Path) -> Non
     assert plan == harness.own_plan(named)
 
 
-async def test_abort_and_idle_uploads_give_the_slot_back(tmp_path: Path) -> None:
+async def test_an_upload_holds_the_slot_only_while_planning(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    first = harness.upload
+    async with trio.open_nursery() as nursery:
+        await nursery.start(harness.planning.run)
+        await harness.send(1, os.urandom(PART))
+        # waiting for more parts, with no whole segment: nothing held
+        await trio.sleep(0.2)
+        assert harness.slots.value == 1
+        parts = [await harness.send(n, os.urandom(PART)) for n in range(1, 8)]  # a segment
+        await harness.wait_planned(1)
+        # planned, and waiting for the next parts: the slot is back for others
+        with trio.fail_after(10):
+            while harness.slots.value == 0:
+                await trio.sleep(0.02)
+        # a second upload is planned meanwhile, while the first one is still open
+        harness.upload = harness.multipart.create(first.owner, "bucket", "second.bin", {})
+        second = [await harness.send(n, os.urandom(PART)) for n in range(1, 8)]
+        await harness.wait_planned(1)
+        assert harness.slots.value == 1
+        plan = await harness.complete(second)
+        assert plan == harness.own_plan(second)
+        # the slot taken by someone else (a single PUT's body arriving): the first upload
+        # plans nothing early meanwhile, and its Complete does not wait for the slot
+        harness.upload = first
+        await harness.slots.acquire()
+        parts += [await harness.send(n, os.urandom(PART)) for n in range(8, 15)]
+        await trio.sleep(0.5)
+        assert harness.planning_state().planned_early == 1
+        with trio.fail_after(30):
+            plan = await harness.complete(parts)
+        harness.slots.release()
+        assert plan == harness.own_plan(parts)
+        nursery.cancel_scope.cancel()
+
+
+async def test_abort_and_idle_uploads_are_no_longer_followed(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(harness.planning.run)
         await harness.send(1, os.urandom(PART))
-        assert harness.slots.value == 0
+        assert harness.planning_state() is not None
         harness.planning.drop(harness.upload.id)
-        with trio.fail_after(10):
-            while harness.slots.value == 0:
-                await trio.sleep(0.02)
-        # a second upload that stops sending parts: its planner gives up after idle_seconds
+        assert harness.planning_state() is None
+        # a second upload that stops sending parts: followed no more after idle_seconds
         harness.upload = harness.multipart.create(harness.upload.owner, "bucket", "idle.bin", {})
         await harness.send(1, os.urandom(PART))
-        assert harness.slots.value == 0
         with trio.fail_after(10):
-            while harness.slots.value == 0:
+            while harness.planning_state() is not None:
                 await trio.sleep(0.05)
         # its Complete plans everything itself
         assert await harness.complete([Part(1, PART, "00" * 16, "x", 0.0)]) is None
+        assert harness.slots.value == 1
         nursery.cancel_scope.cancel()

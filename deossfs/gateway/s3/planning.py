@@ -9,19 +9,27 @@ a worker thread, so at Complete only the last segment or two are left.
 
 What was planned is used only for the bytes Complete names: each planned segment must
 lie within leading parts that are the very part files it was read from (a part uploaded
-again is a new file). Otherwise, or after a restart, or when no planning slot was free
-(each planner holds a 96 MiB workspace), `put` plans the file itself as before.
+again is a new file). Otherwise, or after a restart, `put` plans the file itself as
+before.
+
+Planning a segment takes the gateway's planning slot and a 96 MiB workspace, and gives
+both back as soon as no whole segment is left to plan: an upload waiting for its next
+parts (or a client that went quiet) holds neither, so it never keeps another upload's
+segments - or a single PUT's body - from being planned as they arrive. At most
+MAX_PLANNINGS uploads are followed at once (each keeps its part files open).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
-from ...processing.pipeline import FilePlan
+from ...processing.pipeline import FilePlan, SegmentPlanner
 from .multipart import MultipartStore, Part, PartsReader, Upload
 
 if TYPE_CHECKING:
@@ -30,8 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: a planner whose upload got no part for this long gives its workspace back
+#: an upload that got no part for this long is no longer followed (Complete plans it)
 IDLE_SECONDS = 120.0
+#: multipart uploads followed at once; the others are planned at Complete
+MAX_PLANNINGS = 8
+#: how often an upload with a segment to plan looks for the planning slot while it is taken
+SLOT_POLL_SECONDS = 0.1
 
 
 @dataclass(eq=False)
@@ -52,8 +64,8 @@ class _Planning:
 
 
 class PartsPlanning:
-    """The planners of the multipart uploads under way (at most `engine.planning_slots`
-    at once, shared with single PUTs planned while their bodies arrive)."""
+    """The planners of the multipart uploads under way (planning one segment at a time in
+    `engine.planning_slots`, shared with single PUTs planned while their bodies arrive)."""
 
     def __init__(self, engine: GatewayEngine, multipart: MultipartStore,
                  idle_seconds: float = IDLE_SECONDS) -> None:
@@ -74,12 +86,8 @@ class PartsPlanning:
         planning = self._plannings.get(upload.id)
         if planning is None:
             store = self.engine.store_for(upload.owner)
-            if self._nursery is None or store.stage_name:
+            if self._nursery is None or store.stage_name or len(self._plannings) >= MAX_PLANNINGS:
                 # a processing stage changes the bytes before they are segmented
-                return
-            try:
-                self.engine.planning_slots.acquire_nowait()
-            except trio.WouldBlock:
                 return
             planning = _Planning(upload, store, encrypt)
             self._plannings[upload.id] = planning
@@ -106,10 +114,20 @@ class PartsPlanning:
             return None
         return planning.plan
 
+    @staticmethod
+    @asynccontextmanager
+    async def _workspace(planning: _Planning, planner: SegmentPlanner) -> AsyncIterator[None]:
+        planner.ws = planning.store.workspaces.take()
+        try:
+            yield
+        finally:
+            planning.store.workspaces.give(planner.ws)
+
     async def _drive(self, planning: _Planning) -> None:
         upload = planning.upload
         planner, ws = planning.store.planner(upload.bucket, upload.key, planning.encrypt,
                                              salt_context=f"multipart:{upload.id}".encode())
+        planning.store.workspaces.give(ws)  # taken again with the slot, while there is work
         capacity = planner.codec.capacity
         fed: list[Part] = []
         reader = PartsReader([], [])
@@ -121,15 +139,30 @@ class PartsPlanning:
                 while (part := planning.pending.pop(len(fed) + 1, None)) is not None:
                     reader.append(self.multipart.part_file(upload, part), part.size)
                     fed.append(part)
-                while planning.final is None and reader.size >= planner.planned_bytes + capacity:
-                    await trio.to_thread.run_sync(planner.add, reader, capacity)
-                    planning.planned_early += 1
+                waiting_for_slot = False
+                if planning.final is None and reader.size >= planner.planned_bytes + capacity:
+                    try:
+                        self.engine.planning_slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        # another upload is being planned: look again soon (never block
+                        # here: Complete may come meanwhile, and must not wait for it)
+                        waiting_for_slot = True
+                    else:
+                        try:
+                            async with self._workspace(planning, planner):
+                                while planning.final is None and \
+                                        reader.size >= planner.planned_bytes + capacity:
+                                    await trio.to_thread.run_sync(planner.add, reader, capacity)
+                                    planning.planned_early += 1
+                        finally:
+                            self.engine.planning_slots.release()
+                        continue  # parts may have come meanwhile
                 if planning.final is not None:
                     break
-                with trio.move_on_after(self.idle_seconds) as idle:
+                with trio.move_on_after(SLOT_POLL_SECONDS if waiting_for_slot else self.idle_seconds) as idle:
                     await planning.wake.wait()
                 planning.wake = trio.Event()
-                if idle.cancelled_caught:
+                if idle.cancelled_caught and not waiting_for_slot:
                     log.info("multipart upload %s sent no part for %g s: its pass 1 waits for "
                              "Complete", upload.id, self.idle_seconds)
                     self._plannings.pop(upload.id, None)
@@ -146,8 +179,13 @@ class PartsPlanning:
             del planner.segments[keep:]
             whole = await trio.to_thread.run_sync(self.multipart.reader, upload, parts)
             try:
-                while planner.planned_bytes < size:
-                    await trio.to_thread.run_sync(planner.add, whole, min(capacity, size - planner.planned_bytes))
+                # the rest is planned at once, slot or not: the client waits for it, and a
+                # single PUT's body may hold the slot for as long as it takes to arrive
+                # (put would take a workspace for it anyway)
+                async with self._workspace(planning, planner):
+                    while planner.planned_bytes < size:
+                        await trio.to_thread.run_sync(planner.add, whole,
+                                                      min(capacity, size - planner.planned_bytes))
             finally:
                 whole.close()
             planning.plan = planner.finish(size)
@@ -158,6 +196,4 @@ class PartsPlanning:
                      "Complete plans it", upload.id, exc)
         finally:
             reader.close()
-            planning.store.workspaces.give(ws)
-            self.engine.planning_slots.release()
             planning.done.set()
