@@ -88,6 +88,11 @@ class Exchange:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    @property
+    def body_length(self) -> int | None:
+        """The body's Content-Length; None for a chunked body."""
+        return self._length
+
     # ---- the body ----------------------------------------------------------------
     def read_body(self, consume: Callable[[bytes | bytearray], None], limit: int) -> int:
         """Hand the body to `consume` in pieces (a piece is valid during the call only);

@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: multipart framing around an 8 MiB fragment is a few hundred bytes; allow some slack
 MAX_BODY = FRAGMENT_SIZE + 64 * 1024
+#: the most bytes before a multipart body's first part data (preamble, boundary, headers)
+MAX_PART_HEAD = 16 * 1024
 #: the zero fragment is answered from this block
 _ZERO_CHUNK = bytes(1024 * 1024)
 _RANGE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
@@ -212,7 +214,7 @@ class _UploadSink:
         self.writer: FragmentWriter | None = None
         self._hasher = hashlib.sha256() if fragment_hash == ZERO_FRAGMENT_HASH else None
 
-    def add(self, data: bytes | bytearray, start: int, end: int) -> None:
+    def add(self, data: bytes | bytearray | memoryview, start: int, end: int) -> None:
         self.size += end - start
         if self.size > FRAGMENT_SIZE or end == start:
             return
@@ -292,6 +294,11 @@ class _MultipartReader:
             filename = params.get(b"filename")
             self.filename = filename.decode("latin-1") if filename is not None else None
 
+    @property
+    def in_file_data(self) -> bool:
+        """The `file` part's headers are read: what follows is its data."""
+        return self._in_file
+
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
             self.sink.add(data, start, end)
@@ -302,6 +309,73 @@ class _MultipartReader:
 
     def _end(self) -> None:
         self.ended = True
+
+
+class _CanonicalForm:
+    """A fragment upload read without scanning its 8 MiB for the boundary, when it has the
+    form every CESS client sends: one `file` part, then the closing delimiter.
+
+    python-multipart searches every data byte for the boundary (`bytes.find`: ~8% of a
+    node's CPU). When the Content-Length leaves exactly FRAGMENT_SIZE bytes between the
+    file part's headers and a closing delimiter, those bytes go straight to the sink;
+    the parser still reads the part's headers and the closing delimiter, so a body of
+    any other shape is refused just as before (or parsed as before, when its length
+    says it has another shape). Data holding the boundary itself, which RFC 2046 rules
+    out, is taken as data here; the fragment hash decides whether it is kept.
+    """
+
+    def __init__(self, reader: _MultipartReader, sink: _UploadSink, boundary: bytes,
+                 body_length: int) -> None:
+        self.reader, self.sink = reader, sink
+        self.body_length = body_length
+        self.closing = len(b"\r\n--" + boundary + b"--\r\n")
+        self.position = 0  # body bytes seen
+        self.head = bytearray()  # bytes before the file's data, while looking for its end
+        self.data_end: int | None = None  # where the data ends (canonical) - None: not yet
+        self.parsing = False  # not canonical: everything goes to the parser
+        self.direct_bytes = 0
+
+    def feed(self, piece: bytes | bytearray) -> None:
+        start = self.position
+        self.position += len(piece)
+        if self.parsing:
+            self.reader.feed(piece)
+        elif self.data_end is None:
+            self._look_for_data(piece)
+        else:
+            self._data(piece, start)
+
+    def _look_for_data(self, piece: bytes | bytearray) -> None:
+        self.head += piece
+        blank = self.head.find(b"\r\n\r\n", 0, MAX_PART_HEAD)
+        if blank < 0:
+            if len(self.head) >= MAX_PART_HEAD:
+                self._parse_the_rest()
+            return
+        headers_end = blank + 4
+        self.reader.feed(self.head[:headers_end])
+        if self.reader.in_file_data and self.body_length - headers_end - self.closing == FRAGMENT_SIZE:
+            self.data_end = self.body_length - self.closing
+            rest, self.head = memoryview(self.head)[headers_end:], bytearray()
+            self._data(rest, headers_end)
+        else:
+            self.head = self.head[headers_end:]
+            self._parse_the_rest()
+
+    def _parse_the_rest(self) -> None:
+        self.parsing = True
+        head, self.head = self.head, bytearray()
+        if head:
+            self.reader.feed(head)
+
+    def _data(self, piece: bytes | bytearray | memoryview, start: int) -> None:
+        assert self.data_end is not None
+        split = max(0, min(len(piece), self.data_end - start))
+        if split:
+            self.sink.add(piece, 0, split)
+            self.direct_bytes += split
+        if split < len(piece):
+            self.reader.feed(bytes(memoryview(piece)[split:]))  # the closing delimiter
 
 
 # ---- the node --------------------------------------------------------------------
@@ -532,11 +606,16 @@ class NodeApp:
     ) -> None:
         sink = _UploadSink(self.store, fid, fragment)
         reader = _MultipartReader(boundary, sink) if boundary is not None else None
+        consume: Callable[[bytes | bytearray], None]
+        if reader is None:
+            consume = lambda piece: sink.add(piece, 0, len(piece))  # noqa: E731
+        elif request.body_length is not None:
+            assert boundary is not None
+            consume = _CanonicalForm(reader, sink, boundary, request.body_length).feed
+        else:
+            consume = reader.feed
         try:
-            received = request.read_body(
-                reader.feed if reader is not None else lambda piece: sink.add(piece, 0, len(piece)),
-                MAX_BODY,
-            )
+            received = request.read_body(consume, MAX_BODY)
             if received > MAX_BODY:
                 raise Refusal(413, f"body larger than a fragment ({FRAGMENT_SIZE} bytes)")
             if sink.size > FRAGMENT_SIZE:
