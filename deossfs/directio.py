@@ -136,7 +136,13 @@ class DirectWriter:
         """Append `data` (aligned buffers are written straight from where they are)."""
         view = memoryview(data).cast("B")
         self.size += len(view)
-        if self.direct and not self._staged and is_aligned(view):
+        if self.direct and self._staged % ALIGNMENT == 0 and is_aligned(view):
+            # what is staged ends on a block boundary: write it, then `view` as it is
+            # (a receiver that lands its data aligned after an odd start gets here)
+            if self._staged:
+                assert self._staging is not None
+                staged, self._staged = memoryview(self._staging)[: self._staged], 0
+                self._write(staged)
             self._write(view)
             return
         if not self.direct:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import queue
 import socket
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 RECV_CHUNK = 1024 * 1024
 #: the most a request head may take
 MAX_HEAD = 16 * 1024
+#: a piece of a request body handed to its consumer (the receive buffer itself, or bytes)
+Piece = bytes | bytearray | mmap.mmap | memoryview
 
 
 class ClientGone(Exception):
@@ -56,7 +59,7 @@ class Exchange:
     """One request on a connection, as a handler sees it (blocking; its thread only)."""
 
     def __init__(self, server: ThreadedServer, sock: socket.socket, conn: h11.Connection,
-                 request: h11.Request, client: str, buffer: bytearray) -> None:
+                 request: h11.Request, client: str, buffer: mmap.mmap) -> None:
         self._server = server
         self._sock = sock
         self._conn = conn
@@ -94,11 +97,16 @@ class Exchange:
         return self._length
 
     # ---- the body ----------------------------------------------------------------
-    def read_body(self, consume: Callable[[bytes | bytearray], None], limit: int) -> int:
+    def read_body(self, consume: Callable[[Piece], None], limit: int,
+                  next_size: Callable[[], int] | None = None) -> int:
         """Hand the body to `consume` in pieces (a piece is valid during the call only);
         returns how much of it has been read. More than `limit` bytes: stops, and the
         connection closes after the answer. `ClientGone` if the client leaves mid-body.
-        If `consume` raises, a later call goes on after the piece it was given."""
+        If `consume` raises, a later call goes on after the piece it was given.
+
+        A Content-Length body comes in pieces of RECV_CHUNK, received into a page-aligned
+        buffer, unless `next_size()` asks for a shorter one (a receiver that wants its data
+        to land block-aligned, for O_DIRECT)."""
         if self.body_done:
             return self._consumed
         if self._length is None:
@@ -115,13 +123,11 @@ class Exchange:
         view = memoryview(self._buffer)
         while self._left:
             count = min(len(self._buffer), self._left)
+            if next_size is not None:
+                count = max(1, min(count, next_size()))
             try:
-                if count == len(self._buffer):
-                    got = self._sock.recv_into(view, count, socket.MSG_WAITALL)
-                    piece: bytes | bytearray = self._buffer
-                else:
-                    piece = self._sock.recv(count, socket.MSG_WAITALL)
-                    got = len(piece)
+                got = self._sock.recv_into(view, count, socket.MSG_WAITALL)
+                piece: Piece = self._buffer if count == len(self._buffer) else view[:count]
             except OSError as exc:  # a reset, or SO_RCVTIMEO (EAGAIN)
                 self.stop_reading()
                 raise ClientGone() from exc
@@ -139,7 +145,7 @@ class Exchange:
         if not self._left:
             self.body_done = True
 
-    def _read_chunked(self, consume: Callable[[bytes | bytearray], None], limit: int) -> int:
+    def _read_chunked(self, consume: Callable[[Piece], None], limit: int) -> int:
         conn = self._conn
         while True:
             event = conn.next_event()
@@ -306,7 +312,9 @@ class ThreadedServer:
             self._queue.put((sock, address))
 
     def _work(self) -> None:
-        buffer = bytearray(RECV_CHUNK)  # the worker's receive buffer, for all its connections
+        # the worker's receive buffer, for all its connections; page-aligned, so a
+        # fragment's data received into it can be written with O_DIRECT as it is
+        buffer = mmap.mmap(-1, RECV_CHUNK, flags=mmap.MAP_PRIVATE)
         while (item := self._queue.get()) is not None:
             sock, address = item
             try:
@@ -319,7 +327,7 @@ class ThreadedServer:
                     self._idle_workers += 1
                 self._slots.release()
 
-    def _serve(self, sock: socket.socket, address: tuple, buffer: bytearray) -> None:
+    def _serve(self, sock: socket.socket, address: tuple, buffer: mmap.mmap) -> None:
         client = f"{address[0]}:{address[1]}"
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -339,7 +347,7 @@ class ThreadedServer:
             log.exception("connection from %s failed", client)
 
     def _next_request(self, sock: socket.socket, pending: bytes, client: str,
-                      buffer: bytearray) -> Exchange | None:
+                      buffer: mmap.mmap) -> Exchange | None:
         """The next request's head, parsed; None when the client is done (or misbehaves,
         after a 4xx answer)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)

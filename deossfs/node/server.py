@@ -50,6 +50,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..chain.interface import ChainClient, DealInfo
+from ..directio import ALIGNMENT
 from ..errors import (
     ChainError,
     ChainUnavailable,
@@ -63,7 +64,7 @@ from ..keys import Account
 from ..p2p.signing import ReplayGuard
 from ..processing.hashes import is_hash
 from ..processing.layout import FRAGMENT_SIZE, TOTAL_SHARDS, ZERO_FRAGMENT_HASH
-from .http import ClientGone, Exchange, ThreadedServer
+from .http import RECV_CHUNK, ClientGone, Exchange, Piece, ThreadedServer
 from .store import FragmentStore, FragmentWriter
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class _UploadSink:
         self.writer: FragmentWriter | None = None
         self._hasher = hashlib.sha256() if fragment_hash == ZERO_FRAGMENT_HASH else None
 
-    def add(self, data: bytes | bytearray | memoryview, start: int, end: int) -> None:
+    def add(self, data: Piece, start: int, end: int) -> None:
         self.size += end - start
         if self.size > FRAGMENT_SIZE or end == start:
             return
@@ -225,6 +226,12 @@ class _UploadSink:
         if self.writer is None:
             self.writer = self.store.open_writer(self.fid, self.fragment_hash)
         self.writer.write(view)
+
+    def next_read_size(self) -> int:
+        """How much to receive next so that the data stays block-aligned in the file (an
+        odd start is topped up to a block boundary), and whole receive buffers, landing
+        page-aligned, are written with O_DIRECT as they are."""
+        return (-self.size) % ALIGNMENT or RECV_CHUNK
 
     def hexdigest(self) -> str:
         if self._hasher is not None:
@@ -265,7 +272,9 @@ class _MultipartReader:
             max_size=MAX_BODY,
         )
 
-    def feed(self, chunk: bytes | bytearray) -> None:
+    def feed(self, chunk: Piece) -> None:
+        if not isinstance(chunk, bytes | bytearray):  # the receive buffer: the parser wants bytes' methods
+            chunk = bytes(chunk)
         self.parser.write(chunk)  # type: ignore[arg-type] - it reads any bytes-like with find()
 
     def _part_begin(self) -> None:
@@ -335,7 +344,7 @@ class _CanonicalForm:
         self.parsing = False  # not canonical: everything goes to the parser
         self.direct_bytes = 0
 
-    def feed(self, piece: bytes | bytearray) -> None:
+    def feed(self, piece: Piece) -> None:
         start = self.position
         self.position += len(piece)
         if self.parsing:
@@ -345,7 +354,10 @@ class _CanonicalForm:
         else:
             self._data(piece, start)
 
-    def _look_for_data(self, piece: bytes | bytearray) -> None:
+    def next_read_size(self) -> int:
+        return self.sink.next_read_size() if self.data_end is not None else RECV_CHUNK
+
+    def _look_for_data(self, piece: Piece) -> None:
         self.head += piece
         blank = self.head.find(b"\r\n\r\n", 0, MAX_PART_HEAD)
         if blank < 0:
@@ -368,7 +380,7 @@ class _CanonicalForm:
         if head:
             self.reader.feed(head)
 
-    def _data(self, piece: bytes | bytearray | memoryview, start: int) -> None:
+    def _data(self, piece: Piece, start: int) -> None:
         assert self.data_end is not None
         split = max(0, min(len(piece), self.data_end - start))
         if split:
@@ -606,16 +618,18 @@ class NodeApp:
     ) -> None:
         sink = _UploadSink(self.store, fid, fragment)
         reader = _MultipartReader(boundary, sink) if boundary is not None else None
-        consume: Callable[[bytes | bytearray], None]
+        consume: Callable[[Piece], None]
+        next_size: Callable[[], int] | None = None
         if reader is None:
-            consume = lambda piece: sink.add(piece, 0, len(piece))  # noqa: E731
+            consume, next_size = lambda piece: sink.add(piece, 0, len(piece)), sink.next_read_size  # noqa: E731
         elif request.body_length is not None:
             assert boundary is not None
-            consume = _CanonicalForm(reader, sink, boundary, request.body_length).feed
+            form = _CanonicalForm(reader, sink, boundary, request.body_length)
+            consume, next_size = form.feed, form.next_read_size
         else:
             consume = reader.feed
         try:
-            received = request.read_body(consume, MAX_BODY)
+            received = request.read_body(consume, MAX_BODY, next_size)
             if received > MAX_BODY:
                 raise Refusal(413, f"body larger than a fragment ({FRAGMENT_SIZE} bytes)")
             if sink.size > FRAGMENT_SIZE:

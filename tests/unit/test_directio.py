@@ -53,6 +53,26 @@ def test_mixed_writes_give_the_same_bytes(tmp_path: Path) -> None:
     assert direct_at_start == _has_o_direct(tmp_path)
 
 
+def test_aligned_data_after_a_block_aligned_staged_start_is_written_as_it_is(tmp_path: Path) -> None:
+    """A node receiving a fragment: an odd start (after the multipart head), topped up to
+    a block boundary, then whole aligned buffers - those go straight to the disk."""
+    buffer = mmap.mmap(-1, 1024 * 1024)
+    buffer[:] = os.urandom(len(buffer))
+    start = os.urandom(15000)
+    top_up = os.urandom(ALIGNMENT - len(start) % ALIGNMENT)
+    path = tmp_path / "out.bin"
+    with DirectWriter(path) as writer:
+        writer.write(start)
+        writer.write(top_up)
+        assert writer._staged % ALIGNMENT == 0
+        writer.write(memoryview(buffer))
+        if writer.direct:
+            assert writer._staged == 0, "the aligned buffer was not copied into the staging buffer"
+        writer.write(b"odd end")
+        writer.flush()
+    assert path.read_bytes() == start + top_up + bytes(buffer) + b"odd end"
+
+
 def _has_o_direct(directory: Path) -> bool:
     probe = directory / f"probe-{os.getpid()}"
     try:

@@ -113,3 +113,28 @@ def test_data_holding_the_boundary_is_kept_whole_and_judged_by_its_hash(tmp_path
     body = file_part(bytes(data)) + CLOSE
     size, got, ended, _ = read(tmp_path, body, digest, [MIB], canonical=True)
     assert (size, got, ended) == (FRAGMENT_SIZE, digest, True)
+
+
+def test_reads_are_sized_so_whole_buffers_land_block_aligned_in_the_file(tmp_path: Path) -> None:
+    """As Exchange.read_body asks `next_read_size` before each receive: after the odd
+    start (the bytes that came with the request head), one short read tops the data up to
+    a block boundary; every whole buffer after it starts at a block-aligned file offset."""
+    data = os.urandom(FRAGMENT_SIZE)
+    digest = hashlib.sha256(data).hexdigest()
+    body = file_part(data, filename=digest) + CLOSE
+    store = FragmentStore(tmp_path / "store")
+    sink = _UploadSink(store, FID, digest)
+    form = _CanonicalForm(_MultipartReader(BOUNDARY, sink), sink, BOUNDARY, len(body))
+    early = 15_500  # what a 16 KiB first receive holds besides the request head
+    form.feed(body[:early])
+    position, offsets_of_whole_buffers = early, []
+    while position < len(body):
+        count = min(MIB, len(body) - position, form.next_read_size())
+        if count == MIB:
+            offsets_of_whole_buffers.append(sink.size)
+        form.feed(memoryview(body)[position:position + count])
+        position += count
+    assert sink.size == FRAGMENT_SIZE and sink.hexdigest() == digest
+    assert len(offsets_of_whole_buffers) >= 7
+    assert all(offset % 4096 == 0 for offset in offsets_of_whole_buffers)
+    sink.abort()
