@@ -4,8 +4,8 @@ Real parts: the multipart journal (SQLite) and part files on disk, a real Object
 codec (encryption, RS, hashes). What is checked is the plan Complete gets: it must be the
 plan `put` itself makes of the bytes Complete names (same FID, same segment and fragment
 hashes), however the parts arrived - out of order, one uploaded again after its segment
-was planned, fewer named than sent - and the planning slot must be held only while a
-segment is being planned.
+was planned, fewer named than sent - and the planning slot must be held only while the
+parts keep coming.
 The uploads through real S3 clients, stored on real nodes, are in test_s3_api.py and
 test_s3_clients.py.
 """
@@ -40,7 +40,8 @@ class Harness:
         self.multipart = MultipartStore(tmp_path / "multipart")
         self.slots = trio.Semaphore(1)
         engine = SimpleNamespace(store_for=lambda owner: self.store, planning_slots=self.slots)
-        self.planning = PartsPlanning(engine, self.multipart, idle_seconds=2.0)  # type: ignore[arg-type]
+        self.planning = PartsPlanning(engine, self.multipart, idle_seconds=2.0,  # type: ignore[arg-type]
+                                      pause_seconds=0.3)
         self.encrypt = encrypt
         self.upload: Upload = self.multipart.create(account.address, "bucket", "big.bin", {})
 
@@ -131,7 +132,7 @@ async def test_complete_naming_fewer_parts_than_were_sent(tmp_path: Path) -> Non
     assert plan == harness.own_plan(named)
 
 
-async def test_an_upload_holds_the_slot_only_while_planning(tmp_path: Path) -> None:
+async def test_an_upload_holds_the_slot_only_while_its_parts_keep_coming(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     first = harness.upload
     async with trio.open_nursery() as nursery:
@@ -142,7 +143,7 @@ async def test_an_upload_holds_the_slot_only_while_planning(tmp_path: Path) -> N
         assert harness.slots.value == 1
         parts = [await harness.send(n, os.urandom(PART)) for n in range(1, 8)]  # a segment
         await harness.wait_planned(1)
-        # planned, and waiting for the next parts: the slot is back for others
+        # planned, and no part for pause_seconds: the slot is back for others
         with trio.fail_after(10):
             while harness.slots.value == 0:
                 await trio.sleep(0.02)
@@ -150,9 +151,9 @@ async def test_an_upload_holds_the_slot_only_while_planning(tmp_path: Path) -> N
         harness.upload = harness.multipart.create(first.owner, "bucket", "second.bin", {})
         second = [await harness.send(n, os.urandom(PART)) for n in range(1, 8)]
         await harness.wait_planned(1)
-        assert harness.slots.value == 1
-        plan = await harness.complete(second)
+        plan = await harness.complete(second)  # while its planner holds the slot
         assert plan == harness.own_plan(second)
+        assert harness.slots.value == 1
         # the slot taken by someone else (a single PUT's body arriving): the first upload
         # plans nothing early meanwhile, and its Complete does not wait for the slot
         harness.upload = first

@@ -12,24 +12,24 @@ lie within leading parts that are the very part files it was read from (a part u
 again is a new file). Otherwise, or after a restart, `put` plans the file itself as
 before.
 
-Planning a segment takes the gateway's planning slot and a 96 MiB workspace, and gives
-both back as soon as no whole segment is left to plan: an upload waiting for its next
-parts (or a client that went quiet) holds neither, so it never keeps another upload's
-segments - or a single PUT's body - from being planned as they arrive. At most
-MAX_PLANNINGS uploads are followed at once (each keeps its part files open).
+Planning takes the gateway's planning slot and a 96 MiB workspace, held while the parts
+keep coming and given back once they pause for PAUSE_SECONDS: an upload waiting for its
+client (or one gone quiet) holds neither, so it does not keep other uploads' segments -
+or a single PUT's body - from being planned as they arrive. (Giving them back after
+every segment would cost more: a workspace given back releases its pages, and touching
+96 MiB again takes longer than planning a segment.) Complete never waits for the slot.
+At most MAX_PLANNINGS uploads are followed at once (each keeps its part files open).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
-from ...processing.pipeline import FilePlan, SegmentPlanner
+from ...processing.pipeline import FilePlan, SegmentPlanner, SegmentWorkspace
 from .multipart import MultipartStore, Part, PartsReader, Upload
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ IDLE_SECONDS = 120.0
 MAX_PLANNINGS = 8
 #: how often an upload with a segment to plan looks for the planning slot while it is taken
 SLOT_POLL_SECONDS = 0.1
+#: an upload whose parts stop coming for this long gives the slot and its workspace back
+PAUSE_SECONDS = 2.0
 
 
 @dataclass(eq=False)
@@ -63,15 +65,47 @@ class _Planning:
     kept: int = 0
 
 
+class _Held:
+    """The planning slot and a workspace, held by one upload's planner while its parts keep
+    coming (a workspace given back releases its pages, and touching 96 MiB again costs
+    more than planning a segment on this kind of machine)."""
+
+    def __init__(self, slots: trio.Semaphore, store: ObjectStore, planner: SegmentPlanner) -> None:
+        self.slots, self.store, self.planner = slots, store, planner
+        self.slot = False
+        self.workspace: SegmentWorkspace | None = None
+
+    def take(self) -> bool:
+        """The slot and a workspace, if the slot is free (or held already)."""
+        if not self.slot:
+            try:
+                self.slots.acquire_nowait()
+            except trio.WouldBlock:
+                return False
+            self.slot = True
+        if self.workspace is None:
+            self.workspace = self.planner.ws = self.store.workspaces.take()
+        return True
+
+    def give(self) -> None:
+        if self.workspace is not None:
+            self.store.workspaces.give(self.workspace)
+            self.workspace = None
+        if self.slot:
+            self.slots.release()
+            self.slot = False
+
+
 class PartsPlanning:
     """The planners of the multipart uploads under way (planning one segment at a time in
     `engine.planning_slots`, shared with single PUTs planned while their bodies arrive)."""
 
     def __init__(self, engine: GatewayEngine, multipart: MultipartStore,
-                 idle_seconds: float = IDLE_SECONDS) -> None:
+                 idle_seconds: float = IDLE_SECONDS, pause_seconds: float = PAUSE_SECONDS) -> None:
         self.engine = engine
         self.multipart = multipart
         self.idle_seconds = idle_seconds
+        self.pause_seconds = pause_seconds
         self._plannings: dict[str, _Planning] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -114,20 +148,12 @@ class PartsPlanning:
             return None
         return planning.plan
 
-    @staticmethod
-    @asynccontextmanager
-    async def _workspace(planning: _Planning, planner: SegmentPlanner) -> AsyncIterator[None]:
-        planner.ws = planning.store.workspaces.take()
-        try:
-            yield
-        finally:
-            planning.store.workspaces.give(planner.ws)
-
     async def _drive(self, planning: _Planning) -> None:
         upload = planning.upload
         planner, ws = planning.store.planner(upload.bucket, upload.key, planning.encrypt,
                                              salt_context=f"multipart:{upload.id}".encode())
-        planning.store.workspaces.give(ws)  # taken again with the slot, while there is work
+        planning.store.workspaces.give(ws)  # taken again with the slot, when there is work
+        held = _Held(self.engine.planning_slots, planning.store, planner)
         capacity = planner.codec.capacity
         fed: list[Part] = []
         reader = PartsReader([], [])
@@ -141,32 +167,30 @@ class PartsPlanning:
                     fed.append(part)
                 waiting_for_slot = False
                 if planning.final is None and reader.size >= planner.planned_bytes + capacity:
-                    try:
-                        self.engine.planning_slots.acquire_nowait()
-                    except trio.WouldBlock:
-                        # another upload is being planned: look again soon (never block
-                        # here: Complete may come meanwhile, and must not wait for it)
-                        waiting_for_slot = True
-                    else:
-                        try:
-                            async with self._workspace(planning, planner):
-                                while planning.final is None and \
-                                        reader.size >= planner.planned_bytes + capacity:
-                                    await trio.to_thread.run_sync(planner.add, reader, capacity)
-                                    planning.planned_early += 1
-                        finally:
-                            self.engine.planning_slots.release()
+                    # never block for the slot: Complete may come meanwhile, and must not
+                    # wait for another upload's planning
+                    if held.take():
+                        while planning.final is None and reader.size >= planner.planned_bytes + capacity:
+                            await trio.to_thread.run_sync(planner.add, reader, capacity)
+                            planning.planned_early += 1
                         continue  # parts may have come meanwhile
+                    waiting_for_slot = True
                 if planning.final is not None:
                     break
-                with trio.move_on_after(SLOT_POLL_SECONDS if waiting_for_slot else self.idle_seconds) as idle:
+                timeout = (SLOT_POLL_SECONDS if waiting_for_slot else
+                           self.pause_seconds if held.slot else self.idle_seconds)
+                with trio.move_on_after(timeout) as waited:
                     await planning.wake.wait()
                 planning.wake = trio.Event()
-                if idle.cancelled_caught and not waiting_for_slot:
-                    log.info("multipart upload %s sent no part for %g s: its pass 1 waits for "
-                             "Complete", upload.id, self.idle_seconds)
-                    self._plannings.pop(upload.id, None)
-                    return
+                if not waited.cancelled_caught or waiting_for_slot:
+                    continue
+                if held.slot:  # a pause between parts: others may plan meanwhile
+                    held.give()
+                    continue
+                log.info("multipart upload %s sent no part for %g s: its pass 1 waits for "
+                         "Complete", upload.id, self.idle_seconds)
+                self._plannings.pop(upload.id, None)
+                return
             parts, size = planning.final
             if not parts:
                 return
@@ -182,10 +206,11 @@ class PartsPlanning:
                 # the rest is planned at once, slot or not: the client waits for it, and a
                 # single PUT's body may hold the slot for as long as it takes to arrive
                 # (put would take a workspace for it anyway)
-                async with self._workspace(planning, planner):
-                    while planner.planned_bytes < size:
-                        await trio.to_thread.run_sync(planner.add, whole,
-                                                      min(capacity, size - planner.planned_bytes))
+                if held.workspace is None:
+                    held.workspace = planner.ws = planning.store.workspaces.take()
+                while planner.planned_bytes < size:
+                    await trio.to_thread.run_sync(planner.add, whole,
+                                                  min(capacity, size - planner.planned_bytes))
             finally:
                 whole.close()
             planning.plan = planner.finish(size)
@@ -196,4 +221,5 @@ class PartsPlanning:
                      "Complete plans it", upload.id, exc)
         finally:
             reader.close()
+            held.give()
             planning.done.set()
