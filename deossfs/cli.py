@@ -51,6 +51,15 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def lone_exception(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one member each - what a trio
+    nursery wraps a task's failure in - else `exc` itself: a node that cannot bind its
+    port says so, not "ExceptionGroup"."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def handle_errors(func: Callable) -> Callable:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,13 +68,12 @@ def handle_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
             fail("interrupted", 130)
-        except (DeossError, OSError) as exc:
+        except Exception as caught:  # the promise is one line, never a traceback
             if ctx and ctx.debug:
                 traceback.print_exc()
-            fail(cli_message(exc))
-        except Exception as exc:  # the promise is one line, never a traceback
-            if ctx and ctx.debug:
-                traceback.print_exc()
+            exc = lone_exception(caught)
+            if isinstance(exc, DeossError | OSError):
+                fail(cli_message(exc))
             fail(f"{cli_message(exc)} (run with --debug for details)")
 
     return wrapper

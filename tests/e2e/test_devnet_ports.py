@@ -13,7 +13,7 @@ import pytest
 from deossfs.devnet import node_processes, process_alive, start_node, stop_nodes, wait_ready
 from deossfs.keys import create_key_file
 
-from ..conftest import ROOT, deossfs
+from ..conftest import ROOT, Devnet, deossfs
 
 
 def _up(directory: Path, nodes: int) -> subprocess.Popen:
@@ -100,3 +100,18 @@ def test_a_failed_up_stops_the_nodes_it_started(tmp_path: Path) -> None:
         assert not any(process_alive(n.pid) for n in started if n.pid is not None)  # type: ignore[misc]
     finally:
         _down(tmp_path)
+
+
+def test_a_node_whose_port_is_taken_says_so_in_one_line(devnet: Devnet, tmp_path: Path) -> None:
+    """The bind fails inside the node's nursery: the CLI names the error itself (it used to
+    say only "unexpected error: ExceptionGroup")."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = devnet.cli("node", "--dir", str(tmp_path / "node"), "--host", "127.0.0.1",
+                            "--port", str(port), check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deossfs: error: "), result.stderr
+    assert "Address already in use" in lines[0] and "ExceptionGroup" not in lines[0]
