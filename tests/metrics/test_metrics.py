@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import deossfs
-from deossfs.devnet import NODE_IDLE_SPACE, NodeProcess, stop_node, wait_ready
+from deossfs.devnet import NODE_IDLE_SPACE, NodeProcess, listen_socket_for, stop_node, wait_ready
 from deossfs.gateway_client import GatewayClient
 
 from ..conftest import ROOT, Devnet
@@ -95,16 +95,25 @@ def test_a_storage_node(devnet: Devnet, tmp_path: Path) -> None:
     node = devnet.nodes()[0]
     stop_node(node)
     port = free_port()
+    # as the devnet restarts a node: its port bound here and handed over, a new one if an
+    # outgoing connection took the old one as its ephemeral port meanwhile
+    listener = listen_socket_for(node)
+    node_port = listener.getsockname()[1]
     log = open(node.dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deossfs", "--config", str(devnet.config),
-         "-o", f"metrics.listen=127.0.0.1:{port}", "node", "--dir", str(node.dir),
-         "--host", "127.0.0.1", "--port", str(node.port), "--idle-space", str(NODE_IDLE_SPACE)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
-    log.close()
-    (node.dir / "process.json").write_text(json.dumps({"pid": proc.pid, "port": node.port}))
     try:
-        wait_ready([NodeProcess(node.index, node.dir, proc.pid, node.port)], timeout=60)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deossfs", "--config", str(devnet.config),
+             "-o", f"metrics.listen=127.0.0.1:{port}", "node", "--dir", str(node.dir),
+             "--host", "127.0.0.1", "--port", str(node_port), "--listen-fd", str(listener.fileno()),
+             "--idle-space", str(NODE_IDLE_SPACE)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+            pass_fds=(listener.fileno(),))
+    finally:
+        log.close()
+        listener.close()
+    (node.dir / "process.json").write_text(json.dumps({"pid": proc.pid, "port": node_port}))
+    try:
+        wait_ready([NodeProcess(node.index, node.dir, proc.pid, node_port)], timeout=60)
         before = scrape(port)
         # this node first, so that it takes a column of the file
         config = config_for(devnet, tmp_path, storage={"preferred_nodes": [node_account(node)]})
