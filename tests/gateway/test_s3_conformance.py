@@ -78,6 +78,28 @@ def test_conditional_put(s3, bucket: str) -> None:  # noqa: ANN001
     assert s3.head_object(Bucket=bucket, Key="new")["ContentLength"] == 0
 
 
+def test_conditional_complete(s3, bucket: str) -> None:  # noqa: ANN001
+    etag = s3.put_object(Bucket=bucket, Key="k", Body=b"first")["ETag"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"second")
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0123456789abcdef0123456789abcdef"'}):
+        with pytest.raises(ClientError) as caught:
+            s3.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload, MultipartUpload=parts,
+                                         **condition)
+        assert code(caught.value) == "PreconditionFailed" and status(caught.value) == 412, condition
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"first"  # nothing stored
+    # the upload is still there: completed when the condition holds
+    s3.complete_multipart_upload(Bucket=bucket, Key="k", UploadId=upload, MultipartUpload=parts,
+                                 IfMatch=etag)
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"second"
+    fresh = s3.create_multipart_upload(Bucket=bucket, Key="new")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="new", UploadId=fresh, PartNumber=1, Body=b"x")
+    s3.complete_multipart_upload(Bucket=bucket, Key="new", UploadId=fresh, IfNoneMatch="*",
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object(Bucket=bucket, Key="new")["Body"].read() == b"x"
+
+
 def test_upload_part_copy_range_must_lie_in_the_source(s3, bucket: str) -> None:  # noqa: ANN001
     s3.put_object(Bucket=bucket, Key="src", Body=b"12345")
     upload = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]

@@ -242,9 +242,10 @@ class ObjectOperations:
         return Response(status_code=200, headers=headers)
 
     async def _check_write_conditions(self, call: S3Call) -> None:
-        """A conditional write (If-Match / If-None-Match on PutObject), checked before any
-        byte is taken: 412 when the object's ETag differs or, with `If-None-Match: *`,
-        when it exists; NoSuchKey for If-Match on a key with no object."""
+        """A conditional write (If-Match / If-None-Match on PutObject and
+        CompleteMultipartUpload), checked before any byte is taken or stored: 412 when the
+        object's ETag differs or, with `If-None-Match: *`, when it exists; NoSuchKey for
+        If-Match on a key with no object."""
         if_match, if_none_match = call.header("if-match"), call.header("if-none-match")
         if if_match is None and if_none_match is None:
             return
@@ -562,6 +563,9 @@ class ObjectOperations:
                     raise xml.MalformedXML("each Part needs a PartNumber and an ETag")
                 listed.append((int(number), etag))
             parts = await trio.to_thread.run_sync(self.api.multipart.check_complete, upload, listed)
+            # a conditional Complete (If-None-Match: *, If-Match), checked before the 200
+            # goes out; the upload stays, so the client may complete it otherwise
+            await self._check_write_conditions(call)
         # the parts are right: storing them takes as long as any put, while the answer's
         # status is sent at once and spaces keep the client waiting (as S3 does)
         return CompletionResponse(self._finish_upload(call, upload, parts, lock),
