@@ -42,11 +42,17 @@ _idle: list[mmap.mmap] = []
 _idle_lock = threading.Lock()
 
 
+def aligned_buffer(size: int) -> mmap.mmap:
+    """`size` zero bytes, page-aligned (an anonymous private mapping): data placed here can
+    be written with O_DIRECT as it is, and MADV_DONTNEED gives its pages back."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+
+
 def _take_staging() -> mmap.mmap:
     with _idle_lock:
         if _idle:
             return _idle.pop()
-    return mmap.mmap(-1, STAGING_SIZE, flags=mmap.MAP_PRIVATE)
+    return aligned_buffer(STAGING_SIZE)
 
 
 def _give_staging(buffer: mmap.mmap) -> None:

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from .chain.interface import FileInfo
+from .directio import aligned_buffer
 from .processing.encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY
 from .processing.layout import SEGMENT_SIZE
-from .processing.pipeline import SegmentBuffer, SegmentWorkspace, aligned_buffer
+from .processing.pipeline import SegmentBuffer, SegmentWorkspace
 
 if TYPE_CHECKING:  # the store calls into this module; this one only calls back
     from .store import ObjectStore

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 import h11
 
+from ..directio import aligned_buffer
 from ..metrics import BYTES_IN, BYTES_OUT, REQUESTS, method_label
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class ThreadedServer:
     def _work(self) -> None:
         # the worker's receive buffer, for all its connections; page-aligned, so a
         # fragment's data received into it can be written with O_DIRECT as it is
-        buffer = mmap.mmap(-1, RECV_CHUNK, flags=mmap.MAP_PRIVATE)
+        buffer = aligned_buffer(RECV_CHUNK)
         while (item := self._queue.get()) is not None:
             sock, address = item
             try:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..directio import aligned_buffer
 from .encryption import DECRYPT_BUFFER_SIZE, PLAINTEXT_CAPACITY, SegmentCipher, stored_extent
 from .erasure import get_coder
 from .hashes import merkle_root
@@ -40,15 +41,9 @@ _HASH_POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_
 
 
 #: a buffer a segment is decoded into: a bytearray, or a page-aligned mapping
-#: (`aligned_buffer`) whose contents can be written to disk with O_DIRECT as they are
+#: (`directio.aligned_buffer`), whose contents go to the segment cache with O_DIRECT as
+#: they are where a bytearray's are copied through a staging buffer first
 SegmentBuffer = bytearray | mmap.mmap
-
-
-def aligned_buffer(size: int) -> mmap.mmap:
-    """`size` zero bytes, page-aligned: a segment decoded here goes to the segment cache
-    straight from where it is (directio), where a bytearray's would be copied through a
-    staging buffer first."""
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
 
 
 class SegmentWorkspace:
@@ -66,7 +61,7 @@ class SegmentWorkspace:
         shards = TOTAL_SHARDS if with_parity else DATA_SHARDS
         # private: MADV_DONTNEED frees private anonymous pages (they read back as zeros);
         # the default, shared, would keep them in shmem and only unmap them
-        self.buffer: mmap.mmap | None = mmap.mmap(-1, shards * FRAGMENT_SIZE, flags=mmap.MAP_PRIVATE)
+        self.buffer: mmap.mmap | None = aligned_buffer(shards * FRAGMENT_SIZE)
         view = memoryview(self.buffer)
         self.segment = view[:SEGMENT_SIZE]
         self.parity_area = view[SEGMENT_SIZE:]

@@ -83,9 +83,13 @@ class _Held:
             except trio.WouldBlock:
                 return False
             self.slot = True
+        self.borrow_workspace()
+        return True
+
+    def borrow_workspace(self) -> None:
+        """A workspace for the planner, slot or not (Complete's rest)."""
         if self.workspace is None:
             self.workspace = self.planner.ws = self.store.workspaces.take()
-        return True
 
     def give(self) -> None:
         if self.workspace is not None:
@@ -206,8 +210,7 @@ class PartsPlanning:
                 # the rest is planned at once, slot or not: the client waits for it, and a
                 # single PUT's body may hold the slot for as long as it takes to arrive
                 # (put would take a workspace for it anyway)
-                if held.workspace is None:
-                    held.workspace = planner.ws = planning.store.workspaces.take()
+                held.borrow_workspace()
                 while planner.planned_bytes < size:
                     await trio.to_thread.run_sync(planner.add, whole,
                                                   min(capacity, size - planner.planned_bytes))
