@@ -423,10 +423,20 @@ def put_cmd(obj: Context, no_encrypt: bool, quiet: bool, local: str, target: str
     size = path.stat().st_size
     show = not quiet and sys.stderr.isatty() and size >= 32 * 1024**2
     progress, advance = _progress(size, f"put {key_name}", show)
+
+    async def action(store: Any) -> Any:
+        from .cli_catalog import needs_metadata, put_named
+
+        def upload() -> Any:
+            return store.put_file(path, bucket_name, key_name,
+                                  encrypt=False if no_encrypt else None, progress=advance)
+
+        if needs_metadata(key_name):
+            return await put_named(store, bucket_name, key_name, upload)
+        return await upload()
+
     with progress:
-        plan = _run_store(obj, lambda s: s.put_file(path, bucket_name, key_name,
-                                                    encrypt=False if no_encrypt else None,
-                                                    progress=advance))
+        plan = _run_store(obj, action)
     click.echo(f"{target} stored: fid {plan.fid}, {plan.size} bytes, {len(plan.segments)} segments"
                f"{', encrypted' if plan.encrypted else ''}")
 
@@ -483,7 +493,14 @@ def ls_cmd(obj: Context, target: str | None) -> None:
             click.echo(f"{name}/")
         return
     bucket_name, _, prefix = target.partition("/")
-    for entry in _run_store(obj, lambda s: s.list(bucket_name, prefix)):
+
+    async def action(store: Any) -> Any:
+        from .cli_catalog import named_entries
+
+        # a hashed name is shown as its key, which the prefix is about: list them all
+        return await named_entries(store, bucket_name, await store.list(bucket_name), prefix)
+
+    for entry in _run_store(obj, action):
         click.echo(f"{entry.size:>14}  {entry.fid[:16]}…  {entry.key}")
 
 

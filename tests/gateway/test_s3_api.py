@@ -438,6 +438,46 @@ def test_s3_and_the_cli_share_one_namespace(s3, bucket: str, gateways: Gateways,
     assert info["size"] == len(b"from s3")
 
 
+def test_keys_the_chain_hashes_keep_their_names(s3, bucket: str, gateways: Gateways,  # noqa: ANN001
+                                                tmp_path: Path) -> None:
+    """CESS names a file 3 to 63 bytes long; other keys are declared under a hash that only
+    the bucket's metadata object maps back. A CLI put of such a key publishes it there, so
+    S3 lists it under its key; the CLI lists S3's such keys under theirs too."""
+    source = tmp_path / "cli.txt"
+    source.write_bytes(b"short and deep")
+    short, deep = "ab", "deep/" + "d" * 70 + "/file.txt"
+    for key in (short, deep):
+        gateways.devnet.cli("put", "-q", str(source), f"{bucket}/{key}")
+    # published before the put returned: the CLI's own listing shows the keys at once
+    cli_listed = gateways.devnet.cli("ls", bucket).stdout
+    assert f" {short}\n" in cli_listed and f" {deep}\n" in cli_listed, cli_listed
+    assert "~k" not in cli_listed and ".deossfs" not in cli_listed, cli_listed
+    assert deep in gateways.devnet.cli("ls", f"{bucket}/deep/").stdout
+
+    def s3_keys() -> set[str]:
+        return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+    wait_for(lambda: {short, deep} <= s3_keys(), 10, "the CLI's keys in the S3 listing")
+    assert not any(key.startswith("~k") for key in s3_keys()), s3_keys()
+    assert s3.get_object(Bucket=bucket, Key=deep)["Body"].read() == b"short and deep"
+    # the other way: an S3 key the chain hashes, in `deossfs ls` once the gateway has
+    # saved its metadata object (5 s after the bucket's last change)
+    long_key = "s3/" + "e" * 70
+    s3.put_object(Bucket=bucket, Key="zz/", Body=b"")  # a folder: a directory in the mount
+    s3.put_object(Bucket=bucket, Key=long_key, Body=b"from s3")
+    wait_for(lambda: f" {long_key}\n" in gateways.devnet.cli("ls", bucket).stdout, 60,
+             "the S3 key in the CLI's listing")
+    back = tmp_path / "back.txt"
+    gateways.devnet.cli("get", "-q", f"{bucket}/{long_key}", str(back))
+    assert back.read_bytes() == b"from s3"
+    # a key where the namespace has a folder: refused before a byte is sent, nothing stored
+    refused = gateways.devnet.cli("put", "-q", str(source), f"{bucket}/zz", check=False)
+    assert refused.returncode != 0 and "folder" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 2 and "Traceback" not in refused.stderr
+    assert "zz" not in {line.split()[-1] for line in gateways.devnet.cli("ls", bucket).stdout.splitlines()}
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="zz")["Contents"][0]["Key"] == "zz/"
+
+
 @pytest.mark.mount
 def test_s3_and_the_mount_share_one_namespace(s3, bucket: str, gateways: Gateways,  # noqa: ANN001
                                               tmp_path: Path) -> None:
