@@ -342,7 +342,10 @@ def bucket_create(obj: Context, name: str) -> None:
 @click.pass_obj
 @handle_errors
 def bucket_rm(obj: Context, name: str) -> None:
-    _chain_call(obj, lambda c, a, ch: ch.delete_bucket(a.address, name))
+    """Delete an empty bucket."""
+    from .namespace import delete_bucket
+
+    _run_store(obj, lambda s: delete_bucket(s, name))
     click.echo(f"bucket {name} deleted")
 
 
@@ -425,7 +428,7 @@ def put_cmd(obj: Context, no_encrypt: bool, quiet: bool, local: str, target: str
     progress, advance = _progress(size, f"put {key_name}", show)
 
     async def action(store: Any) -> Any:
-        from .cli_catalog import needs_metadata, put_named
+        from .namespace import needs_metadata, put_named
 
         def upload() -> Any:
             return store.put_file(path, bucket_name, key_name,
@@ -476,9 +479,11 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
 def rm_cmd(obj: Context, target: str) -> None:
     """Delete BUCKET/KEY from the chain."""
     from .names import split_target
+    from .namespace import delete_named, needs_metadata
 
     bucket_name, key_name = split_target(target)
-    _run_store(obj, lambda s: s.delete(bucket_name, key_name))
+    _run_store(obj, lambda s: delete_named(s, bucket_name, key_name) if needs_metadata(key_name)
+               else s.delete(bucket_name, key_name))
     click.echo(f"{target} deleted")
 
 
@@ -495,7 +500,7 @@ def ls_cmd(obj: Context, target: str | None) -> None:
     bucket_name, _, prefix = target.partition("/")
 
     async def action(store: Any) -> Any:
-        from .cli_catalog import named_entries
+        from .namespace import named_entries
 
         # a hashed name is shown as its key, which the prefix is about: list them all
         return await named_entries(store, bucket_name, await store.list(bucket_name), prefix)

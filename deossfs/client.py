@@ -28,6 +28,7 @@ from .chain.interface import Territory
 from .config import Config, load_config
 from .errors import ConfigError, InvalidInput, NotFound
 from .names import split_target
+from .namespace import delete_bucket, delete_named, named_entries, needs_metadata, put_named
 from .processing.pipeline import ReadInto, bytes_reader, file_reader
 from .store import ObjectStore, atomic_output, single_error_nursery
 
@@ -210,8 +211,9 @@ class AsyncClient:
         await self._call(self._chain.create_bucket, self.account, name)
 
     async def delete_bucket(self, name: str) -> None:
-        """Delete an empty bucket."""
-        await self._call(self._chain.delete_bucket, self.account, name)
+        """Delete an empty bucket (NotEmpty while anything is in it; the mount's and the
+        gateway's metadata objects are deleted with it)."""
+        await delete_bucket(self._store, name)
 
     async def buckets(self) -> list[str]:
         return list(await self._call(self._chain.buckets, self.account))
@@ -256,8 +258,13 @@ class AsyncClient:
         bucket, key = split_target(target)
         async with _opened_source(self._store, source) as (read_into, size):
             advance = _ProgressCounter(size, progress)
-            plan = await self._store.put(read_into, size, bucket, key, encrypt=encrypt,
-                                         stage=stage, progress=advance)
+
+            def upload() -> Any:
+                return self._store.put(read_into, size, bucket, key, encrypt=encrypt,
+                                       stage=stage, progress=advance)
+
+            plan = await (put_named(self._store, bucket, key, upload) if needs_metadata(key)
+                          else upload())
             advance.finish()
         return StoredObject(bucket, key, plan.fid, size, len(plan.segments), plan.encrypted)
 
@@ -355,8 +362,8 @@ class AsyncClient:
     async def ls(self, target: str) -> list[ObjectInfo]:
         """The objects of "bucket", or of "bucket/prefix", by key."""
         bucket, _, prefix = target.partition("/")
-        return [ObjectInfo(e.bucket, e.key, e.fid, e.size)
-                for e in await self._store.list(bucket, prefix)]
+        entries = await named_entries(self._store, bucket, await self._store.list(bucket), prefix)
+        return [ObjectInfo(e.bucket, e.key, e.fid, e.size) for e in entries]
 
     async def stat(self, target: str) -> ObjectStat:
         bucket, key = split_target(target)
@@ -381,6 +388,8 @@ class AsyncClient:
     async def rm(self, target: str) -> str:
         """Delete "bucket/key"; returns the FID it named."""
         bucket, key = split_target(target)
+        if needs_metadata(key):
+            return await delete_named(self._store, bucket, key)
         return await self._store.delete(bucket, key)
 
     async def state(self, fid: str) -> FileStatus:

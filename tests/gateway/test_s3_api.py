@@ -476,6 +476,11 @@ def test_keys_the_chain_hashes_keep_their_names(s3, bucket: str, gateways: Gatew
     assert len(refused.stderr.strip().splitlines()) <= 2 and "Traceback" not in refused.stderr
     assert "zz" not in {line.split()[-1] for line in gateways.devnet.cli("ls", bucket).stdout.splitlines()}
     assert s3.list_objects_v2(Bucket=bucket, Prefix="zz")["Contents"][0]["Key"] == "zz/"
+    # a CLI rm takes the key out of the metadata object too: no folder "deep/" stays behind
+    for key in (short, deep):
+        gateways.devnet.cli("rm", f"{bucket}/{key}")
+    wait_for(lambda: not {short, deep, "deep/", "deep/" + "d" * 70 + "/"} & s3_keys(), 40,
+             "the CLI's deletes in the S3 listing")
 
 
 @pytest.mark.mount

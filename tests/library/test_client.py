@@ -66,6 +66,29 @@ def test_put_get_ls_stat_rm(client: deossfs.Client, bucket: str) -> None:
     assert bucket not in client.buckets()
 
 
+def test_keys_the_chain_hashes(client: deossfs.Client, bucket: str, devnet: Devnet) -> None:
+    """Keys under 3 or over 63 bytes are declared under a hash: put publishes them in the
+    bucket's metadata object, so ls (here and in the CLI) shows them as they were given,
+    and the bucket can still be deleted once they are gone."""
+    deep = "deep/" + "d" * 70 + "/leaf.txt"
+    short = client.put(b"short", f"{bucket}/k1")
+    client.put(b"deep", f"{bucket}/{deep}")
+    assert [o.key for o in client.ls(bucket)] == ["deep/" + "d" * 70 + "/leaf.txt", "k1"]
+    assert [o.key for o in client.ls(f"{bucket}/deep/")] == [deep]
+    assert [(o.fid, o.size) for o in client.ls(f"{bucket}/k")] == [(short.fid, 5)]
+    assert client.get(f"{bucket}/{deep}") == b"deep"
+    listed = cli("ls", bucket, config=devnet.config).stdout
+    assert f" {deep}\n" in listed and " k1\n" in listed and "~k" not in listed, listed
+    with pytest.raises(deossfs.DeossError, match="not empty"):
+        client.delete_bucket(bucket)
+    client.rm(f"{bucket}/k1")
+    client.rm(f"{bucket}/{deep}")
+    assert client.ls(bucket) == []
+    # the metadata object left behind is deossfs' own: it goes with the bucket
+    client.delete_bucket(bucket)
+    assert bucket not in client.buckets()
+
+
 def test_every_kind_of_source(client: deossfs.Client, bucket: str, tmp_path: Path) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(BIG)
