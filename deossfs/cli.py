@@ -428,18 +428,22 @@ def put_cmd(obj: Context, no_encrypt: bool, quiet: bool, local: str, target: str
     progress, advance = _progress(size, f"put {key_name}", show)
 
     async def action(store: Any) -> Any:
-        from .namespace import needs_metadata, put_named
+        from .namespace import put_empty, put_object
 
         def upload() -> Any:
             return store.put_file(path, bucket_name, key_name,
                                   encrypt=False if no_encrypt else None, progress=advance)
 
-        if needs_metadata(key_name):
-            return await put_named(store, bucket_name, key_name, upload)
-        return await upload()
+        if size == 0:
+            return await put_empty(store, bucket_name, key_name)
+        return await put_object(store, bucket_name, key_name, upload)
 
     with progress:
         plan = _run_store(obj, action)
+    if plan is None:
+        click.echo(f"{target} stored: 0 bytes, in the bucket's metadata object "
+                   "(CESS stores no empty files)")
+        return
     click.echo(f"{target} stored: fid {plan.fid}, {plan.size} bytes, {len(plan.segments)} segments"
                f"{', encrypted' if plan.encrypted else ''}")
 
@@ -462,7 +466,18 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
         fail(f"directory {dest.resolve().parent} does not exist")
 
     async def action(store: Any) -> Any:
-        entry = await store.lookup(bucket_name, key_name)
+        from .errors import NotFound
+        from .namespace import empty_object
+        from .store import ObjectEntry, atomic_output
+
+        try:
+            entry = await store.lookup(bucket_name, key_name)
+        except NotFound:
+            if not await empty_object(store, bucket_name, key_name):
+                raise
+            async with atomic_output(dest):
+                pass  # an object of zero bytes: an empty file
+            return ObjectEntry(bucket_name, key_name, "", 0)
         show = not quiet and sys.stderr.isatty() and entry.size >= 32 * 1024**2
         progress, advance = _progress(entry.size, f"get {key_name}", show)
         with progress:
@@ -479,11 +494,22 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
 def rm_cmd(obj: Context, target: str) -> None:
     """Delete BUCKET/KEY from the chain."""
     from .names import split_target
-    from .namespace import delete_named, needs_metadata
+    from .namespace import delete_empty, delete_named, needs_metadata
 
     bucket_name, key_name = split_target(target)
-    _run_store(obj, lambda s: delete_named(s, bucket_name, key_name) if needs_metadata(key_name)
-               else s.delete(bucket_name, key_name))
+
+    async def action(store: Any) -> Any:
+        from .errors import NotFound
+
+        if needs_metadata(key_name):
+            return await delete_named(store, bucket_name, key_name)
+        try:
+            return await store.delete(bucket_name, key_name)
+        except NotFound:
+            if not await delete_empty(store, bucket_name, key_name):
+                raise
+
+    _run_store(obj, action)
     click.echo(f"{target} deleted")
 
 
@@ -506,7 +532,8 @@ def ls_cmd(obj: Context, target: str | None) -> None:
         return await named_entries(store, bucket_name, await store.list(bucket_name), prefix)
 
     for entry in _run_store(obj, action):
-        click.echo(f"{entry.size:>14}  {entry.fid[:16]}…  {entry.key}")
+        fid = f"{entry.fid[:16]}…" if entry.fid else "-" + " " * 16  # zero bytes: no FID
+        click.echo(f"{entry.size:>14}  {fid}  {entry.key}")
 
 
 @main.command("stat")
@@ -521,9 +548,15 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
     bucket_name, key_name = split_target(target)
 
     async def action(store: Any) -> Any:
-        from .errors import DeossError
+        from .errors import DeossError, NotFound
+        from .namespace import empty_object
 
-        entry = await store.lookup(bucket_name, key_name)
+        try:
+            entry = await store.lookup(bucket_name, key_name)
+        except NotFound:
+            if not await empty_object(store, bucket_name, key_name):
+                raise
+            return None
         info = await store.file_info(entry.fid)
         try:
             header = await store.stage_of(info)
@@ -531,7 +564,17 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
             header = None
         return entry, info, await store.endpoints(), header
 
-    entry, info, endpoints, header = _run_store(obj, action)
+    found = _run_store(obj, action)
+    if found is None:  # zero bytes: nothing on the chain
+        if as_json:
+            click.echo(json.dumps({"bucket": bucket_name, "key": key_name, "fid": None, "size": 0,
+                                   "stored_size": 0, "stage": None, "state": "empty",
+                                   "completion": None, "segments": []}, indent=2))
+        else:
+            click.echo(f"{target}\n  size   0\n  state  empty: kept in the bucket's metadata "
+                       "object (CESS stores no empty files)")
+        return
+    entry, info, endpoints, header = found
     data = {
         "bucket": bucket_name, "key": key_name, "fid": info.fid,
         "size": info.file_size if header is None else header.size, "stored_size": info.file_size,

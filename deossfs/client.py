@@ -28,9 +28,18 @@ from .chain.interface import Territory
 from .config import Config, load_config
 from .errors import ConfigError, InvalidInput, NotFound
 from .names import split_target
-from .namespace import delete_bucket, delete_named, named_entries, needs_metadata, put_named
+from .namespace import (
+    delete_bucket,
+    delete_empty,
+    delete_named,
+    empty_object,
+    named_entries,
+    needs_metadata,
+    put_empty,
+    put_object,
+)
 from .processing.pipeline import ReadInto, bytes_reader, file_reader
-from .store import ObjectStore, atomic_output, single_error_nursery
+from .store import ObjectEntry, ObjectStore, atomic_output, single_error_nursery
 
 #: what `put` takes: a path, bytes, a binary file object, or an iterator of bytes
 Source = (str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
@@ -75,7 +84,8 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """What `put` stored."""
+    """What `put` stored. An object of zero bytes has no FID ("") and no segments: CESS
+    stores no empty file, so it lives in the bucket's metadata object, as in the mount."""
 
     bucket: str
     key: str
@@ -105,7 +115,8 @@ class SegmentStat:
 
 @dataclass(frozen=True)
 class ObjectStat:
-    """Everything the chain (and the file's first bytes) say of one object."""
+    """Everything the chain (and the file's first bytes) say of one object. One of zero
+    bytes is on no chain: FID "", state "empty", no segments."""
 
     bucket: str
     key: str
@@ -258,13 +269,15 @@ class AsyncClient:
         bucket, key = split_target(target)
         async with _opened_source(self._store, source) as (read_into, size):
             advance = _ProgressCounter(size, progress)
+            if size == 0:
+                await put_empty(self._store, bucket, key)
+                return StoredObject(bucket, key, "", 0, 0, False)
 
             def upload() -> Any:
                 return self._store.put(read_into, size, bucket, key, encrypt=encrypt,
                                        stage=stage, progress=advance)
 
-            plan = await (put_named(self._store, bucket, key, upload) if needs_metadata(key)
-                          else upload())
+            plan = await put_object(self._store, bucket, key, upload)
             advance.finish()
         return StoredObject(bucket, key, plan.fid, size, len(plan.segments), plan.encrypted)
 
@@ -284,7 +297,12 @@ class AsyncClient:
         # a processed file's bytes are counted as fetched (stored): kept within the total
         advance = _ProgressCounter(total, progress)
         result: bytes | Path | int
-        if dest is None:
+        if info is None:  # an object of zero bytes
+            if isinstance(dest, str | os.PathLike):
+                result = await self._get_to_path(info, Path(dest), 0, 0, advance)
+            else:
+                result = b"" if dest is None else 0
+        elif dest is None:
             out = bytearray()
 
             async def collect(view: memoryview) -> None:
@@ -311,7 +329,9 @@ class AsyncClient:
         if not dest.parent.is_dir():
             raise NotFound(f"directory {dest.parent} does not exist")
         async with atomic_output(dest) as fd:
-            if start == 0 and stop == await self._store.logical_size(info):
+            if info is None:
+                pass  # an object of zero bytes
+            elif start == 0 and stop == await self._store.logical_size(info):
                 await self._store.read_into_fd(info, fd, advance)
             else:
                 async def write(view: memoryview) -> None:
@@ -342,7 +362,8 @@ class AsyncClient:
                     await send.send(bytes(view))
 
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self._store.read_range(info, start, stop, forward)
+                    if info is not None:  # None: an object of zero bytes
+                        await self._store.read_range(info, start, stop, forward)
 
         async with single_error_nursery() as nursery:
             nursery.start_soon(produce)
@@ -353,9 +374,11 @@ class AsyncClient:
                 nursery.cancel_scope.cancel()
 
     async def _resolve(self, target: str) -> tuple[Any, int]:
+        """The object's FileInfo and plaintext size; (None, 0) for one of zero bytes."""
         bucket, key = split_target(target)
-        entry = await self._store.lookup(bucket, key)
-        assert entry is not None
+        entry = await self._lookup(bucket, key)
+        if entry is None:
+            return None, 0
         info = await self._store.file_info(entry.fid)
         return info, await self._store.logical_size(info)
 
@@ -365,10 +388,23 @@ class AsyncClient:
         entries = await named_entries(self._store, bucket, await self._store.list(bucket), prefix)
         return [ObjectInfo(e.bucket, e.key, e.fid, e.size) for e in entries]
 
+    async def _lookup(self, bucket: str, key: str) -> ObjectEntry | None:
+        """The chain's object `key`; None for an object of zero bytes (NotFound: neither)."""
+        try:
+            entry = await self._store.lookup(bucket, key)
+        except NotFound:
+            if await empty_object(self._store, bucket, key):
+                return None
+            raise
+        assert entry is not None
+        return entry
+
     async def stat(self, target: str) -> ObjectStat:
         bucket, key = split_target(target)
-        entry = await self._store.lookup(bucket, key)
-        assert entry is not None
+        entry = await self._lookup(bucket, key)
+        if entry is None:
+            return ObjectStat(bucket, key, "", size=0, stored_size=0, state="empty",
+                              encrypted=False, stage=None, stage_params=None, segments=())
         info = await self._store.file_info(entry.fid)
         header = await self._store.stage_of(info)
         encrypted = await self._store.encrypted_layout(info)
@@ -386,11 +422,16 @@ class AsyncClient:
                           segments=segments)
 
     async def rm(self, target: str) -> str:
-        """Delete "bucket/key"; returns the FID it named."""
+        """Delete "bucket/key"; returns the FID it named ("" for an object of zero bytes)."""
         bucket, key = split_target(target)
         if needs_metadata(key):
             return await delete_named(self._store, bucket, key)
-        return await self._store.delete(bucket, key)
+        try:
+            return await self._store.delete(bucket, key)
+        except NotFound:
+            if await delete_empty(self._store, bucket, key):
+                return ""  # an object of zero bytes: no FID
+            raise
 
     async def state(self, fid: str) -> FileStatus:
         """Where the file `fid` is: stored, or uploading (with the columns reported)."""

@@ -1,5 +1,6 @@
 """The CLI's and the library's part in the namespace they share with the mount and the
-gateway: keys the chain declares under a hash, and deleting a bucket.
+gateway: keys the chain declares under a hash, objects of zero bytes, and deleting a
+bucket.
 
 The chain names an object by its key when the key is 3 to 63 bytes long
 (`names.chain_file_name`). Any other key (`a`, a deep path) is declared under a hash,
@@ -8,19 +9,23 @@ and only the bucket's metadata object - which the mount and the gateway's catalo
 
 - `put` of such a key publishes the key in the metadata object before it returns, as the
   gateway does for an S3 PUT; without it the mount, S3 and `ls` showed the object under
-  its hash for ever;
+  its hash for ever (`put_object`);
 - `ls` shows such objects under the key the metadata object gives them;
-- `rm` of such a key removes it there too (and the folders it leaves empty, as an S3
-  DELETE does), or the mount and S3 showed those folders after it;
+- `rm` of such a key removes it there too, with the folders it leaves empty, as an S3
+  DELETE does; otherwise the mount and S3 kept showing those folders;
+- CESS refuses empty files, so an object of zero bytes lives in the metadata object
+  only, as the mount and S3 keep it: `put` of an empty file records it there, and `ls`,
+  `get`, `stat` and `rm` find it there when the chain has no object of that name;
 - deleting a bucket deletes its metadata objects first, once nothing else is in it (the
   chain refuses to delete a bucket that holds any object, and the metadata object is
   one the user never sees).
 
-Both go through a catalog of their own (workspace/names/<account>.sqlite, kept between
-runs so a bucket's chain names are read once), used by one process at a time (a file
-lock; the gateway's catalogs are its own). Its merge rules are the gateway's, so a
-mount, a gateway and the CLI changing one bucket at once lose nothing. Keys the chain takes as they are need no
-metadata: their puts and listings stay chain-only, as fast as before.
+All of it goes through a catalog of their own (workspace/names/<account>.sqlite, kept
+between runs so a bucket's chain names are read once), used by one process at a time
+(a file lock; the gateway's catalogs are its own). Its merge rules are the gateway's,
+so a mount, a gateway and the CLI changing one bucket at once lose nothing. Objects
+with bytes under keys the chain takes as they are need no metadata: their puts stay
+chain-only, as fast as before, and so do listings of buckets without a metadata object.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -37,9 +42,9 @@ import trio
 
 from .catalog.catalog import Catalog
 from .catalog.names import path_key
-from .catalog.protocol import META_DIR
-from .catalog.records import ObjectRecord, etag_for
-from .errors import DeossError
+from .catalog.protocol import META_DIR, META_KEY
+from .catalog.records import EMPTY_MD5, ObjectRecord, etag_for
+from .errors import DeossError, InvalidInput, NoSuchKey, NotFound
 from .names import HASHED_NAME_PREFIX, chain_file_name
 from .processing.pipeline import FilePlan
 from .store import ObjectEntry, ObjectStore
@@ -51,7 +56,7 @@ def catalog_path(store: ObjectStore) -> Path:
 
 @asynccontextmanager
 async def own_catalog(store: ObjectStore, *, publish: bool) -> AsyncIterator[Catalog]:
-    """The account's catalog of hashed keys, held against other processes. With `publish`, the
+    """The account's own catalog, held against other processes. With `publish`, the
     buckets changed inside the block have their metadata object saved before it ends
     (a failed save raises, and the next `publish` saves it)."""
     path = catalog_path(store)
@@ -75,17 +80,35 @@ def needs_metadata(key: str) -> bool:
     return chain_file_name(key) != key
 
 
-async def put_named(store: ObjectStore, bucket: str, key: str,
-                    upload: Callable[[], object]) -> FilePlan:
-    """Store a key the chain names by its hash (`upload()` stores the bytes under `key`)
-    and publish the key in the bucket's metadata object. A key the namespace has no room
-    for (a folder of the mount is there) is refused before a byte is sent."""
+async def _has_metadata(store: ObjectStore, bucket: str) -> bool:
+    """Has a mount, a gateway or a put kept a metadata object in `bucket`? (No bucket: no;
+    the put says what is wrong.)"""
+    try:
+        files = await store.files_in_bucket(bucket)
+    except NotFound:
+        return False
+    return any(name == META_KEY for name, _ in files)
+
+
+async def put_object(store: ObjectStore, bucket: str, key: str,
+                     upload: Callable[[], Awaitable[FilePlan]]) -> FilePlan:
+    """Store bytes under `key` (`upload()` stores them on the chain under `key`), and keep
+    the namespace right where the chain's name alone would not: a key the chain hashes is
+    published in the metadata object, as is one replacing an object of zero bytes (which
+    has no file that could leave the chain, and would hide the new one). In a bucket with
+    a metadata object, a key where the namespace has a folder is refused before a byte is
+    sent."""
     s3_key = path_key(key)
-    if s3_key is None:  # a path no S3 key maps to (a `~~+` piece): the chain's name only
-        return await upload()  # type: ignore[misc]
+    hashed = needs_metadata(key)
+    if s3_key is None or not (hashed or await _has_metadata(store, bucket)):
+        return await upload()  # a `~~+` piece's path, or nothing but the chain to mind
     async with own_catalog(store, publish=False) as catalog:
         await catalog.prepare_put(bucket, s3_key)
-    plan: FilePlan = await upload()  # type: ignore[misc]
+        entry = catalog.index.get(bucket, key)
+    replaces_empty = entry is not None and entry.kind == "file" and not entry.fid
+    plan = await upload()
+    if not (hashed or replaces_empty):
+        return plan
     record = ObjectRecord(key=s3_key, size=plan.size, etag=etag_for(plan.fid, {}), fid=plan.fid,
                           modified_ns=time.time_ns(), encrypted=plan.encrypted)
     try:
@@ -98,6 +121,47 @@ async def put_named(store: ObjectStore, bucket: str, key: str,
         await store.delete_fid(plan.fid)
         raise
     return plan
+
+
+def _s3_key(key: str) -> str:
+    s3_key = path_key(key)
+    if s3_key is None:
+        raise InvalidInput(f"{key!r} is a name the namespace keeps for pieces of long keys "
+                           "(a component starting with '~~+'): choose another")
+    return s3_key
+
+
+async def put_empty(store: ObjectStore, bucket: str, key: str) -> None:
+    """Record an object of zero bytes (CESS stores no empty file) in the bucket's metadata
+    object; the version it replaces, if any, is deleted from the chain."""
+    s3_key = _s3_key(key)
+    record = ObjectRecord(key=s3_key, size=0, etag=EMPTY_MD5, modified_ns=time.time_ns())
+    async with own_catalog(store, publish=True) as catalog:
+        await catalog.prepare_put(bucket, s3_key)
+        await catalog.record_put(bucket, record)
+
+
+async def empty_object(store: ObjectStore, bucket: str, key: str) -> bool:
+    """Is `key` an object of zero bytes (kept in the metadata object only)? Asked when the
+    chain has no object of that name."""
+    s3_key = path_key(key)
+    if s3_key is None:
+        return False
+    async with own_catalog(store, publish=False) as catalog:
+        try:
+            record = await catalog.get(bucket, s3_key)
+        except NoSuchKey:
+            return False
+    return record.fid is None and not record.is_folder
+
+
+async def delete_empty(store: ObjectStore, bucket: str, key: str) -> bool:
+    """Delete `key` if it is an object of zero bytes; whether it was."""
+    if not await empty_object(store, bucket, key):
+        return False
+    async with own_catalog(store, publish=True) as catalog:
+        await catalog.delete(bucket, _s3_key(key))
+    return True
 
 
 async def delete_named(store: ObjectStore, bucket: str, key: str) -> str:
@@ -115,21 +179,25 @@ async def delete_named(store: ObjectStore, bucket: str, key: str) -> str:
 async def named_entries(store: ObjectStore, bucket: str, entries: list[ObjectEntry],
                         prefix: str = "") -> list[ObjectEntry]:
     """`entries` (the chain's listing of `bucket`) with each hashed name replaced by the
-    key the bucket's metadata object gives its file, those under `prefix`, sorted. The
-    metadata objects themselves are deossfs' own, not shown (as in the mount and S3)."""
-    entries = [e for e in entries if not e.key.startswith(META_DIR + "/")]
-    if any(e.key.startswith(HASHED_NAME_PREFIX) for e in entries):
+    key the bucket's metadata object gives its file, and the objects of zero bytes it
+    holds (FID ""), those under `prefix`, sorted. The metadata objects themselves are
+    deossfs' own, not shown (as in the mount and S3)."""
+    kept = [e for e in entries if not e.key.startswith(META_DIR + "/")]
+    if len(kept) < len(entries) or any(e.key.startswith(HASHED_NAME_PREFIX) for e in kept):
         async with own_catalog(store, publish=False) as catalog:
             await catalog.refresh(bucket, force=True)
             named = []
-            for entry in entries:
+            for entry in kept:
                 if entry.key.startswith(HASHED_NAME_PREFIX):
                     paths = sorted(e.path for e in catalog.index.with_fid(bucket, entry.fid)
                                    if e.kind == "file" and not e.foreign_object)
                     if paths:
                         entry = replace(entry, key=paths[0])
                 named.append(entry)
-        entries = named
+            named += [ObjectEntry(bucket, e.path, "", 0) for e in catalog.index.all(bucket)
+                      if e.kind == "file" and not e.fid]
+        kept = named
+    entries = kept
     return sorted((e for e in entries if e.key.startswith(prefix)), key=lambda e: e.key.encode())
 
 

@@ -111,10 +111,22 @@ def test_clear_errors(devnet: Devnet, bucket: str, tmp_path: Path) -> None:
     broken.write_text(devnet.config.read_text().replace(str(devnet.dir / "account.key"), str(tmp_path / "nokey")))
     result = deossfs("ls", config=broken, check=False)
     assert result.returncode != 0 and "key file" in result.stderr and "Traceback" not in result.stderr
+    # CESS refuses empty files: an empty one is kept in the bucket's metadata object, as
+    # the mount and S3 keep it, and every command finds it there
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    result = devnet.cli("put", str(empty), f"{bucket}/empty", check=False)
-    assert result.returncode != 0 and "empty" in result.stderr
+    assert "0 bytes" in devnet.cli("put", str(empty), f"{bucket}/empty").stdout
+    assert f"             0  {'-':<17}  empty" in devnet.cli("ls", bucket).stdout.splitlines()
+    devnet.cli("get", f"{bucket}/empty", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == b""
+    assert json.loads(devnet.cli("stat", "--json", f"{bucket}/empty").stdout)["state"] == "empty"
+    devnet.cli("rm", f"{bucket}/empty")
+    assert "empty" not in devnet.cli("ls", bucket).stdout
+    result = devnet.cli("get", f"{bucket}/empty", str(tmp_path / "again"), check=False)
+    assert result.returncode != 0 and "no object" in result.stderr
+    # a name the namespace keeps for pieces of long S3 keys holds no empty object
+    result = devnet.cli("put", str(empty), f"{bucket}/~~+piece", check=False)
+    assert result.returncode != 0 and "'~~+'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_territory_full(devnet: Devnet, tmp_path: Path) -> None:

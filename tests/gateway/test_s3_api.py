@@ -442,7 +442,8 @@ def test_keys_the_chain_hashes_keep_their_names(s3, bucket: str, gateways: Gatew
                                                 tmp_path: Path) -> None:
     """CESS names a file 3 to 63 bytes long; other keys are declared under a hash that only
     the bucket's metadata object maps back. A CLI put of such a key publishes it there, so
-    S3 lists it under its key; the CLI lists S3's such keys under theirs too."""
+    S3 lists it under its key; the CLI lists S3's such keys under theirs too. Objects of
+    zero bytes, which live in the metadata object only, cross both ways as well."""
     source = tmp_path / "cli.txt"
     source.write_bytes(b"short and deep")
     short, deep = "ab", "deep/" + "d" * 70 + "/file.txt"
@@ -457,19 +458,27 @@ def test_keys_the_chain_hashes_keep_their_names(s3, bucket: str, gateways: Gatew
     def s3_keys() -> set[str]:
         return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
 
-    wait_for(lambda: {short, deep} <= s3_keys(), 10, "the CLI's keys in the S3 listing")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    gateways.devnet.cli("put", "-q", str(empty), f"{bucket}/cli-empty.txt")  # metadata only
+    wait_for(lambda: {short, deep, "cli-empty.txt"} <= s3_keys(), 10, "the CLI's keys in the S3 listing")
+    assert s3.head_object(Bucket=bucket, Key="cli-empty.txt")["ContentLength"] == 0
     assert not any(key.startswith("~k") for key in s3_keys()), s3_keys()
     assert s3.get_object(Bucket=bucket, Key=deep)["Body"].read() == b"short and deep"
     # the other way: an S3 key the chain hashes, in `deossfs ls` once the gateway has
     # saved its metadata object (5 s after the bucket's last change)
     long_key = "s3/" + "e" * 70
     s3.put_object(Bucket=bucket, Key="zz/", Body=b"")  # a folder: a directory in the mount
+    s3.put_object(Bucket=bucket, Key="s3-empty.txt", Body=b"")
     s3.put_object(Bucket=bucket, Key=long_key, Body=b"from s3")
     wait_for(lambda: f" {long_key}\n" in gateways.devnet.cli("ls", bucket).stdout, 60,
              "the S3 key in the CLI's listing")
     back = tmp_path / "back.txt"
     gateways.devnet.cli("get", "-q", f"{bucket}/{long_key}", str(back))
     assert back.read_bytes() == b"from s3"
+    assert "s3-empty.txt" in gateways.devnet.cli("ls", bucket).stdout
+    gateways.devnet.cli("get", "-q", f"{bucket}/s3-empty.txt", str(back))
+    assert back.read_bytes() == b""
     # a key where the namespace has a folder: refused before a byte is sent, nothing stored
     refused = gateways.devnet.cli("put", "-q", str(source), f"{bucket}/zz", check=False)
     assert refused.returncode != 0 and "folder" in refused.stderr, refused.stderr

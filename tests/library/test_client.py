@@ -66,6 +66,46 @@ def test_put_get_ls_stat_rm(client: deossfs.Client, bucket: str) -> None:
     assert bucket not in client.buckets()
 
 
+def test_objects_of_zero_bytes(client: deossfs.Client, bucket: str, devnet: Devnet,
+                               tmp_path: Path) -> None:
+    """CESS stores no empty file: an object of zero bytes lives in the bucket's metadata
+    object, as the mount and S3 keep it, and every call treats it as an object."""
+    stored = client.put(b"", f"{bucket}/empty.txt")
+    assert (stored.fid, stored.size, stored.segments) == ("", 0, 0)
+    client.put(b"", f"{bucket}/e")  # a key the chain would hash, too
+    assert [(o.key, o.fid, o.size) for o in client.ls(bucket)] == [("e", "", 0), ("empty.txt", "", 0)]
+    assert client.get(f"{bucket}/empty.txt") == b""
+    assert client.get(f"{bucket}/empty.txt", tmp_path / "out") == tmp_path / "out"
+    assert (tmp_path / "out").read_bytes() == b""
+    sink = io.BytesIO()
+    assert client.get(f"{bucket}/empty.txt", sink) == 0
+
+    async def pieces() -> list[bytes]:
+        async with deossfs.AsyncClient(config=devnet.dir) as aclient, \
+                aclient.stream(f"{bucket}/empty.txt") as stream:
+            return [piece async for piece in stream]
+
+    assert trio.run(pieces) == []
+    stat = client.stat(f"{bucket}/empty.txt")
+    assert (stat.fid, stat.size, stat.state, stat.segments) == ("", 0, "empty", ())
+    # the CLI sees the same
+    assert cli("get", "-q", f"{bucket}/e", str(tmp_path / "e"), config=devnet.config).returncode == 0
+    assert (tmp_path / "e").read_bytes() == b""
+    assert "state  empty" in cli("stat", f"{bucket}/empty.txt", config=devnet.config).stdout
+    # bytes replace it, and zero bytes replace those (their file leaves the chain)
+    full = client.put(b"now with bytes", f"{bucket}/empty.txt")
+    assert client.get(f"{bucket}/empty.txt") == b"now with bytes"
+    client.put(b"", f"{bucket}/empty.txt")
+    assert client.get(f"{bucket}/empty.txt") == b""
+    with pytest.raises(deossfs.NotFound):
+        client.state(full.fid)
+    assert client.rm(f"{bucket}/empty.txt") == "" and client.rm(f"{bucket}/e") == ""
+    assert client.ls(bucket) == []
+    with pytest.raises(deossfs.NotFound):
+        client.get(f"{bucket}/empty.txt")
+    client.delete_bucket(bucket)
+
+
 def test_keys_the_chain_hashes(client: deossfs.Client, bucket: str, devnet: Devnet) -> None:
     """Keys under 3 or over 63 bytes are declared under a hash: put publishes them in the
     bucket's metadata object, so ls (here and in the CLI) shows them as they were given,
@@ -176,8 +216,6 @@ def test_errors_are_the_taxonomy(client: deossfs.Client, bucket: str, tmp_path: 
         client.put(b"data", "no-slash")
     with pytest.raises(deossfs.InvalidName):
         client.create_bucket("Bad Bucket!")
-    with pytest.raises(deossfs.InvalidInput, match="empty files"):
-        client.put(b"", f"{bucket}/empty")
     with pytest.raises(deossfs.InvalidInput, match="cannot store a int"):
         client.put(42, f"{bucket}/number")  # type: ignore[arg-type]
     with pytest.raises(deossfs.AlreadyExists):
