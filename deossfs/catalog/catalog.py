@@ -213,10 +213,15 @@ class Catalog:
         self._check_place(bucket, path, "dir" if is_dir else "file")
         return PutTarget(bucket, key, path)
 
-    async def record_put(self, bucket: str, record: ObjectRecord) -> ObjectRecord | None:
+    async def record_put(self, bucket: str, record: ObjectRecord, *,
+                         check: Callable[[ObjectRecord | None], None] | None = None) -> ObjectRecord | None:
         """Record an object whose bytes the caller has stored (FID `record.fid` in this
         bucket; None for zero bytes or a folder). Returns the object it replaced, whose
-        content is deleted from the chain once nothing names it."""
+        content is deleted from the chain once nothing names it.
+
+        `check(current)` (a conditional write's condition) is called with the object the
+        key names at the very moment of the change, or None, and nothing changes if it
+        raises: no other put or delete through this catalog can come in between."""
         path, is_dir = key_path(record.key)
         if is_dir and (record.size or record.fid):
             raise InvalidInput(f"{record.key!r} ends in '/': a folder, which holds no bytes "
@@ -228,6 +233,8 @@ class Catalog:
         if record.fid:
             await self._check_fid(bucket, record.fid)
         # from here on no await: the index changes at once and entirely
+        if check is not None:
+            check(self._record(bucket, record.key))
         self._check_place(bucket, path, "dir" if is_dir else "file")
         now = time.time_ns()
         old = self.index.get(bucket, path)
@@ -362,6 +369,11 @@ class Catalog:
             self.index.remove(bucket, directory)
             self.index.record_removal(bucket, directory, now)
             directory = parent_of(directory)
+
+    def discard(self, bucket: str, fid: str) -> None:
+        """Bytes a caller stored for a record that was not made (a failed condition): they
+        are deleted from the chain unless something names them."""
+        self._forget_fid(bucket, fid)
 
     def _forget_fid(self, bucket: str, fid: str) -> None:
         """A FID lost a name: delete it from the chain when nothing names it any more."""

@@ -4,11 +4,13 @@ writes, UploadPartCopy ranges and GetObject's partNumber."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
 from botocore.exceptions import ClientError
 
+from ..harness import wait_for
 from .conftest import Gateways, code, create_key, random_bytes, status
 
 pytestmark = pytest.mark.slow
@@ -76,6 +78,39 @@ def test_conditional_put(s3, bucket: str) -> None:  # noqa: ANN001
     assert code(caught.value) == "NoSuchKey" and status(caught.value) == 404
     s3.put_object(Bucket=bucket, Key="new", Body=b"", IfNoneMatch="*")  # absent: written
     assert s3.head_object(Bucket=bucket, Key="new")["ContentLength"] == 0
+
+
+def test_concurrent_conditional_puts(s3, bucket: str, gateways: Gateways) -> None:  # noqa: ANN001
+    """If-None-Match: * as a lock (Terraform's, table formats' commits): of writers racing
+    for one key through one gateway exactly one wins, whatever their bytes' timing; the
+    losers' bytes, stored meanwhile, leave the chain."""
+    bodies = [random_bytes(3 * MIB) for _ in range(4)]
+    start = threading.Barrier(len(bodies))
+    outcomes: list[object] = [None] * len(bodies)
+
+    def write(index: int) -> None:
+        start.wait()
+        try:
+            outcomes[index] = s3.put_object(Bucket=bucket, Key="lock", Body=bodies[index],
+                                            IfNoneMatch="*")["ETag"]
+        except ClientError as exc:
+            outcomes[index] = (code(exc), status(exc))
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(len(bodies))]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    winners = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, str)]
+    assert len(winners) == 1, outcomes
+    assert all(outcome == ("PreconditionFailed", 412) for i, outcome in enumerate(outcomes)
+               if i not in winners), outcomes
+    assert s3.get_object(Bucket=bucket, Key="lock")["Body"].read() == bodies[winners[0]]
+
+    def on_the_chain() -> int:
+        return sum(line.endswith(" lock") for line in gateways.devnet.cli("ls", bucket).stdout.splitlines())
+
+    wait_for(lambda: on_the_chain() == 1, 30, "the losers' bytes to leave the chain")
 
 
 def test_conditional_complete(s3, bucket: str) -> None:  # noqa: ANN001

@@ -15,7 +15,7 @@ import base64
 import contextlib
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import unquote
@@ -52,6 +52,8 @@ OVERRIDES = {"response-content-type": "content-type", "response-content-language
 _INLINE_VERIFY = 256 * 1024
 #: seconds between the spaces a long CompleteMultipartUpload sends to keep its client waiting
 KEEPALIVE_SECONDS = 10.0
+#: a conditional write's condition, given the object its key names now (None: none)
+WriteCheck = Callable[[ObjectRecord | None], None]
 
 
 def quoted(etag: str) -> str:
@@ -222,7 +224,7 @@ class ObjectOperations:
     async def put_object(self, call: S3Call) -> Response:
         catalog = self.api.catalog(call)
         target = await catalog.prepare_put(call.bucket, call.key)
-        await self._check_write_conditions(call)
+        check = await self._check_write_conditions(call)
         size = self._declared_size(call)
         if size > MAX_PUT_SIZE:
             raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
@@ -236,30 +238,51 @@ class ObjectOperations:
                               fid=plan.fid if plan else None, modified_ns=time.time_ns(),
                               content_type=attributes["content_type"], metadata=attributes["metadata"],
                               headers=attributes["headers"], encrypted=encrypt)
-        await catalog.record_put(call.bucket, record)
+        await self._record_checked(call, call.bucket, record, check)
         headers = {"etag": quoted(result.etag)}
         headers.update({f"x-amz-checksum-{name}": value for name, value in result.checksums.items()})
         return Response(status_code=200, headers=headers)
 
-    async def _check_write_conditions(self, call: S3Call) -> None:
+    async def _check_write_conditions(self, call: S3Call) -> WriteCheck | None:
         """A conditional write (If-Match / If-None-Match on PutObject and
         CompleteMultipartUpload), checked before any byte is taken or stored: 412 when the
         object's ETag differs or, with `If-None-Match: *`, when it exists; NoSuchKey for
-        If-Match on a key with no object."""
+        If-Match on a key with no object. Returns the check, for `record_put` to make
+        again at the moment the object is named: of two conditional writes that both
+        passed here, the second to finish fails then (its bytes are deleted)."""
         if_match, if_none_match = call.header("if-match"), call.header("if-none-match")
         if if_match is None and if_none_match is None:
-            return
+            return None
         if if_none_match is not None and if_none_match.strip() != "*":
             raise S3Error("NotImplemented", "If-None-Match on a write takes only '*'", 501)
+
+        def check(current: ObjectRecord | None) -> None:
+            if current is None:
+                if if_match is not None:
+                    raise NoSuchKey(f"no object {call.key!r} in bucket {call.bucket!r}")
+                return
+            if if_none_match is not None or (if_match is not None and
+                                             not _etag_matches(if_match, current.etag)):
+                raise precondition_failed()
+
         try:
-            current = await self.api.catalog(call).get(call.bucket, call.key)
+            current: ObjectRecord | None = await self.api.catalog(call).get(call.bucket, call.key)
         except NoSuchKey:
-            if if_match is not None:
-                raise
-            return
-        if if_none_match is not None or (if_match is not None and
-                                         not _etag_matches(if_match, current.etag)):
-            raise precondition_failed()
+            current = None
+        check(current)
+        return check
+
+    async def _record_checked(self, call: S3Call, bucket: str, record: ObjectRecord,
+                              check: WriteCheck | None) -> None:
+        """Name the stored object, making a conditional write's check again at that moment;
+        bytes stored for a write whose condition no longer holds are deleted."""
+        catalog = self.api.catalog(call)
+        try:
+            await catalog.record_put(bucket, record, check=check)
+        except (S3Error, NoSuchKey):
+            if check is not None and record.fid:
+                catalog.discard(bucket, record.fid)
+            raise
 
     # ---- GetObject / HeadObject -----------------------------------------------------
 
@@ -565,10 +588,10 @@ class ObjectOperations:
             parts = await trio.to_thread.run_sync(self.api.multipart.check_complete, upload, listed)
             # a conditional Complete (If-None-Match: *, If-Match), checked before the 200
             # goes out; the upload stays, so the client may complete it otherwise
-            await self._check_write_conditions(call)
+            check = await self._check_write_conditions(call)
         # the parts are right: storing them takes as long as any put, while the answer's
         # status is sent at once and spaces keep the client waiting (as S3 does)
-        return CompletionResponse(self._finish_upload(call, upload, parts, lock),
+        return CompletionResponse(self._finish_upload(call, upload, parts, lock, check),
                                   call.request_id)
 
     def _completed_document(self, call: S3Call, etag: str, leading: bool = True) -> bytes:
@@ -577,7 +600,8 @@ class ObjectOperations:
             ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(etag))])
         return document if leading else document.split(b"\n", 1)[1]
 
-    async def _finish_upload(self, call: S3Call, upload: Any, parts: list, lock: trio.Lock) -> bytes:
+    async def _finish_upload(self, call: S3Call, upload: Any, parts: list, lock: trio.Lock,
+                             check: WriteCheck | None = None) -> bytes:
         """Store the parts as one object and name it; the answer's XML (without the XML
         declaration: spaces may have gone before it)."""
         async with lock:
@@ -615,7 +639,7 @@ class ObjectOperations:
                                   metadata=attributes.get("metadata", {}),
                                   headers=attributes.get("headers", {}), encrypted=encrypt,
                                   parts=tuple((p.number, p.size) for p in parts))
-            await catalog.record_put(call.bucket, record)
+            await self._record_checked(call, call.bucket, record, check)
             await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag)
             return self._completed_document(call, etag, leading=False)
 
