@@ -466,22 +466,21 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
         fail(f"directory {dest.resolve().parent} does not exist")
 
     async def action(store: Any) -> Any:
-        from .errors import NotFound
-        from .namespace import empty_object
+        from .namespace import resolve
         from .store import ObjectEntry, atomic_output
 
-        try:
-            entry = await store.lookup(bucket_name, key_name)
-        except NotFound:
-            if not await empty_object(store, bucket_name, key_name):
-                raise
+        entry = await resolve(store, bucket_name, key_name)
+        if entry is None:
             async with atomic_output(dest):
                 pass  # an object of zero bytes: an empty file
             return ObjectEntry(bucket_name, key_name, "", 0)
+        info = await store.file_info(entry.fid)
         show = not quiet and sys.stderr.isatty() and entry.size >= 32 * 1024**2
         progress, advance = _progress(entry.size, f"get {key_name}", show)
         with progress:
-            return await store.get_file(bucket_name, key_name, dest, progress=advance)
+            async with atomic_output(dest) as fd:
+                await store.read_into_fd(info, fd, advance)
+        return entry
 
     entry = _run_store(obj, action)
     click.echo(f"{target} → {dest}: {entry.size} bytes")
@@ -494,22 +493,10 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
 def rm_cmd(obj: Context, target: str) -> None:
     """Delete BUCKET/KEY from the chain."""
     from .names import split_target
-    from .namespace import delete_empty, delete_named, needs_metadata
+    from .namespace import delete
 
     bucket_name, key_name = split_target(target)
-
-    async def action(store: Any) -> Any:
-        from .errors import NotFound
-
-        if needs_metadata(key_name):
-            return await delete_named(store, bucket_name, key_name)
-        try:
-            return await store.delete(bucket_name, key_name)
-        except NotFound:
-            if not await delete_empty(store, bucket_name, key_name):
-                raise
-
-    _run_store(obj, action)
+    _run_store(obj, lambda store: delete(store, bucket_name, key_name))
     click.echo(f"{target} deleted")
 
 
@@ -526,10 +513,9 @@ def ls_cmd(obj: Context, target: str | None) -> None:
     bucket_name, _, prefix = target.partition("/")
 
     async def action(store: Any) -> Any:
-        from .namespace import named_entries
+        from .namespace import list_objects
 
-        # a hashed name is shown as its key, which the prefix is about: list them all
-        return await named_entries(store, bucket_name, await store.list(bucket_name), prefix)
+        return await list_objects(store, bucket_name, prefix)
 
     for entry in _run_store(obj, action):
         fid = f"{entry.fid[:16]}…" if entry.fid else "-" + " " * 16  # zero bytes: no FID
@@ -548,14 +534,11 @@ def stat_cmd(obj: Context, as_json: bool, target: str) -> None:
     bucket_name, key_name = split_target(target)
 
     async def action(store: Any) -> Any:
-        from .errors import DeossError, NotFound
-        from .namespace import empty_object
+        from .errors import DeossError
+        from .namespace import resolve
 
-        try:
-            entry = await store.lookup(bucket_name, key_name)
-        except NotFound:
-            if not await empty_object(store, bucket_name, key_name):
-                raise
+        entry = await resolve(store, bucket_name, key_name)
+        if entry is None:
             return None
         info = await store.file_info(entry.fid)
         try:

@@ -28,18 +28,9 @@ from .chain.interface import Territory
 from .config import Config, load_config
 from .errors import ConfigError, InvalidInput, NotFound
 from .names import split_target
-from .namespace import (
-    delete_bucket,
-    delete_empty,
-    delete_named,
-    empty_object,
-    named_entries,
-    needs_metadata,
-    put_empty,
-    put_object,
-)
+from .namespace import delete, delete_bucket, list_objects, put_empty, put_object, resolve
 from .processing.pipeline import ReadInto, bytes_reader, file_reader
-from .store import ObjectEntry, ObjectStore, atomic_output, single_error_nursery
+from .store import ObjectStore, atomic_output, single_error_nursery
 
 #: what `put` takes: a path, bytes, a binary file object, or an iterator of bytes
 Source = (str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
@@ -376,7 +367,7 @@ class AsyncClient:
     async def _resolve(self, target: str) -> tuple[Any, int]:
         """The object's FileInfo and plaintext size; (None, 0) for one of zero bytes."""
         bucket, key = split_target(target)
-        entry = await self._lookup(bucket, key)
+        entry = await resolve(self._store, bucket, key)
         if entry is None:
             return None, 0
         info = await self._store.file_info(entry.fid)
@@ -385,23 +376,12 @@ class AsyncClient:
     async def ls(self, target: str) -> list[ObjectInfo]:
         """The objects of "bucket", or of "bucket/prefix", by key."""
         bucket, _, prefix = target.partition("/")
-        entries = await named_entries(self._store, bucket, await self._store.list(bucket), prefix)
+        entries = await list_objects(self._store, bucket, prefix)
         return [ObjectInfo(e.bucket, e.key, e.fid, e.size) for e in entries]
-
-    async def _lookup(self, bucket: str, key: str) -> ObjectEntry | None:
-        """The chain's object `key`; None for an object of zero bytes (NotFound: neither)."""
-        try:
-            entry = await self._store.lookup(bucket, key)
-        except NotFound:
-            if await empty_object(self._store, bucket, key):
-                return None
-            raise
-        assert entry is not None
-        return entry
 
     async def stat(self, target: str) -> ObjectStat:
         bucket, key = split_target(target)
-        entry = await self._lookup(bucket, key)
+        entry = await resolve(self._store, bucket, key)
         if entry is None:
             return ObjectStat(bucket, key, "", size=0, stored_size=0, state="empty",
                               encrypted=False, stage=None, stage_params=None, segments=())
@@ -424,14 +404,7 @@ class AsyncClient:
     async def rm(self, target: str) -> str:
         """Delete "bucket/key"; returns the FID it named ("" for an object of zero bytes)."""
         bucket, key = split_target(target)
-        if needs_metadata(key):
-            return await delete_named(self._store, bucket, key)
-        try:
-            return await self._store.delete(bucket, key)
-        except NotFound:
-            if await delete_empty(self._store, bucket, key):
-                return ""  # an object of zero bytes: no FID
-            raise
+        return await delete(self._store, bucket, key)
 
     async def state(self, fid: str) -> FileStatus:
         """Where the file `fid` is: stored, or uploading (with the columns reported)."""

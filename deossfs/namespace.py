@@ -10,12 +10,12 @@ and only the bucket's metadata object - which the mount and the gateway's catalo
 - `put` of such a key publishes the key in the metadata object before it returns, as the
   gateway does for an S3 PUT; without it the mount, S3 and `ls` showed the object under
   its hash for ever (`put_object`);
-- `ls` shows such objects under the key the metadata object gives them;
-- `rm` of such a key removes it there too, with the folders it leaves empty, as an S3
-  DELETE does; otherwise the mount and S3 kept showing those folders;
-- CESS refuses empty files, so an object of zero bytes lives in the metadata object
-  only, as the mount and S3 keep it: `put` of an empty file records it there, and `ls`,
-  `get`, `stat` and `rm` find it there when the chain has no object of that name;
+- in a bucket with a metadata object, `ls`, `get`, `stat` and `rm` see what the mount
+  and S3 see (`list_objects`, `resolve`, `delete`): such keys under their names, files
+  the mount renamed under their new ones (the chain keeps the name a file was uploaded
+  with), and objects of zero bytes - CESS refuses empty files, so they live in the
+  metadata object only, and `put` of an empty file records one there (`put_empty`);
+  `rm` publishes the removal, with the folders it leaves empty, as an S3 DELETE does;
 - deleting a bucket deletes its metadata objects first, once nothing else is in it (the
   chain refuses to delete a bucket that holds any object, and the metadata object is
   one the user never sees).
@@ -35,7 +35,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -45,7 +44,7 @@ from .catalog.names import path_key
 from .catalog.protocol import META_DIR, META_KEY
 from .catalog.records import EMPTY_MD5, ObjectRecord, etag_for
 from .errors import DeossError, InvalidInput, NoSuchKey, NotFound
-from .names import HASHED_NAME_PREFIX, chain_file_name
+from .names import chain_file_name
 from .processing.pipeline import FilePlan
 from .store import ObjectEntry, ObjectStore
 
@@ -141,64 +140,63 @@ async def put_empty(store: ObjectStore, bucket: str, key: str) -> None:
         await catalog.record_put(bucket, record)
 
 
-async def empty_object(store: ObjectStore, bucket: str, key: str) -> bool:
-    """Is `key` an object of zero bytes (kept in the metadata object only)? Asked when the
-    chain has no object of that name."""
+def _missing(bucket: str, key: str) -> NotFound:
+    return NotFound(f"no object {bucket}/{key}", hint=f"list them with `deossfs ls {bucket}`")
+
+
+async def resolve(store: ObjectStore, bucket: str, key: str) -> ObjectEntry | None:
+    """The object `key` names, as the mount and S3 see it; None for one of zero bytes
+    (NotFound: none). In a bucket with a metadata object that is the catalog's answer,
+    which the chain's name alone cannot give: a file the mount renamed keeps the name it
+    was uploaded with on the chain, and one of zero bytes has none there."""
     s3_key = path_key(key)
-    if s3_key is None:
-        return False
+    if s3_key is None or not await _has_metadata(store, bucket):
+        return await store.lookup(bucket, key)
     async with own_catalog(store, publish=False) as catalog:
         try:
             record = await catalog.get(bucket, s3_key)
         except NoSuchKey:
-            return False
-    return record.fid is None and not record.is_folder
+            raise _missing(bucket, key) from None
+    if record.is_folder:
+        raise _missing(bucket, key)
+    return None if record.fid is None else ObjectEntry(bucket, key, record.fid, record.size)
 
 
-async def delete_empty(store: ObjectStore, bucket: str, key: str) -> bool:
-    """Delete `key` if it is an object of zero bytes; whether it was."""
-    if not await empty_object(store, bucket, key):
-        return False
-    async with own_catalog(store, publish=True) as catalog:
-        await catalog.delete(bucket, _s3_key(key))
-    return True
-
-
-async def delete_named(store: ObjectStore, bucket: str, key: str) -> str:
-    """Delete `key` (the chain declares it under its hash) and publish its removal in the
-    bucket's metadata object; its FID."""
+async def delete(store: ObjectStore, bucket: str, key: str) -> str:
+    """Delete `key`; the FID it named ("" for an object of zero bytes). In a bucket with a
+    metadata object the removal is published there (with the folders it leaves empty, as
+    an S3 DELETE does), and the file leaves the chain unless another key names it."""
     s3_key = path_key(key)
-    if s3_key is not None:
-        async with own_catalog(store, publish=True) as catalog:
-            record = await catalog.delete(bucket, s3_key)
-        if record is not None:
-            return record.fid or ""  # "": an object of zero bytes, kept as metadata only
-    return await store.delete(bucket, key)  # named nowhere but on the chain
+    if s3_key is None or not await _has_metadata(store, bucket):
+        return await store.delete(bucket, key)
+    async with own_catalog(store, publish=True) as catalog:
+        record = await catalog.delete(bucket, s3_key)
+    if record is None:
+        raise _missing(bucket, key)
+    return record.fid or ""
 
 
-async def named_entries(store: ObjectStore, bucket: str, entries: list[ObjectEntry],
-                        prefix: str = "") -> list[ObjectEntry]:
-    """`entries` (the chain's listing of `bucket`) with each hashed name replaced by the
-    key the bucket's metadata object gives its file, and the objects of zero bytes it
-    holds (FID ""), those under `prefix`, sorted. The metadata objects themselves are
-    deossfs' own, not shown (as in the mount and S3)."""
-    kept = [e for e in entries if not e.key.startswith(META_DIR + "/")]
-    if len(kept) < len(entries) or any(e.key.startswith(HASHED_NAME_PREFIX) for e in kept):
+async def list_objects(store: ObjectStore, bucket: str, prefix: str = "") -> list[ObjectEntry]:
+    """The objects of `bucket` whose keys start with `prefix`, in key order. In a bucket
+    with a metadata object, as the mount and S3 see them: the files it names (under the
+    keys it gives them, FID "" for zero bytes) and the chain's objects it does not name;
+    else the chain's objects under their names. deossfs' own (`.deossfs/...`) are not
+    shown."""
+    chained = await store.list(bucket)
+    if not any(e.key == META_KEY for e in chained):
+        found = chained
+    else:
         async with own_catalog(store, publish=False) as catalog:
             await catalog.refresh(bucket, force=True)
-            named = []
-            for entry in kept:
-                if entry.key.startswith(HASHED_NAME_PREFIX):
-                    paths = sorted(e.path for e in catalog.index.with_fid(bucket, entry.fid)
-                                   if e.kind == "file" and not e.foreign_object)
-                    if paths:
-                        entry = replace(entry, key=paths[0])
-                named.append(entry)
-            named += [ObjectEntry(bucket, e.path, "", 0) for e in catalog.index.all(bucket)
-                      if e.kind == "file" and not e.fid]
-        kept = named
-    entries = kept
-    return sorted((e for e in entries if e.key.startswith(prefix)), key=lambda e: e.key.encode())
+            found = []
+            for entry in catalog.index.all(bucket):
+                file = entry
+                if entry.kind == "link":  # a hard link of the mount: the file it names
+                    file = catalog.index.get(bucket, entry.target or "") or entry
+                if file.kind == "file":
+                    found.append(ObjectEntry(bucket, entry.path, file.fid or "", file.size))
+    return sorted((e for e in found if e.key.startswith(prefix)
+                   and not e.key.startswith(META_DIR + "/")), key=lambda e: e.key.encode())
 
 
 async def delete_bucket(store: ObjectStore, bucket: str) -> None:

@@ -420,6 +420,37 @@ def test_overwrite_append_truncate_random_writes(devnet: Devnet, tmp_path: Path,
     b.umount()
 
 
+def test_the_cli_sees_the_mounts_names(devnet: Devnet, tmp_path: Path,
+                                       mounts: Callable[..., Mounted]) -> None:
+    """The chain keeps the name a file was uploaded with and stores no empty file; the
+    CLI, like the mount and S3, reads names from the bucket's metadata object: a renamed
+    file under its new name, an empty one, and a key the chain hashes."""
+    m = mounts(machine(devnet, tmp_path, "a")).mount()
+    bucket = bucket_name()
+    m.path(bucket).mkdir()
+    m.path(bucket, "draft.txt").write_bytes(b"version 1")
+    m.path(bucket, "e").write_bytes(b"")
+    m.path(bucket, "d1").mkdir()
+    m.path(bucket, "d1", "n").write_bytes(b"short name, deep path")
+    m.wait_durable()
+    os.rename(m.path(bucket, "draft.txt"), m.path(bucket, "final.txt"))
+    # published with the mount's next metadata save (5 s after the bucket's last change)
+    wait_for(lambda: "final.txt" in m.chain_keys(bucket), 60, "the new name in `deossfs ls`")
+    keys = m.chain_keys(bucket)
+    assert "draft.txt" not in keys and keys["e"] == 0 and keys["d1/n"] == 21, keys
+    out = tmp_path / "out"
+    m.cli("get", f"{bucket}/final.txt", str(out))
+    assert out.read_bytes() == b"version 1"
+    m.cli("get", f"{bucket}/e", str(out))
+    assert out.read_bytes() == b""
+    assert m.cli("get", f"{bucket}/draft.txt", str(out), check=False).returncode != 0
+    # a CLI rm is published too: the mount drops the file at its next listing
+    m.cli("rm", f"{bucket}/final.txt")
+    wait_for(lambda: "final.txt" not in os.listdir(m.path(bucket)), 30, "the CLI's rm in the mount")
+    assert sorted(os.listdir(m.path(bucket))) == ["d1", "e"]
+    m.umount()
+
+
 def test_unlink_removes_the_file_from_the_chain(devnet: Devnet, tmp_path: Path,
                                                 mounts: Callable[..., Mounted]) -> None:
     m = mounts(machine(devnet, tmp_path, "a")).mount()
