@@ -93,9 +93,10 @@ async def put_object(store: ObjectStore, bucket: str, key: str,
                      upload: Callable[[], Awaitable[FilePlan]]) -> FilePlan:
     """Store bytes under `key` (`upload()` stores them on the chain under `key`), and keep
     the namespace right where the chain's name alone would not: a key the chain hashes is
-    published in the metadata object, as is one replacing an object of zero bytes (which
-    has no file that could leave the chain, and would hide the new one). In a bucket with
-    a metadata object, a key where the namespace has a folder is refused before a byte is
+    published in the metadata object, as is one the metadata object names already (an
+    object of zero bytes, a file the mount renamed to this name: the metadata's word
+    beats a chain name, so the new bytes would stay hidden behind it). In a bucket with a
+    metadata object, a key where the namespace has a folder is refused before a byte is
     sent."""
     s3_key = path_key(key)
     hashed = needs_metadata(key)
@@ -104,9 +105,9 @@ async def put_object(store: ObjectStore, bucket: str, key: str,
     async with own_catalog(store, publish=False) as catalog:
         await catalog.prepare_put(bucket, s3_key)
         entry = catalog.index.get(bucket, key)
-    replaces_empty = entry is not None and entry.kind == "file" and not entry.fid
+    named_there = entry is not None and not entry.foreign_object
     plan = await upload()
-    if not (hashed or replaces_empty):
+    if not (hashed or named_there):
         return plan
     record = ObjectRecord(key=s3_key, size=plan.size, etag=etag_for(plan.fid, {}), fid=plan.fid,
                           modified_ns=time.time_ns(), encrypted=plan.encrypted)

@@ -444,6 +444,18 @@ def test_the_cli_sees_the_mounts_names(devnet: Devnet, tmp_path: Path,
     m.cli("get", f"{bucket}/e", str(out))
     assert out.read_bytes() == b""
     assert m.cli("get", f"{bucket}/draft.txt", str(out), check=False).returncode != 0
+    # bytes put over the new name replace the renamed file for everyone
+    newer = tmp_path / "newer"
+    newer.write_bytes(b"version 2")
+    m.cli("put", str(newer), f"{bucket}/final.txt")
+    m.cli("get", f"{bucket}/final.txt", str(out))
+    assert out.read_bytes() == b"version 2"
+
+    def in_the_mount() -> bytes:
+        os.listdir(m.path(bucket))  # a listing reads the bucket's metadata object again
+        return m.path(bucket, "final.txt").read_bytes()
+
+    wait_for(lambda: in_the_mount() == b"version 2", 30, "the CLI's put in the mount")
     # a CLI rm is published too: the mount drops the file at its next listing
     m.cli("rm", f"{bucket}/final.txt")
     wait_for(lambda: "final.txt" not in os.listdir(m.path(bucket)), 30, "the CLI's rm in the mount")
