@@ -10,7 +10,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from ..harness import wait_for
+from ..harness import ledger, wait_for
 from .conftest import Gateways, code, create_key, random_bytes, status
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,15 @@ def test_concurrent_conditional_puts(s3, bucket: str, gateways: Gateways) -> Non
     assert s3.get_object(Bucket=bucket, Key="lock")["Body"].read() == bodies[winners[0]]
 
     def on_the_chain() -> int:
-        return sum(line.endswith(" lock") for line in gateways.devnet.cli("ls", bucket).stdout.splitlines())
+        """Files named `lock` in the bucket, asked of the chain itself."""
+        chain = ledger(gateways.devnet)
+        try:
+            listed = chain.bucket(gateways.account.address, bucket)
+            assert listed is not None
+            return sum(any(brief.file_name == "lock" for brief in info.owners)
+                       for info in map(chain.file, listed.object_list) if info is not None)
+        finally:
+            chain.close()
 
     wait_for(lambda: on_the_chain() == 1, 30, "the losers' bytes to leave the chain")
 
