@@ -474,12 +474,10 @@ def get_cmd(obj: Context, quiet: bool, target: str, local: str) -> None:
             async with atomic_output(dest):
                 pass  # an object of zero bytes: an empty file
             return ObjectEntry(bucket_name, key_name, "", 0)
-        info = await store.file_info(entry.fid)
         show = not quiet and sys.stderr.isatty() and entry.size >= 32 * 1024**2
         progress, advance = _progress(entry.size, f"get {key_name}", show)
         with progress:
-            async with atomic_output(dest) as fd:
-                await store.read_into_fd(info, fd, advance)
+            await store.get_fid(entry.fid, dest, advance)
         return entry
 
     entry = _run_store(obj, action)

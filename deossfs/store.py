@@ -741,10 +741,14 @@ class ObjectStore:
         """Write BUCKET/KEY to `dest` atomically: a failed get leaves no file."""
         entry = await self.lookup(bucket, key)
         assert entry is not None
-        info = await self.file_info(entry.fid)
+        await self.get_fid(entry.fid, dest, progress)
+        return entry
+
+    async def get_fid(self, fid: str, dest: Path, progress: Progress | None = None) -> None:
+        """Write the file `fid` to `dest` atomically: a failed get leaves no file."""
+        info = await self.file_info(fid)
         async with atomic_output(dest) as fd:
             await self.read_into_fd(info, fd, progress)
-        return entry
 
     async def read_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
         """Write the file's bytes into `fd` (a new, empty file, open for reading and
