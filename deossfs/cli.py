@@ -599,6 +599,7 @@ def verify_cmd(obj: Context, repair: bool, grace: float, as_json: bool, target: 
     --grace. Exits non-zero while a bad fragment or an orphan is left (not repaired, or
     without --repair).
     """
+    from .namespace import Names
     from .repair import describe, describe_orphan, verify
 
     def show(file_report: Any, endpoints: dict[str, str]) -> None:
@@ -610,7 +611,7 @@ def verify_cmd(obj: Context, repair: bool, grace: float, as_json: bool, target: 
 
     async def action(store: Any) -> Any:
         endpoints = await store.endpoints()
-        return await verify(store, target, repair=repair, grace=grace,
+        return await verify(store, target, repair=repair, grace=grace, names=Names(store),
                             progress=lambda file_report: show(file_report, endpoints))
 
     report = _run_store(obj, action)

@@ -200,6 +200,25 @@ async def list_objects(store: ObjectStore, bucket: str, prefix: str = "") -> lis
                    and not e.key.startswith(META_DIR + "/")), key=lambda e: e.key.encode())
 
 
+class Names:
+    """`resolve` and `list_objects` as `repair.ObjectNames`: `deossfs verify` finds and
+    labels objects under the keys their users see."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def resolve(self, bucket: str, key: str) -> str | None:
+        entry = await resolve(self.store, bucket, key)
+        return None if entry is None else entry.fid
+
+    async def keys(self, bucket: str) -> dict[str, str]:
+        named: dict[str, str] = {}
+        for entry in await list_objects(self.store, bucket):
+            if entry.fid:
+                named.setdefault(entry.fid, entry.key)
+        return named
+
+
 async def delete_bucket(store: ObjectStore, bucket: str) -> None:
     """Delete `bucket` once it holds nothing (NotEmpty while anything is in it: objects,
     or what the mount keeps there, such as empty files and directories); its metadata

@@ -36,6 +36,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -142,10 +143,28 @@ class VerifyReport:
 Progress = Callable[[FileReport], None]
 
 
-async def targets(store: ObjectStore, target: str | None) -> list[tuple[str, str]]:
-    """(BUCKET/KEY, fid) of what to verify: every object, a bucket's, or one object."""
+class ObjectNames(Protocol):
+    """How an object's users name it, where that is more than its chain name: the CLI's
+    namespace (namespace.py) knows keys the chain declares under a hash and files the
+    mount renamed. Without one, objects go by their chain names."""
+
+    async def resolve(self, bucket: str, key: str) -> str | None:
+        """The FID `key` names (None: an object of zero bytes, which has no fragments)."""
+
+    async def keys(self, bucket: str) -> dict[str, str]:
+        """FID -> the key the bucket's users see it under, for the FIDs that have one."""
+
+
+async def targets(store: ObjectStore, target: str | None,
+                  names: ObjectNames | None = None) -> list[tuple[str, str]]:
+    """(BUCKET/KEY, fid) of what to verify: every object, a bucket's, or one object.
+    Every chain file of a bucket is checked (deossfs' metadata objects too); `names`
+    labels them as their users know them."""
     if target and "/" in target.strip("/"):
         bucket, key = split_target(target)
+        if names is not None:
+            fid = await names.resolve(bucket, key)
+            return [] if fid is None else [(f"{bucket}/{key}", fid)]
         entry = await store.lookup(bucket, key)
         assert entry is not None
         return [(f"{bucket}/{key}", entry.fid)]
@@ -155,8 +174,9 @@ async def targets(store: ObjectStore, target: str | None) -> list[tuple[str, str
         buckets = await trio.to_thread.run_sync(store.chain.buckets, store.owner)
     found: dict[str, str] = {}
     for bucket in buckets:
+        known = await names.keys(bucket) if names is not None else {}
         for key, info in await store.files_in_bucket(bucket):
-            found.setdefault(info.fid, f"{bucket}/{key}")
+            found.setdefault(info.fid, f"{bucket}/{known.get(info.fid, key)}")
     return sorted(((name, fid) for fid, name in found.items()), key=lambda item: item[0])
 
 
@@ -440,11 +460,13 @@ async def delete_orphans(store: ObjectStore, orphans: list[Orphan]) -> None:
 
 async def verify(store: ObjectStore, target: str | None = None, *, repair: bool = False,
                  progress: Progress | None = None, grace: float = ORPHAN_GRACE_SECONDS,
-                 keep: Callable[[str], bool] = lambda fid: False) -> VerifyReport:
+                 keep: Callable[[str], bool] = lambda fid: False,
+                 names: ObjectNames | None = None) -> VerifyReport:
     """Verify (and with `repair`, repair) BUCKET/KEY, a BUCKET, or every object; for a
-    bucket or everything, find orphans too (and with `repair`, delete them)."""
-    names = await targets(store, target)
-    report = await Verifier(store).run(names, repair=repair, progress=progress)
+    bucket or everything, find orphans too (and with `repair`, delete them). `names`
+    finds and labels objects as their users name them (default: chain names)."""
+    found = await targets(store, target, names)
+    report = await Verifier(store).run(found, repair=repair, progress=progress)
     if target is None or "/" not in target.strip("/"):
         buckets = [target.strip("/")] if target else \
             await trio.to_thread.run_sync(store.chain.buckets, store.owner)

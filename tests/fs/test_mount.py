@@ -8,6 +8,7 @@ with `deossfs status` or the `user.deossfs.state` xattr, never with a sleep.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -444,6 +445,14 @@ def test_the_cli_sees_the_mounts_names(devnet: Devnet, tmp_path: Path,
     m.cli("get", f"{bucket}/e", str(out))
     assert out.read_bytes() == b""
     assert m.cli("get", f"{bucket}/draft.txt", str(out), check=False).returncode != 0
+    # `deossfs verify` finds and labels them so too (it used the chain's names)
+    report = json.loads(m.cli("verify", "--json", f"{bucket}/final.txt").stdout)
+    assert [f["name"] for f in report["files"]] == [f"{bucket}/final.txt"], report
+    assert report["fragments"] > 0 and report["problems"] == 0, report
+    assert json.loads(m.cli("verify", "--json", f"{bucket}/e").stdout)["files"] == []
+    checked = {f["name"] for f in json.loads(m.cli("verify", "--json", bucket).stdout)["files"]}
+    assert {f"{bucket}/final.txt", f"{bucket}/d1/n"} <= checked, checked
+    assert not any("draft" in name or "~" in name for name in checked), checked
     # bytes put over the new name replace the renamed file for everyone
     newer = tmp_path / "newer"
     newer.write_bytes(b"version 2")
