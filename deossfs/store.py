@@ -624,8 +624,7 @@ class ObjectStore:
 
         def collect() -> list[tuple[str, FileInfo]]:
             out = []
-            for fid in info.object_list:  # type: ignore[union-attr]
-                file = self.chain.file(fid)
+            for file in self.chain.files(info.object_list):  # type: ignore[union-attr]
                 if file is None:
                     continue
                 for brief in file.owners:

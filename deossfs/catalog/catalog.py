@@ -471,13 +471,12 @@ class Catalog:
     def _chain_names(self, bucket: str, fids: list[str]) -> dict[str, tuple[str, int]]:
         """(worker thread) The chain's file_name and size of each FID in this bucket."""
         out = {}
-        for fid in fids:
-            info = self.store.chain.file(fid)
+        for info in self.store.chain.files(fids):
             if info is None:
                 continue
             for brief in info.owners:
                 if brief.user == self.owner and brief.bucket_name == bucket:
-                    out[fid] = (brief.file_name, info.file_size)
+                    out[info.fid] = (brief.file_name, info.file_size)
                     break
         return out
 

@@ -30,13 +30,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from substrateinterface import Keypair, SubstrateInterface
 from substrateinterface.base import ExtrinsicReceipt
 from substrateinterface.exceptions import SubstrateRequestException
+from substrateinterface.storage import StorageKey
 from websocket import WebSocketException
 
 from ..errors import ChainError, ChainUnavailable, ConfigError, KeyFileError, chain_error
@@ -79,6 +80,8 @@ NAME_MAX_BYTES = 63  # FileBank NameStrLimit, StorageHandler NameLimit
 DOMAIN_MAX_BYTES = 50
 #: how far back `events()` looks at most (one storage read per block)
 EVENT_SCAN_BLOCKS = 600
+#: FileBank `File` entries read in one query
+FILES_PER_QUERY = 64
 #: pallets whose events `events()` leaves out (fees and extrinsic bookkeeping)
 _NOISE_PALLETS = frozenset({"System", "TransactionPayment", "Balances", "Treasury"})
 
@@ -527,25 +530,39 @@ class CessChain(ChainClient):
         self._submit("FileBank", "delete_file", {"owner": owner, "file_hash": encode_hash(fid)})
 
     def file(self, fid: str) -> FileInfo | None:
-        value = self._query("FileBank", "File", [encode_hash(fid)])
-        if value is None:
-            return None
-        segments = tuple(
-            SegmentInfo(
-                decode_hash(s["hash"]),
-                tuple(FragmentInfo(decode_hash(f["hash"]), bool(f["avail"]), f["miner"])
-                      for f in s["fragment_list"]),
-            )
-            for s in value["segment_list"]
-        )
-        return FileInfo(
-            fid=fid,
-            segments=segments,
-            owners=tuple(_brief(b) for b in value["owner"]),
-            file_size=int(value["file_size"]),
-            completion=int(value["completion"]),
-            state=FileState(_enum(value["stat"])),
-        )
+        return _file_info(fid, self._query("FileBank", "File", [encode_hash(fid)]))
+
+    def files(self, fids: Sequence[str]) -> list[FileInfo | None]:
+        """One `state_queryStorageAt` per FILES_PER_QUERY FIDs, all at one block (a
+        consistent listing), where `file` costs a query - and substrate-interface's
+        check of the runtime, three more round trips - each. A batch whose answer the node
+        refuses (too large: ~1.2 kB per segment, and nodes cap an answer at ~10-15 MB) is
+        read again in halves."""
+        if not fids:
+            return []
+        block = self.connection.run(lambda si: si.get_chain_head())
+        out: list[FileInfo | None] = []
+        for start in range(0, len(fids), FILES_PER_QUERY):
+            out.extend(self._files(fids[start:start + FILES_PER_QUERY], block))
+        return out
+
+    def _files(self, batch: Sequence[str], block: str) -> list[FileInfo | None]:
+        def fetch(si: SubstrateInterface) -> list[Any]:
+            si.init_runtime(block_hash=block)  # no round trip once it is this block's
+            keys = [StorageKey.create_from_storage_function(
+                "FileBank", "File", [encode_hash(fid)], runtime_config=si.runtime_config,
+                metadata=si.metadata) for fid in batch]
+            found = {key.to_hex(): value.value for key, value in si.query_multi(keys, block)}
+            return [found.get(key.to_hex()) for key in keys]
+
+        try:
+            values = self.connection.run(fetch)
+        except SubstrateRequestException:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            return self._files(batch[:half], block) + self._files(batch[half:], block)
+        return [_file_info(fid, value) for fid, value in zip(batch, values, strict=True)]
 
     def deal(self, fid: str) -> DealInfo | None:
         value = self._query("FileBank", "DealMap", [encode_hash(fid)])
@@ -768,6 +785,28 @@ def _territory(owner: str, name: str, v: dict) -> Territory:
         start=int(v["start"]),
         deadline=int(v["deadline"]),
         state=TerritoryState(_enum(v["state"])),
+    )
+
+
+def _file_info(fid: str, value: Any) -> FileInfo | None:
+    """FileBank's `File` entry of `fid` (None: no such file)."""
+    if value is None:
+        return None
+    segments = tuple(
+        SegmentInfo(
+            decode_hash(s["hash"]),
+            tuple(FragmentInfo(decode_hash(f["hash"]), bool(f["avail"]), f["miner"])
+                  for f in s["fragment_list"]),
+        )
+        for s in value["segment_list"]
+    )
+    return FileInfo(
+        fid=fid,
+        segments=segments,
+        owners=tuple(_brief(b) for b in value["owner"]),
+        file_size=int(value["file_size"]),
+        completion=int(value["completion"]),
+        state=FileState(_enum(value["stat"])),
     )
 
 

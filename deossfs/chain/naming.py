@@ -9,6 +9,7 @@ Everything else is the wrapped client's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,10 @@ from .names import bucket_from_chain, bucket_to_chain
 
 def _shown(brief: UserBrief) -> UserBrief:
     return replace(brief, bucket_name=bucket_from_chain(brief.bucket_name))
+
+
+def _file_shown(info: FileInfo | None) -> FileInfo | None:
+    return None if info is None else replace(info, owners=tuple(_shown(b) for b in info.owners))
 
 
 class NamedBuckets:
@@ -52,8 +57,10 @@ class NamedBuckets:
         self.chain.upload_declaration(fid, segments, brief, file_size)
 
     def file(self, fid: str) -> FileInfo | None:
-        info = self.chain.file(fid)
-        return None if info is None else replace(info, owners=tuple(_shown(b) for b in info.owners))
+        return _file_shown(self.chain.file(fid))
+
+    def files(self, fids: Sequence[str]) -> list[FileInfo | None]:
+        return [_file_shown(info) for info in self.chain.files(fids)]
 
     def deal(self, fid: str) -> DealInfo | None:
         deal = self.chain.deal(fid)

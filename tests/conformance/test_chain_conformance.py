@@ -188,6 +188,9 @@ def test_storage_order_space_completion_dedup_and_delete(net: Net) -> None:
     assert alice.deal(fid) is None
     info = alice.file(fid)
     assert info is not None and info.owners == (brief(net), bob_brief)
+    # many at once, in order (on CESS in batched queries: 150 FIDs span three)
+    missing = [_h(f"absent {i}") for i in range(150)]
+    assert alice.files([fid, *missing, fid]) == [info, *[None] * 150, info]
     bobs = alice.territory(bob.account, "bobs")
     assert bobs is not None and (bobs.used_space, bobs.locked_space) == (DEDUP_SEGMENT_SPACE, 0)
     assert alice.user_files(bob.account) == [UserFileSlice("bobs", fid, DEDUP_SEGMENT_SPACE)]

@@ -3,6 +3,7 @@ chain names (chain/names.py, chain/naming.py), property-tested and by example.""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from deossfs.catalog.names import (
     key_path,
     path_key,
 )
+from deossfs.chain.interface import ChainClient
 from deossfs.chain.ledger import EmbeddedLedger
 from deossfs.chain.names import (
     bucket_from_chain,
@@ -212,3 +214,17 @@ def test_named_buckets_on_the_embedded_chain(tmp_path: Path) -> None:
         assert chain.account == alice.address  # the rest is the ledger's
     finally:
         ledger.close()
+
+
+def test_named_buckets_translates_every_answer_that_names_a_bucket() -> None:
+    """A ChainClient method whose answer carries bucket names (files, deals, buckets) must
+    be NamedBuckets' own: one reached through `__getattr__` would show chain names (a
+    batched `files` once listed `jazz` as empty, its files being in `Qazz`)."""
+    carrying = ("FileInfo", "DealInfo", "BucketInfo", "UserBrief")
+    answers = {name: inspect.signature(method).return_annotation
+               for name, method in vars(ChainClient).items()
+               if callable(method) and not name.startswith("_")}
+    naming = {name for name, annotation in answers.items()
+              if any(kind in str(annotation) for kind in carrying)}
+    assert {"file", "files", "deal", "bucket"} <= naming
+    assert naming <= set(vars(NamedBuckets)), naming - set(vars(NamedBuckets))
