@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from scalecodec.base import ScaleBytes
 from substrateinterface import Keypair, SubstrateInterface
 from substrateinterface.base import ExtrinsicReceipt
 from substrateinterface.exceptions import SubstrateRequestException
@@ -80,6 +81,9 @@ NAME_MAX_BYTES = 63  # FileBank NameStrLimit, StorageHandler NameLimit
 DOMAIN_MAX_BYTES = 50
 #: how far back `events()` looks at most (one storage read per block)
 EVENT_SCAN_BLOCKS = 600
+#: how often a storage read checks the runtime's version (a runtime upgrade changes how
+#: storage decodes)
+RUNTIME_CHECK_SECONDS = 60.0
 #: FileBank `File` entries read in one query
 FILES_PER_QUERY = 64
 #: pallets whose events `events()` leaves out (fees and extrinsic bookkeeping)
@@ -186,6 +190,7 @@ class CessConnection:
         #: block hash -> extrinsic hashes, for the inclusion scan (blocks never change)
         self._block_extrinsics: dict[str, list[str]] = {}
         self._dev: bool | None = None
+        self._runtime_checked = -RUNTIME_CHECK_SECONDS
         self._users = 0
         self._closed = False
 
@@ -214,6 +219,7 @@ class CessConnection:
                 log.warning("CESS RPC: failed over to %s", url)
             self._current = index
             self._si = si
+            self._runtime_checked = time.monotonic()
             self._block_extrinsics.clear()
             return si
         raise ChainUnavailable("no CESS RPC endpoint answered: " + "; ".join(problems))
@@ -241,6 +247,15 @@ class CessConnection:
                     last = exc
                     self._drop(exc)
         raise ChainUnavailable(f"the CESS chain stopped answering: {last}")
+
+    def check_runtime(self, si: SubstrateInterface) -> None:
+        """Make sure `si` decodes with the chain's current runtime (call with the lock held):
+        checked at most every RUNTIME_CHECK_SECONDS, since a runtime upgrade is rare and the
+        check costs three round trips."""
+        now = time.monotonic()
+        if si.metadata is None or now - self._runtime_checked >= RUNTIME_CHECK_SECONDS:
+            si.init_runtime()
+            self._runtime_checked = now
 
     def acquire(self) -> None:
         with self.lock:
@@ -335,7 +350,21 @@ class CessChain(ChainClient):
     # ---- plumbing ----------------------------------------------------------------------
 
     def _query(self, pallet: str, item: str, params: list | None = None) -> Any:
-        return self.connection.run(lambda si: si.query(pallet, item, params or []).value)
+        """One storage entry at the best block: one round trip. (substrate-interface's
+        `query` asks for the chain head first, and for the runtime's version again at every
+        new block: two to four.)"""
+
+        def fetch(si: SubstrateInterface) -> Any:
+            self.connection.check_runtime(si)
+            key = StorageKey.create_from_storage_function(
+                pallet, item, params or [], runtime_config=si.runtime_config, metadata=si.metadata)
+            response = si.rpc_request("state_getStorage", [key.to_hex()])
+            if "error" in response:
+                raise SubstrateRequestException(response["error"]["message"])
+            data = response.get("result")
+            return key.decode_scale_value(None if data is None else ScaleBytes(data)).value
+
+        return self.connection.run(fetch)
 
     def _query_map(self, pallet: str, item: str, params: list | None = None) -> list[tuple[Any, Any]]:
         def fetch(si: SubstrateInterface) -> list[tuple[Any, Any]]:
