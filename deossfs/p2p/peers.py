@@ -36,8 +36,6 @@ from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from ..cache.counters import Counters
 from ..cache.segments import SegmentCache
@@ -313,6 +311,11 @@ async def serve_peers(
 
     With `serve_config.register` the endpoint goes into the chain's gateway list.
     """
+    # imported here: every CLI command imports this module, only servers need hypercorn
+    # (~0.1 s of a command's start-up)
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
     guard = await trio.to_thread.run_sync(ReplayGuard, replay_db)
     app = PeerApp(cache, guard, AccessPolicy.from_config(access), account.address,
                   chain_reader_check(chain) if check_owners else None, counters)
