@@ -134,11 +134,17 @@ class Catalog:
         """The owner's buckets (deossfs' names: chain/naming.py)."""
         return await self._chain(self.store.chain.buckets, self.owner)  # type: ignore[return-value]
 
+    async def bucket_dates(self, buckets: list[str]) -> dict[str, int]:
+        """Creation times (ns) for `buckets`, all the owner's buckets as just listed: when
+        this catalog created or first listed each (index.bucket_dates)."""
+        return self.index.bucket_dates(buckets, time.time_ns())
+
     async def create_bucket(self, bucket: str) -> None:
         problem = bucket_name_problem(bucket)
         if problem:
             raise InvalidName(f"bucket name {bucket!r}: {problem}")
         await self._chain(self.store.chain.create_bucket, self.owner, bucket)
+        self.index.bucket_created(bucket, time.time_ns())
 
     async def delete_bucket(self, bucket: str) -> None:
         """Delete an empty bucket (NotEmpty while it holds any entry: objects, folders, and

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS chain_deletes (
 CREATE TABLE IF NOT EXISTS buckets (
     name TEXT PRIMARY KEY,
     dirty INTEGER NOT NULL DEFAULT 0,  -- changed since the last save of its metadata object
-    meta_fid TEXT                      -- the metadata object last loaded or saved
+    meta_fid TEXT,                     -- the metadata object last loaded or saved
+    created_ns INTEGER                 -- when this index first saw it (created it, or listed it)
 );
 """
 
@@ -111,6 +112,8 @@ class CatalogIndex:
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
+        if "created_ns" not in {row[1] for row in self.conn.execute("PRAGMA table_info(buckets)")}:
+            self.conn.execute("ALTER TABLE buckets ADD COLUMN created_ns INTEGER")  # older indexes
         self.seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0]
 
     def close(self) -> None:
@@ -350,6 +353,29 @@ class CatalogIndex:
             self.conn.execute("UPDATE buckets SET dirty=? WHERE name=?", (int(dirty), bucket))
         if meta_fid is not None:
             self.conn.execute("UPDATE buckets SET meta_fid=? WHERE name=?", (meta_fid, bucket))
+
+    def bucket_created(self, bucket: str, at_ns: int) -> None:
+        """`bucket` was created just now (by this index's owner, through it)."""
+        self.conn.execute("INSERT OR IGNORE INTO buckets (name) VALUES (?)", (bucket,))
+        self.conn.execute("UPDATE buckets SET created_ns=? WHERE name=?", (at_ns, bucket))
+
+    def bucket_dates(self, buckets: list[str], now_ns: int) -> dict[str, int]:
+        """When this index first saw each of `buckets`, the owner's buckets as listed now
+        (the chain keeps no creation time): those seen for the first time are dated now,
+        and buckets no longer listed forget their date, so one created again elsewhere
+        is dated again."""
+        listed = set(buckets)
+        with self.transaction():
+            known = dict(self.conn.execute("SELECT name, created_ns FROM buckets").fetchall())
+            for name, created in known.items():
+                if name not in listed and created is not None:
+                    self.conn.execute("UPDATE buckets SET created_ns=NULL WHERE name=?", (name,))
+            for name in listed:
+                if known.get(name) is None:
+                    self.conn.execute("INSERT OR IGNORE INTO buckets (name) VALUES (?)", (name,))
+                    self.conn.execute("UPDATE buckets SET created_ns=? WHERE name=?", (now_ns, name))
+                    known[name] = now_ns
+        return {name: known[name] for name in buckets}
 
     def dirty_buckets(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM buckets WHERE dirty=1")]

@@ -5,7 +5,9 @@ writes, UploadPartCopy ranges and GetObject's partNumber."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -47,6 +49,30 @@ def test_list_buckets_in_pages(s3) -> None:  # noqa: ANN001
     finally:
         for name in names:
             s3.delete_bucket(Bucket=name)
+
+
+def test_bucket_creation_dates_hold_still(s3) -> None:  # noqa: ANN001
+    """CESS keeps no creation time: ListBuckets dates a bucket when the gateway created it
+    (or first listed it) and keeps that date; it used to give the time of each listing.
+    A bucket deleted and created again is dated again."""
+    name = f"dated-{uuid.uuid4().hex[:10]}"
+
+    def dated() -> datetime:
+        return {b["Name"]: b["CreationDate"] for b in s3.list_buckets()["Buckets"]}[name]
+
+    before = datetime.now(UTC)
+    s3.create_bucket(Bucket=name)
+    after = datetime.now(UTC)
+    try:
+        first = dated()
+        assert before - timedelta(seconds=1) <= first <= after + timedelta(seconds=1)
+        time.sleep(1.5)
+        assert dated() == first
+        s3.delete_bucket(Bucket=name)
+        s3.create_bucket(Bucket=name)
+        assert dated() >= first + timedelta(seconds=1)
+    finally:
+        s3.delete_bucket(Bucket=name)
 
 
 def test_listing_edges(s3, bucket: str) -> None:  # noqa: ANN001

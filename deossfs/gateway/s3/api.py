@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -176,13 +175,15 @@ class S3Api:
         limit = self._max_keys(call, "max-buckets", ceiling=10_000, smallest=1) if paged else 10_000
         token = call.query.get("continuation-token")
         after = _decode_token(token) if token else ""
-        names = sorted(name for name in await self.catalog(call).buckets()
-                       if name.startswith(prefix) and name > after)
+        catalog = self.catalog(call)
+        every = await catalog.buckets()
+        created = await catalog.bucket_dates(every)
+        names = sorted(name for name in every if name.startswith(prefix) and name > after)
         page = names[:limit]
-        created = xml.timestamp(time.time_ns())
         children: list[tuple[str, Any]] = [
             ("Owner", self._owner(call)),
-            ("Buckets", [("Bucket", [("Name", name), ("CreationDate", created),
+            ("Buckets", [("Bucket", [("Name", name),
+                                     ("CreationDate", xml.timestamp(created[name])),
                                      ("BucketRegion", self.region)])
                          for name in page])]
         if len(names) > limit:
