@@ -9,7 +9,9 @@ and only the bucket's metadata object - which the mount and the gateway's catalo
 
 - `put` of such a key publishes the key in the metadata object before it returns, as the
   gateway does for an S3 PUT; without it the mount, S3 and `ls` showed the object under
-  its hash for ever (`put_object`);
+  its hash for ever (`put_object`). Every `put` is checked against the namespace first:
+  no key can be an object and the folder of another (`abc` and `abc/d.txt`), which the
+  chain alone would take;
 - in a bucket with a metadata object, `ls`, `get`, `stat` and `rm` see what the mount
   and S3 see (`list_objects`, `resolve`, `delete`): such keys under their names, files
   the mount renamed under their new ones (the chain keeps the name a file was uploaded
@@ -25,7 +27,7 @@ between runs so a bucket's chain names are read once), used by one process at a 
 (a file lock; the gateway's catalogs are its own). Its merge rules are the gateway's,
 so a mount, a gateway and the CLI changing one bucket at once lose nothing. Objects
 with bytes under keys the chain takes as they are need no metadata: their puts stay
-chain-only, as fast as before, and so do listings of buckets without a metadata object.
+chain-only, and so do listings of buckets without a metadata object.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .catalog.catalog import Catalog
 from .catalog.names import path_key
 from .catalog.protocol import META_DIR, META_KEY
 from .catalog.records import EMPTY_MD5, ObjectRecord, etag_for
-from .errors import DeossError, InvalidInput, NoSuchKey, NotFound
+from .errors import DeossError, InvalidInput, NoSuchBucket, NoSuchKey, NotFound
 from .names import chain_file_name
 from .processing.pipeline import FilePlan
 from .store import ObjectEntry, ObjectStore
@@ -95,15 +97,18 @@ async def put_object(store: ObjectStore, bucket: str, key: str,
     the namespace right where the chain's name alone would not: a key the chain hashes is
     published in the metadata object, as is one the metadata object names already (an
     object of zero bytes, a file the mount renamed to this name: the metadata's word
-    beats a chain name, so the new bytes would stay hidden behind it). In a bucket with a
-    metadata object, a key where the namespace has a folder is refused before a byte is
-    sent."""
+    beats a chain name, so the new bytes would stay hidden behind it). A key where the
+    namespace has a folder is refused before a byte is sent; so is one that is an object and the folder of another in any bucket (`abc` and
+    `abc/d.txt`), as the mount and S3 refuse it: the mount could show only one of them."""
     s3_key = path_key(key)
+    if s3_key is None:
+        return await upload()  # a `~~+` piece's path: nothing but the chain to mind
     hashed = needs_metadata(key)
-    if s3_key is None or not (hashed or await _has_metadata(store, bucket)):
-        return await upload()  # a `~~+` piece's path, or nothing but the chain to mind
     async with own_catalog(store, publish=False) as catalog:
-        await catalog.prepare_put(bucket, s3_key)
+        try:
+            await catalog.prepare_put(bucket, s3_key)
+        except NoSuchBucket as exc:  # the library's word for it, as before (docs/library.md)
+            raise NotFound(str(exc), hint=exc.hint) from None
         entry = catalog.index.get(bucket, key)
     named_there = entry is not None and not entry.foreign_object
     plan = await upload()

@@ -455,7 +455,8 @@ class Catalog:
             if info is None:
                 self.index.drop_bucket(bucket)
                 self._refreshed.pop(bucket, None)
-                raise NoSuchBucket(f"bucket {bucket!r} does not exist")
+                raise NoSuchBucket(f"bucket {bucket!r} does not exist",
+                                   hint=f"create it with `deossfs bucket create {bucket}`")
             listed = set(info.object_list)  # type: ignore[attr-defined]
             known = self.index.chain_files(bucket)
             named = self.index.fids(bucket)

@@ -129,6 +129,25 @@ def test_clear_errors(devnet: Devnet, bucket: str, tmp_path: Path) -> None:
     assert result.returncode != 0 and "'~~+'" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_no_key_is_an_object_and_the_folder_of_another(devnet: Devnet, tmp_path: Path) -> None:
+    """The chain takes both `abc` and `abc/d.txt` as file names; the mount could show only
+    one, and S3 refuses the second (KeyConflict). The CLI refuses it too, before a byte is
+    sent, in a bucket that has no metadata object as well (it took both)."""
+    devnet.cli("bucket", "create", "flat")
+    src = tmp_path / "small.bin"
+    src.write_bytes(b"x" * 1000)
+    devnet.cli("put", str(src), "flat/abc")
+    devnet.cli("put", str(src), "flat/xyz/e.txt")
+    for key, expected in (("abc/d.txt", "'abc' is an object"), ("xyz", "is a folder")):
+        result = devnet.cli("put", str(src), f"flat/{key}", check=False)
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert [line.split()[-1] for line in devnet.cli("ls", "flat").stdout.splitlines()] == [
+        "abc", "xyz/e.txt"]
+    devnet.cli("put", str(src), "flat/abc")  # the same key again replaces it, as before
+    devnet.cli("put", str(src), "flat/xyz/f.txt")
+
+
 def test_territory_full(devnet: Devnet, tmp_path: Path) -> None:
     devnet.cli("territory", "mint", "tiny", "--gib", "1", "--days", "30")
     devnet.cli("bucket", "create", "tinyb")
