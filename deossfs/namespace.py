@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -49,6 +50,9 @@ from .errors import DeossError, InvalidInput, NoSuchBucket, NoSuchKey, NotFound
 from .names import chain_file_name
 from .processing.pipeline import FilePlan
 from .store import ObjectEntry, ObjectStore
+
+if TYPE_CHECKING:
+    from .chain.interface import FileInfo
 
 
 def catalog_path(store: ObjectStore) -> Path:
@@ -81,13 +85,8 @@ def needs_metadata(key: str) -> bool:
     return chain_file_name(key) != key
 
 
-async def _has_metadata(store: ObjectStore, bucket: str) -> bool:
-    """Has a mount, a gateway or a put kept a metadata object in `bucket`? (No bucket: no;
-    the put says what is wrong.)"""
-    try:
-        files = await store.files_in_bucket(bucket)
-    except NotFound:
-        return False
+def _has_metadata(files: list[tuple[str, FileInfo]]) -> bool:
+    """Has a mount, a gateway or a put kept a metadata object in the bucket listed so?"""
     return any(name == META_KEY for name, _ in files)
 
 
@@ -156,8 +155,9 @@ async def resolve(store: ObjectStore, bucket: str, key: str) -> ObjectEntry | No
     which the chain's name alone cannot give: a file the mount renamed keeps the name it
     was uploaded with on the chain, and one of zero bytes has none there."""
     s3_key = path_key(key)
-    if s3_key is None or not await _has_metadata(store, bucket):
-        return await store.lookup(bucket, key)
+    files = await store.files_in_bucket(bucket)
+    if s3_key is None or not _has_metadata(files):
+        return await store.lookup(bucket, key, files=files)
     async with own_catalog(store, publish=False) as catalog:
         try:
             record = await catalog.get(bucket, s3_key)
@@ -173,8 +173,12 @@ async def delete(store: ObjectStore, bucket: str, key: str) -> str:
     metadata object the removal is published there (with the folders it leaves empty, as
     an S3 DELETE does), and the file leaves the chain unless another key names it."""
     s3_key = path_key(key)
-    if s3_key is None or not await _has_metadata(store, bucket):
-        return await store.delete(bucket, key)
+    files = await store.files_in_bucket(bucket)
+    if s3_key is None or not _has_metadata(files):
+        entry = await store.lookup(bucket, key, files=files)
+        assert entry is not None
+        await store.delete_fid(entry.fid)
+        return entry.fid
     async with own_catalog(store, publish=True) as catalog:
         record = await catalog.delete(bucket, s3_key)
     if record is None:

@@ -634,9 +634,11 @@ class ObjectStore:
 
         return await trio.to_thread.run_sync(collect)
 
-    async def lookup(self, bucket: str, key: str, *, missing_ok: bool = False) -> ObjectEntry | None:
+    async def lookup(self, bucket: str, key: str, *, missing_ok: bool = False,
+                     files: list[tuple[str, FileInfo]] | None = None) -> ObjectEntry | None:
+        """The object the chain names `key` in `bucket` (`files`: its listing, if read already)."""
         chain_name = chain_file_name(key)
-        for name, file in await self.files_in_bucket(bucket):
+        for name, file in files if files is not None else await self.files_in_bucket(bucket):
             if name == chain_name:
                 return ObjectEntry(bucket, key, file.fid, file.file_size)
         if missing_ok:
@@ -646,12 +648,6 @@ class ObjectStore:
     async def list(self, bucket: str, prefix: str = "") -> list[ObjectEntry]:
         return [ObjectEntry(bucket, key, f.fid, f.file_size)
                 for key, f in await self.files_in_bucket(bucket) if key.startswith(prefix)]
-
-    async def delete(self, bucket: str, key: str) -> str:
-        entry = await self.lookup(bucket, key)
-        assert entry is not None
-        await self._chain(self.chain.delete_file, self.owner, entry.fid)
-        return entry.fid
 
     async def file_info(self, fid: str) -> FileInfo:
         info = await self._chain(self.chain.file, fid)
