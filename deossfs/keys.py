@@ -10,30 +10,51 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import bip39
+import sr25519
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from substrateinterface import Keypair
+from scalecodec.utils.ss58 import ss58_decode, ss58_encode
 
 from .errors import KeyFileError
 from .processing.layout import SS58_FORMAT
 
+if TYPE_CHECKING:
+    from substrateinterface import Keypair
+
+#: the language of the mnemonics deossfs writes and reads (substrate-interface's default)
+MNEMONIC_LANGUAGE = "en"
+
 
 @dataclass(frozen=True)
 class Account:
-    """A signing account: its keypair and where it came from."""
+    """A signing account: its sr25519 key pair and the secret it came from.
 
-    keypair: Keypair
-    secret: str
+    Built on the sr25519 and BIP39 bindings substrate-interface itself uses, so a command
+    that only signs, verifies or derives keys does not import substrate-interface (~0.15 s
+    of every CLI command's start-up); `keypair`, for substrate-interface's own calls
+    (extrinsics), is made when first asked for. tests/unit/test_keys.py checks that both
+    give the same keys, addresses and signatures."""
 
-    @property
-    def address(self) -> str:
-        return self.keypair.ss58_address
+    public_key: bytes
+    private_key: bytes = field(repr=False)
+    secret: str = field(repr=False)
+    address: str
+
+    @cached_property
+    def keypair(self) -> Keypair:
+        from substrateinterface import Keypair
+
+        return Keypair(ss58_address=self.address, public_key=self.public_key,
+                       private_key=self.private_key, ss58_format=SS58_FORMAT)
 
     def sign(self, message: bytes) -> bytes:
-        return self.keypair.sign(message)
+        return bytes(sr25519.sign((self.public_key, self.private_key), message))
 
     def derive_key(self, purpose: str, length: int = 32) -> bytes:
         """A key for `purpose` (e.g. "encryption v1"), derived from the account secret."""
@@ -43,42 +64,63 @@ class Account:
             salt=b"deossfs",
             info=purpose.encode(),
         )
-        return hkdf.derive(self.keypair.private_key)
+        return hkdf.derive(self.private_key)
 
 
 def account_from_secret(secret: str) -> Account:
     """Build an account from a mnemonic or a `//URI` secret."""
     try:
         if secret.startswith("//") or secret.startswith("0x"):
+            # derivation paths and raw seeds (dev accounts): substrate-interface's parser
+            from substrateinterface import Keypair
+
             keypair = Keypair.create_from_uri(secret, ss58_format=SS58_FORMAT)
+            public, private = keypair.public_key, keypair.private_key
         else:
-            keypair = Keypair.create_from_mnemonic(secret, ss58_format=SS58_FORMAT)
-    except Exception as exc:  # the library raises ValueError and friends
+            seed = bytes(bip39.bip39_to_mini_secret(secret, "", MNEMONIC_LANGUAGE))
+            public, private = sr25519.pair_from_seed(seed)
+    except Exception as exc:  # the libraries raise ValueError and friends
         raise KeyFileError(f"not a valid account secret: {exc}") from None
-    return Account(keypair=keypair, secret=secret)
+    public, private = bytes(public), bytes(private)
+    return Account(public_key=public, private_key=private, secret=secret,
+                   address=ss58_encode(public, ss58_format=SS58_FORMAT))
+
+
+def _public_key(address: str) -> bytes:
+    """The public key an SS58 address of this network names (ValueError if none)."""
+    public = bytes.fromhex(ss58_decode(address, valid_ss58_format=SS58_FORMAT))
+    if len(public) != 32:
+        raise ValueError("not an sr25519 account address")
+    return public
 
 
 def verify_signature(address: str, message: bytes, signature: bytes) -> bool:
-    """True when `signature` is `address`'s sr25519 signature of `message`."""
+    """True when `signature` is `address`'s sr25519 signature of `message`, as signed
+    here or by a browser wallet (polkadot.js wraps what it signs in <Bytes>...</Bytes>)."""
     try:
-        keypair = Keypair(ss58_address=address, ss58_format=SS58_FORMAT)
-        return bool(keypair.verify(message, signature))
+        public = _public_key(address)
+        return bool(sr25519.verify(signature, message, public)
+                    or sr25519.verify(signature, b"<Bytes>" + message + b"</Bytes>", public))
     except Exception:
         return False
 
 
 def valid_address(address: str) -> bool:
     try:
-        Keypair(ss58_address=address, ss58_format=SS58_FORMAT)
+        _public_key(address)
     except Exception:
         return False
     return True
 
 
+def new_mnemonic() -> str:
+    return str(bip39.bip39_generate(12, MNEMONIC_LANGUAGE))
+
+
 def create_key_file(path: Path, secret: str | None = None) -> Account:
     """Write a new key file (0600, never overwriting one) and return its account."""
     if secret is None:
-        secret = Keypair.generate_mnemonic()
+        secret = new_mnemonic()
     account = account_from_secret(secret)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"type": "sr25519", "secret": secret, "address": account.address})
