@@ -34,7 +34,7 @@ import base58
 from eth_keys import keys as eth_keys
 from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak
-from substrateinterface.utils.ss58 import ss58_decode, ss58_encode
+from scalecodec.utils.ss58 import ss58_decode, ss58_encode
 
 from ..errors import Unauthenticated
 from ..keys import verify_signature
