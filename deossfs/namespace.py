@@ -96,9 +96,9 @@ async def put_object(store: ObjectStore, bucket: str, key: str,
     the namespace right where the chain's name alone would not: a key the chain hashes is
     published in the metadata object, as is one the metadata object names already (an
     object of zero bytes, a file the mount renamed to this name: the metadata's word
-    beats a chain name, so the new bytes would stay hidden behind it). A key where the
-    namespace has a folder is refused before a byte is sent; so is one that is an object and the folder of another in any bucket (`abc` and
-    `abc/d.txt`), as the mount and S3 refuse it: the mount could show only one of them."""
+    beats a chain name, so the new bytes would stay hidden behind it). In any bucket, a
+    key that would make an object the folder of another (`abc` and `abc/d.txt`) is
+    refused before a byte is sent, as the mount and S3 refuse it."""
     s3_key = path_key(key)
     if s3_key is None:
         return await upload()  # a `~~+` piece's path: nothing but the chain to mind

@@ -356,24 +356,24 @@ class CatalogIndex:
 
     def bucket_created(self, bucket: str, at_ns: int) -> None:
         """`bucket` was created just now (by this index's owner, through it)."""
-        self.conn.execute("INSERT OR IGNORE INTO buckets (name) VALUES (?)", (bucket,))
-        self.conn.execute("UPDATE buckets SET created_ns=? WHERE name=?", (at_ns, bucket))
+        self.conn.execute("INSERT INTO buckets (name, created_ns) VALUES (?, ?) ON CONFLICT(name) "
+                          "DO UPDATE SET created_ns=excluded.created_ns", (bucket, at_ns))
 
     def bucket_dates(self, buckets: list[str], now_ns: int) -> dict[str, int]:
         """When this index first saw each of `buckets`, the owner's buckets as listed now
         (the chain keeps no creation time): those seen for the first time are dated now,
         and buckets no longer listed forget their date, so one created again elsewhere
-        is dated again."""
+        is dated again. Writes (and syncs) only when a date changes."""
+        known = dict(self.conn.execute("SELECT name, created_ns FROM buckets").fetchall())
         listed = set(buckets)
-        with self.transaction():
-            known = dict(self.conn.execute("SELECT name, created_ns FROM buckets").fetchall())
-            for name, created in known.items():
-                if name not in listed and created is not None:
+        gone = [name for name, created in known.items() if created is not None and name not in listed]
+        new = [name for name in listed if known.get(name) is None]
+        if gone or new:
+            with self.transaction():
+                for name in gone:
                     self.conn.execute("UPDATE buckets SET created_ns=NULL WHERE name=?", (name,))
-            for name in listed:
-                if known.get(name) is None:
-                    self.conn.execute("INSERT OR IGNORE INTO buckets (name) VALUES (?)", (name,))
-                    self.conn.execute("UPDATE buckets SET created_ns=? WHERE name=?", (now_ns, name))
+                for name in new:
+                    self.bucket_created(name, now_ns)
                     known[name] = now_ns
         return {name: known[name] for name in buckets}
 
