@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..processing.encryption import LEGACY_SALT_CONTEXT
+
 ROOT_INODE = 1
 #: seconds a journaled file's upload may be put off by further changes (upload_delay)
 MAX_UPLOAD_DEFER = 30.0
@@ -146,6 +148,16 @@ class Database:
         columns = {r[1] for r in self.conn.execute("PRAGMA table_info(uploads)")}
         if "salt_context" not in columns:  # a workspace from before retries kept their FID
             self.conn.execute("ALTER TABLE uploads ADD COLUMN salt_context BLOB")
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            # salts now hash the plaintext with GMAC: an upload journaled before keeps the
+            # SHA-256 salts its first attempt may have declared a storage order with
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                rows = self.conn.execute("SELECT ino, salt_context FROM uploads"
+                                         " WHERE salt_context IS NOT NULL").fetchall()
+                self.conn.executemany("UPDATE uploads SET salt_context=? WHERE ino=?",
+                                      [(LEGACY_SALT_CONTEXT + bytes(ctx), ino) for ino, ctx in rows])
+                self.conn.execute("PRAGMA user_version = 1")
         inode_columns = {r[1] for r in self.conn.execute("PRAGMA table_info(inodes)")}
         for column in ("rdev", "inline"):  # workspaces from before these columns
             if column not in inode_columns:

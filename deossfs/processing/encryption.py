@@ -85,6 +85,10 @@ _CHUNKS = _chunk_layout()
 _ZEROS = bytes(CHUNK_PLAIN)
 
 
+#: prefixes a salt context kept from before salts hashed the plaintext with GMAC
+#: (SegmentCipher.salt_for): such an upload keeps the FID its first attempt declared
+LEGACY_SALT_CONTEXT = b"deossfs salt v1\0"
+
 _bounce = threading.local()
 
 
@@ -108,6 +112,7 @@ class SegmentCipher:
             raise InvalidInput("the encryption key must be 32 bytes")
         self._master = master_key
         self._salt_key: bytes | None = None
+        self._gmac_key: algorithms.AES | None = None
         #: names the key without revealing it: decrypted segments kept in memory are
         #: filed under it, so a reader with another key never gets them
         self.key_id = hashlib.sha256(b"deossfs key id v1\0" + master_key).digest()[:16]
@@ -124,19 +129,40 @@ class SegmentCipher:
     def salt_for(self, context: bytes, index: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         """A salt that repeats only for the same plaintext of the same segment of one upload.
 
-        HMAC over (context, index, SHA-256 of the plaintext) under a key derived from the
-        master key: a retried upload (same `context`, kept in the mount's journal) gets the
-        same ciphertext and so the same FID, instead of a new storage order that would lock
-        territory space again. A key is still used for one plaintext only (different bytes
-        give a different salt), and without the master key the salt reveals nothing about
-        the plaintext (no guess can be confirmed against it)."""
+        HMAC over (context, index, a keyed hash of the plaintext) under a key derived from
+        the master key: a retried upload (same `context`, kept in the mount's journal) gets
+        the same ciphertext and so the same FID, instead of a new storage order that would
+        lock territory space again. A key is still used for one plaintext only (different
+        bytes give a different salt), and without the master key the salt reveals nothing
+        about the plaintext (no guess can be confirmed against it).
+
+        The plaintext's hash is GMAC (GHASH under a secret key, as AES-GCM-SIV derives its
+        IV from POLYVAL): two different segments collide with probability below 2^-107,
+        it is never revealed (only the HMAC over it is), and it runs at ~10 GB/s where
+        SHA-256 runs at 1-2. A context carrying LEGACY_SALT_CONTEXT (a mount's journal
+        from before, whose upload may already have a storage order) keeps SHA-256."""
         if self._salt_key is None:
             self._salt_key = HKDF(
                 algorithm=hashes.SHA256(), length=32, salt=None, info=b"deossfs salt v1"
             ).derive(self._master)
-        mac = hmac.new(self._salt_key, context, "sha256")
+        if context.startswith(LEGACY_SALT_CONTEXT):
+            mac = hmac.new(self._salt_key, context[len(LEGACY_SALT_CONTEXT):], "sha256")
+            mac.update(index.to_bytes(8, "big"))
+            mac.update(hashlib.sha256(plaintext).digest())
+            return mac.digest()
+        if self._gmac_key is None:
+            self._gmac_key = algorithms.AES(HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"deossfs salt hash v2"
+            ).derive(self._master))
+        # the key is used for this hash only, so one fixed nonce serves: the tag is
+        # GHASH(plaintext) masked by one constant, and never leaves this function
+        gmac = Cipher(self._gmac_key, modes.GCM(bytes(12))).encryptor()
+        gmac.authenticate_additional_data(plaintext)
+        gmac.finalize()
+        mac = hmac.new(self._salt_key, b"salt v2\0" + context, "sha256")
         mac.update(index.to_bytes(8, "big"))
-        mac.update(hashlib.sha256(plaintext).digest())
+        mac.update(memoryview(plaintext).nbytes.to_bytes(8, "big"))
+        mac.update(gmac.tag)
         return mac.digest()
 
     def encrypt_into(

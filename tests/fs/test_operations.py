@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import tomllib
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from deossfs.fs.mount import DB_NAME, workspace_for
 from deossfs.fs.operations import MAX_PATH_BYTES, REFRESH_SECONDS, Operations
 from deossfs.fs.uploader import Uploader
 from deossfs.keys import load_key_file
-from deossfs.processing.encryption import PLAINTEXT_CAPACITY
+from deossfs.processing.encryption import LEGACY_SALT_CONTEXT, PLAINTEXT_CAPACITY, SegmentCipher
 from deossfs.store import ObjectStore
 
 from ..conftest import Devnet
@@ -1065,6 +1066,45 @@ async def test_upload_cancelled_midway_resumes(devnet: Devnet, tmp_path: Path) -
             fid = await fs.wait_stored(f"{bucket}/big.bin")
             assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
         assert first == [fid] and declared("big.bin") == [fid]
+        assert chain.deal(fid) is None
+    finally:
+        chain.close()
+
+
+async def test_an_upload_journaled_by_an_older_version_resumes_its_order(
+        devnet: Devnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Salts hashed the plaintext with SHA-256 before GMAC: an upload a version before
+    that declared, resumed by this one, keeps its FID (the journal's contexts are marked
+    when the workspace is opened), so it is not declared - and its space locked - twice."""
+    config = config_for(devnet, tmp_path)
+    data = os.urandom(40_000_000)
+    chain = ledger(devnet)
+    start = len(chain.events(0))
+
+    def declared() -> list[str]:
+        return [e.attributes["fid"] for e in chain.events(0)[start:] if e.name == "UploadDeclaration"]
+
+    current = SegmentCipher.salt_for
+    try:
+        # the older version: the scheme LEGACY_SALT_CONTEXT selects (pinned in
+        # tests/unit/test_processing.py), on a workspace without the migration's mark
+        with monkeypatch.context() as older:
+            older.setattr(SegmentCipher, "salt_for", lambda cipher, context, index, plaintext:
+                          current(cipher, LEGACY_SALT_CONTEXT + context, index, plaintext))
+            async with open_fs(config) as fs:
+                bucket = await fs.bucket()
+                await fs.write_file(f"{bucket}/old.bin", data)
+                with trio.fail_after(60):
+                    while not declared():
+                        await trio.sleep(0.01)
+                workspace = fs.workspace
+        assert chain.deal(declared()[0]) is not None  # stopped mid-upload: resumed below
+        with sqlite3.connect(workspace / DB_NAME) as db:
+            db.execute("PRAGMA user_version = 0")
+        async with open_fs(config) as fs:
+            fid = await fs.wait_stored(f"{bucket}/old.bin")
+            assert await fs.store.read_object(fid) == data  # type: ignore[arg-type]
+        assert declared() == [fid]
         assert chain.deal(fid) is None
     finally:
         chain.close()

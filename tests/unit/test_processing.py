@@ -192,6 +192,43 @@ def test_salt_context_makes_a_retry_the_same_fid(workspace: SegmentWorkspace) ->
                       salt_context=b"ctx-1").segments[0].salt != first.segments[0].salt
 
 
+def test_salts_are_the_documented_derivations() -> None:
+    """Salts decide FIDs that journals and storage orders outlive: both schemes are pinned
+    here by an independent computation (docs/encryption.md), through the cryptography
+    library's AEAD interface rather than the streaming one the code uses."""
+    import hmac
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from deossfs.processing.encryption import LEGACY_SALT_CONTEXT
+
+    master = bytes(range(32))
+    plaintext = os.urandom(3 * MIB + 7)
+
+    def derive(info: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
+
+    salt_key, gmac_key = derive(b"deossfs salt v1"), derive(b"deossfs salt hash v2")
+    cipher = SegmentCipher(master)
+    # now: HMAC(salt key, "salt v2" NUL | context | index | length | GMAC(plaintext))
+    tag = AESGCM(gmac_key).encrypt(bytes(12), b"", plaintext)
+    expected = hmac.new(salt_key, b"salt v2\0ctx" + (3).to_bytes(8, "big")
+                        + len(plaintext).to_bytes(8, "big") + tag, "sha256").digest()
+    assert cipher.salt_for(b"ctx", 3, memoryview(plaintext)) == expected
+    # a context journaled before: HMAC(salt key, context | index | SHA-256(plaintext))
+    legacy = hmac.new(salt_key, b"ctx" + (3).to_bytes(8, "big") + sha(plaintext), "sha256").digest()
+    assert cipher.salt_for(LEGACY_SALT_CONTEXT + b"ctx", 3, plaintext) == legacy
+    assert legacy != expected
+    # one flipped bit anywhere, another salt
+    flipped = bytearray(plaintext)
+    flipped[len(flipped) // 2] ^= 0x10
+    assert cipher.salt_for(b"ctx", 3, flipped) != expected
+    # same bytes, one zero byte longer: GHASH pads to blocks, the length tells them apart
+    assert cipher.salt_for(b"ctx", 3, plaintext + b"\0") != expected
+
+
 def test_any_four_fragments_decode_a_full_segment() -> None:
     """The 495 choices at full size would take long; check a spread of them on a real segment."""
     data = os.urandom(SEGMENT_SIZE)
