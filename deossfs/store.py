@@ -421,16 +421,21 @@ class ObjectStore:
         await self.check_space(codec.segment_count(size))
         existing = await self.lookup(bucket, key, missing_ok=True) if replace_existing else None
 
-        # lent by the pool (pass 2 adds a second); given back whatever happens, so a failed
-        # put's frames kept alive by a reference cycle hold no memory of their own
+        # lent by the pool, two for a file of more than one segment (pass 1 hashes one while
+        # it encodes the next, pass 2 sends one while it rebuilds the next); given back
+        # whatever happens, so a failed put's frames kept alive by a reference cycle hold
+        # no memory of their own
         workspaces = [self.workspaces.take()]
         try:
             # pass 1: the hashes (and the FID) must be on the chain before any node takes a fragment
             if plan is None:
+                if codec.segment_count(size) > 1:
+                    workspaces.append(self.workspaces.take())
                 plan = await trio.to_thread.run_sync(
                     lambda: codec.plan(read_into, size, workspaces[0], salt_context=salt_context,
                                        progress=(lambda n: trio.from_thread.run_sync(progress, n // 2))
-                                       if progress else None)
+                                       if progress else None,
+                                       spare=workspaces[1] if len(workspaces) > 1 else None)
                 )
             elif plan.size != size or plan.encrypted != encrypt:
                 raise ValueError("the plan given to put is of other bytes")

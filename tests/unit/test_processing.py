@@ -178,6 +178,15 @@ def test_salt_context_makes_a_retry_the_same_fid(workspace: SegmentWorkspace) ->
 
     first, again = plan(b"ctx-1"), plan(b"ctx-1")
     assert first.fid == again.fid and first.segments == again.segments
+    # hashing one segment while the next is encoded (a spare workspace) plans the same
+    spare = SegmentWorkspace()
+    overlapped = codec.plan(bytes_reader(bytes(data)), len(data), workspace, salt_context=b"ctx-1",
+                            spare=spare)
+    assert overlapped == first
+    # a file that shrinks under the second segment fails as without the overlap
+    with pytest.raises(OSError, match="shrank"):
+        codec.plan(bytes_reader(bytes(data[: PLAINTEXT_CAPACITY + 10])), len(data), workspace,
+                   salt_context=b"ctx-1", spare=spare)
     assert plan(b"ctx-2").fid != first.fid
     assert plan(None).fid != plan(None).fid  # no context: a fresh encryption each time
     # one changed byte in segment 1: segment 0 keeps its salt and hash, segment 1 does not
