@@ -32,9 +32,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
 from ..cache.counters import Counters
@@ -47,6 +46,9 @@ from ..processing.hashes import is_hash
 from ..processing.layout import SEGMENT_SIZE
 from .nodeclient import base_url
 from .signing import ReplayGuard, sign_request
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -350,13 +352,8 @@ class PeerNetwork:
         self.config = config
         self.account = account
         self.chain = chain
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(config.timeout, connect=PROBE_TIMEOUT),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
         self._gateways: list[str] = []
         self._gateways_read = -float("inf")
         self._failed_until: dict[str, float] = {}
@@ -364,8 +361,25 @@ class PeerNetwork:
         #: endpoints of this instance itself (never asked)
         self.own_endpoints: set[str] = set()
 
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """Made when a peer is first asked: importing httpx and building a client (its TLS
+        context) cost ~0.15 s, which every CLI command paid, peers or not."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=httpx.Timeout(self.config.timeout, connect=PROBE_TIMEOUT),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._http
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     def _normal(self, endpoint: str) -> str:
         return base_url(endpoint)
@@ -417,6 +431,8 @@ class PeerNetwork:
 
     async def _probe(self, endpoint: str, fid: str, index: int) -> bool:
         """Whether the peer holds the segment (and will give it to us)."""
+        import httpx  # loaded by self._client by now
+
         try:
             with trio.fail_after(PROBE_TIMEOUT):
                 response = await self._client.head(endpoint + "/segment",
@@ -435,6 +451,8 @@ class PeerNetwork:
     async def _download(self, endpoint: str, fid: str, index: int, segment_hash: str,
                         into: memoryview) -> bool:
         """The segment into `into`; True only if it matches `segment_hash`."""
+        import httpx  # loaded by self._client by now
+
         received = 0
         try:
             with trio.fail_after(self.config.timeout):
