@@ -157,6 +157,17 @@ class DirectWriter:
         if self._staging is None:
             self._staging = _take_staging()
         staging = memoryview(self._staging)
+        top_up = -self._staged % ALIGNMENT
+        body = (len(view) - top_up) // ALIGNMENT * ALIGNMENT
+        if body >= STAGING_SIZE and is_aligned(view[top_up : top_up + body]):
+            # what follows the bytes that complete the staged block lies aligned (a caller
+            # that knows `pending` placed it so): stage only those and the odd end
+            staging[self._staged : self._staged + top_up] = view[:top_up]
+            staged, self._staged = staging[: self._staged + top_up], 0
+            if staged:
+                self._write(staged)
+            self._write(view[top_up : top_up + body])
+            view = view[top_up + body :]
         while view:
             count = min(len(view), STAGING_SIZE - self._staged)
             staging[self._staged : self._staged + count] = view[:count]
@@ -165,6 +176,13 @@ class DirectWriter:
             if self._staged == STAGING_SIZE:
                 self._staged = 0
                 self._write(staging)
+
+    @property
+    def pending(self) -> int:
+        """Bytes staged but not yet written. Data for the next `write` that starts at an
+        address `pending` bytes past a block boundary goes to the disk from where it is,
+        but for the bytes that complete the staged block and its own odd end."""
+        return self._staged % ALIGNMENT
 
     def flush(self) -> None:
         """Write what is staged: call once the file is complete (before fdatasync)."""

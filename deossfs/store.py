@@ -43,7 +43,7 @@ from .chain.interface import (
     UserBrief,
 )
 from .config import Config
-from .directio import DirectWriter
+from .directio import ALIGNMENT, DirectWriter, aligned_buffer
 from .errors import (
     AccessDenied,
     DataUnavailable,
@@ -792,48 +792,82 @@ class ObjectStore:
             spool.unlink(missing_ok=True)
 
     async def _stored_into_fd(self, info: FileInfo, fd: int, progress: Progress | None = None) -> None:
-        """Fetch, decode and write every segment in order into `fd` (a new, empty file),
-        two segments in flight. Written past the page cache where the file system
-        allows (directio: copying a GiB into fresh page cache pages cost a get more CPU
-        than decrypting and hashing it)."""
+        """Fetch, decode and write every segment in order into `fd` (a new, empty file).
+        Written past the page cache where the file system allows (directio: copying a
+        GiB into fresh page cache pages cost a get more CPU than decrypting and hashing
+        it).
+
+        Three things overlap: the write of segment i, the decryption of segment i+1 (into
+        the other of two plaintext buffers) and the fetch of the next segments (into
+        either workspace once its segment is decrypted; a plain file's workspace is its
+        plaintext, so it is free only once written). Decrypting and writing a segment one
+        after the other left the machine 40% idle: the writes, not the fetches, set the
+        pace (docs/PERFORMANCE.md)."""
         endpoints = None  # the nodes are looked up by the first segment that needs them
         count = len(info.segments)
         workspaces = [SegmentWorkspace(with_parity=False) for _ in range(min(count, 2))]
-        decrypt_buffer = bytearray(DECRYPT_BUFFER_SIZE)
+        # page-aligned, with room to decrypt a segment where it follows the block the
+        # writer has begun (DirectWriter.pending): it then goes to the disk from there
+        plaintexts = [aligned_buffer(DECRYPT_BUFFER_SIZE + ALIGNMENT) for _ in range(min(count, 2))]
         first = workspaces[0]
         await self._fetch_decoded(info, 0, first, endpoints)
-        codec, first_length = await trio.to_thread.run_sync(self.codec_for, info, first.segment, decrypt_buffer)
-        ready: dict[int, trio.Event] = {0: trio.Event()}
+        codec, first_length = await trio.to_thread.run_sync(self.codec_for, info, first.segment, plaintexts[0])
+        # segment i is in slots[i] once ready[i] is set
+        slots: dict[int, SegmentWorkspace] = {0: first}
+        ready = [trio.Event() for _ in range(count)]
         ready[0].set()
         failures: list[BaseException] = []
+        free_send, free_workspaces = trio.open_memory_channel[SegmentWorkspace](len(workspaces))
+        for ws in workspaces[1:]:
+            free_send.send_nowait(ws)
 
-        async def prefetch(index: int, ws: SegmentWorkspace) -> None:
+        async def fetch(index: int, ws: SegmentWorkspace) -> None:
             try:
                 await self._fetch_decoded(info, index, ws, endpoints)
-            except BaseException as exc:  # handed to the writer, which raises it in order
+                slots[index] = ws
+            except BaseException as exc:  # handed to the loop below, which raises it in order
                 failures.append(exc)
             finally:
                 ready[index].set()
 
+        async def fetch_all(nursery: trio.Nursery) -> None:
+            for index in range(1, count):
+                nursery.start_soon(fetch, index, await free_workspaces.receive())
+
+        async def write(data: memoryview, ws: SegmentWorkspace | None, done: trio.Event) -> None:
+            await trio.to_thread.run_sync(writer.write, data)  # segments in order, back to back
+            if ws is not None:
+                free_send.send_nowait(ws)
+            if progress:
+                progress(len(data))
+            done.set()
+
         writer = DirectWriter.over(fd)
         try:
             async with _nursery() as nursery:
+                nursery.start_soon(fetch_all, nursery)
+                written = trio.Event()
+                written.set()
                 for index in range(count):
-                    ws = workspaces[index % len(workspaces)]
                     await ready[index].wait()
                     if failures:
                         raise failures[0]
-                    if index + 1 < count:
-                        ready[index + 1] = trio.Event()
-                        nursery.start_soon(prefetch, index + 1, workspaces[(index + 1) % len(workspaces)])
+                    ws = slots.pop(index)
+                    buffer = plaintexts[index % len(plaintexts)]  # its last write is done
                     if index == 0 and first_length is not None:  # decrypted by codec_for
-                        data = memoryview(decrypt_buffer)[:first_length]
+                        data = memoryview(buffer)[:first_length]
                     else:
+                        # the writer's pending bytes once every earlier segment is handed over
+                        pending = codec.segment_span(index, info.file_size)[0] % ALIGNMENT
                         data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size,
-                                                             decrypt_buffer)
-                    await trio.to_thread.run_sync(writer.write, data)  # segments in order, back to back
-                    if progress:
-                        progress(len(data))
+                                                             memoryview(buffer)[pending:])
+                    holds_plaintext = data.obj is not buffer  # plain: a view of the workspace
+                    if not holds_plaintext:
+                        free_send.send_nowait(ws)
+                    await written.wait()
+                    written = trio.Event()
+                    nursery.start_soon(write, data, ws if holds_plaintext else None, written)
+                await written.wait()
             if failures:
                 raise failures[0]
             await trio.to_thread.run_sync(writer.flush)

@@ -339,7 +339,7 @@ class SegmentCodec:
         """Rebuild ws.segment from any 4 fragments (data ones are copied, not decoded)."""
         self.coder.decode(fragments, ws.segment)
 
-    def plaintext(self, ws: SegmentWorkspace, index: int, size: int, out: bytearray | None = None) -> memoryview:
+    def plaintext(self, ws: SegmentWorkspace, index: int, size: int, out: bytearray | memoryview | None = None) -> memoryview:
         """The plaintext bytes of a decoded segment (a view into `out` or the workspace)."""
         _, length = self.segment_span(index, size)
         if self.cipher is None:

@@ -73,6 +73,42 @@ def test_aligned_data_after_a_block_aligned_staged_start_is_written_as_it_is(tmp
     assert path.read_bytes() == start + top_up + bytes(buffer) + b"odd end"
 
 
+def test_data_placed_after_the_pending_bytes_goes_to_the_disk_from_where_it_is(tmp_path: Path) -> None:
+    """A get's segments: each is decrypted `pending` bytes past a block boundary of an
+    aligned buffer, so only the bytes that complete the staged block and its odd end are
+    copied; the rest is one write straight from the buffer. Data not placed so is staged."""
+    path = tmp_path / "out.bin"
+    expected = bytearray(os.urandom(3000))
+    with DirectWriter(path) as writer:
+        straight: list[int] = []  # lengths written from the caller's buffer, not the staging one
+        write_data = writer._write_data
+
+        def recording(view: memoryview) -> None:
+            if view.obj is not writer._staging:
+                straight.append(len(view))
+            write_data(view)
+
+        writer._write_data = recording  # type: ignore[method-assign]
+        writer.write(bytes(expected))
+        for length in (3 * STAGING_SIZE + 123, 2 * STAGING_SIZE + 4000, 2 * STAGING_SIZE):
+            buffer = mmap.mmap(-1, length + ALIGNMENT)
+            pending = writer.pending
+            data = memoryview(buffer)[pending : pending + length]
+            data[:] = os.urandom(length)
+            expected += data
+            straight.clear()
+            writer.write(data)
+            if writer.direct:
+                assert straight == [(length - (-pending % ALIGNMENT)) // ALIGNMENT * ALIGNMENT]
+        unplaced = os.urandom(2 * STAGING_SIZE)  # a bytes object's address: staged
+        expected += unplaced
+        straight.clear()
+        writer.write(unplaced)
+        assert straight == []
+        writer.flush()
+    assert path.read_bytes() == expected
+
+
 def _has_o_direct(directory: Path) -> bool:
     probe = directory / f"probe-{os.getpid()}"
     try:
