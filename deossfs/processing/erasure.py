@@ -51,7 +51,8 @@ _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 
 
-def _load_library() -> ctypes.CDLL:
+def isal_library() -> ctypes.CDLL:
+    """ISA-L, loaded once (the erasure code here, CRC-32 in `checksums`)."""
     global _lib
     with _lib_lock:
         if _lib is not None:
@@ -141,7 +142,7 @@ class ErasureCoder:
     def __init__(self, fragment_size: int = FRAGMENT_SIZE) -> None:
         if not isinstance(fragment_size, int) or not 1 <= fragment_size <= _MAX_FRAGMENT:
             raise InvalidInput(f"fragment size must be an int in 1..{_MAX_FRAGMENT}")
-        self._lib = _load_library()
+        self._lib = isal_library()
         self.fragment_size = fragment_size
         self.segment_size = DATA_SHARDS * fragment_size
         matrix = gf256.cess_encoding_matrix()

@@ -294,3 +294,23 @@ def resident_anon_mib() -> float:
     with open("/proc/self/status") as status:
         line = next(x for x in status if x.startswith("RssAnon:"))
     return int(line.split()[1]) / 1024
+
+
+def test_crc32_through_isal_is_zlibs() -> None:
+    """S3's x-amz-checksum-crc32 is checked with ISA-L's CRC-32: the same values as zlib,
+    running value, odd lengths and addresses, read-only and empty buffers included."""
+    import zlib
+
+    from deossfs.processing import checksums
+
+    assert checksums._CRC32 is not None, "ISA-L's crc32_gzip_refl did not load"
+    data = os.urandom(3 * MIB + 77)
+    view = memoryview(data)
+    for start, end in ((0, len(data)), (1, 4097), (13, 13), (5, 70), (MIB - 3, 3 * MIB + 1)):
+        assert checksums.crc32(view[start:end]) == zlib.crc32(data[start:end])
+    running = 0
+    for offset in range(0, len(data), 65_537):
+        running = checksums.crc32(view[offset : offset + 65_537], running)
+    assert running == zlib.crc32(data)
+    assert checksums.crc32(bytearray(b"123456789")) == 0xCBF43926  # the CRC-32 check value
+    assert checksums.crc32(b"", 1234) == 1234

@@ -34,7 +34,6 @@ import binascii
 import hashlib
 import hmac
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -42,6 +41,7 @@ from typing import Protocol
 
 from awscrt import checksums as crt
 
+from ...processing.checksums import crc32
 from .sigv4 import (
     EMPTY_SHA256,
     ChunkSigning,
@@ -88,7 +88,7 @@ class _Crc:
 
 #: S3's checksum algorithms: name → (new hash object, digest size in bytes)
 CHECKSUMS: dict[str, tuple[Callable[[], _Checksum], int]] = {
-    "crc32": (lambda: _Crc(zlib.crc32, 4), 4),
+    "crc32": (lambda: _Crc(crc32, 4), 4),  # ISA-L: 3-4x zlib's rate, the same value
     "crc32c": (lambda: _Crc(crt.crc32c, 4), 4),
     "crc64nvme": (lambda: _Crc(crt.crc64nvme, 8), 8),
     "sha1": (hashlib.sha1, 20),
