@@ -891,7 +891,7 @@ class Operations(pyfuse3.Operations):
         self.changed(row.id)
         return pyfuse3.FileInfo(fh=fh), self.attrs(row)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self.handles[fh]
         row = self.row(handle.ino)
         if handle.fd is None and row.staged:
@@ -907,6 +907,8 @@ class Operations(pyfuse3.Operations):
         sequential = off == handle.next_offset and off > 0
         handle.next_offset = off + size
         try:
+            # may be a view of the reader's buffer: valid until the next checkpoint, and
+            # pyfuse3 replies from it before any
             return await self.reader.read(row.fid, row.size, off, size,
                                           None if row.foreign_object else bool(row.encrypted),
                                           sequential=sequential)
