@@ -142,32 +142,30 @@ class DirectWriter:
         """Append `data` (aligned buffers are written straight from where they are)."""
         view = memoryview(data).cast("B")
         self.size += len(view)
-        if self.direct and self._staged % ALIGNMENT == 0 and is_aligned(view):
-            # what is staged ends on a block boundary: write it, then `view` as it is
-            # (a receiver that lands its data aligned after an odd start gets here)
-            if self._staged:
-                assert self._staging is not None
-                staged, self._staged = memoryview(self._staging)[: self._staged], 0
-                self._write(staged)
-            self._write(view)
-            return
         if not self.direct:
             self._write_all(view)
+            return
+        top_up = -self._staged % ALIGNMENT  # bytes that complete the staged block
+        body = (len(view) - top_up) // ALIGNMENT * ALIGNMENT
+        if (body > 0 and (body >= STAGING_SIZE or top_up + body == len(view))
+                and is_aligned(view[top_up : top_up + body])):
+            # what follows those bytes lies aligned (a receiver that lands its data aligned
+            # after an odd start, a caller that placed it `pending` bytes past a block
+            # boundary): write the completed block, then the body as it is; stage only
+            # the odd end (a small body is staged too, to be written with more)
+            if self._staged:
+                assert self._staging is not None
+                staging = memoryview(self._staging)
+                staging[self._staged : self._staged + top_up] = view[:top_up]
+                staged, self._staged = staging[: self._staged + top_up], 0
+                self._write(staged)
+            self._write(view[top_up : top_up + body])
+            view = view[top_up + body :]
+        if not view:
             return
         if self._staging is None:
             self._staging = _take_staging()
         staging = memoryview(self._staging)
-        top_up = -self._staged % ALIGNMENT
-        body = (len(view) - top_up) // ALIGNMENT * ALIGNMENT
-        if body >= STAGING_SIZE and is_aligned(view[top_up : top_up + body]):
-            # what follows the bytes that complete the staged block lies aligned (a caller
-            # that knows `pending` placed it so): stage only those and the odd end
-            staging[self._staged : self._staged + top_up] = view[:top_up]
-            staged, self._staged = staging[: self._staged + top_up], 0
-            if staged:
-                self._write(staged)
-            self._write(view[top_up : top_up + body])
-            view = view[top_up + body :]
         while view:
             count = min(len(view), STAGING_SIZE - self._staged)
             staging[self._staged : self._staged + count] = view[:count]

@@ -861,7 +861,7 @@ class ObjectStore:
                         pending = codec.segment_span(index, info.file_size)[0] % ALIGNMENT
                         data = await trio.to_thread.run_sync(codec.plaintext, ws, index, info.file_size,
                                                              memoryview(buffer)[pending:])
-                    holds_plaintext = data.obj is not buffer  # plain: a view of the workspace
+                    holds_plaintext = codec.cipher is None  # plain: `data` is a view of `ws`
                     if not holds_plaintext:
                         free_send.send_nowait(ws)
                     await written.wait()

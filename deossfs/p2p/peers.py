@@ -431,7 +431,7 @@ class PeerNetwork:
 
     async def _probe(self, endpoint: str, fid: str, index: int) -> bool:
         """Whether the peer holds the segment (and will give it to us)."""
-        import httpx  # loaded by self._client by now
+        import httpx  # for the except clause; loaded with the client
 
         try:
             with trio.fail_after(PROBE_TIMEOUT):
@@ -451,7 +451,7 @@ class PeerNetwork:
     async def _download(self, endpoint: str, fid: str, index: int, segment_hash: str,
                         into: memoryview) -> bool:
         """The segment into `into`; True only if it matches `segment_hash`."""
-        import httpx  # loaded by self._client by now
+        import httpx  # for the except clause; loaded with the client
 
         received = 0
         try:
