@@ -25,6 +25,19 @@ def chain_file_name(key: str) -> str:
         return key
     return HASHED_NAME_PREFIX + hashlib.sha256(raw).hexdigest()[:48]
 
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_hashed_name(path: str) -> bool:
+    """Whether `path` has the form chain_file_name gives a key it hashes.
+
+    Listed before the metadata object that maps it back (another writer's upload whose
+    save is still to come), such an object shows under this name as a placeholder. Once
+    anything names its FID, the placeholder goes and is never published: published, it
+    became a file of its own in every mount, tracking the real file's versions."""
+    return len(path) == 50 and path.startswith(HASHED_NAME_PREFIX) and _HEX.issuperset(path[2:])
+
 #: longest object key deossfs stores. The chain never sees it (a key longer than 63 bytes
 #: is declared under its hash), so the bound is deossfs' own: room for a mount's deep
 #: trees (fs/operations.py MAX_PATH_BYTES) and the trash's hidden prefix below it

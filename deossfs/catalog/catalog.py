@@ -54,7 +54,14 @@ from ..names import MAX_KEY_BYTES
 from ..processing.pipeline import bytes_reader
 from ..store import ObjectStore
 from .index import CatalogIndex, Entry, parent_of
-from .merge import apply_listing, apply_object, dir_entry, ensure_dirs, remove_entry
+from .merge import (
+    apply_listing,
+    apply_object,
+    dir_entry,
+    ensure_dirs,
+    hashed_name_files,
+    remove_entry,
+)
 from .names import key_path, path_key
 from .protocol import (
     META_KEY,
@@ -537,7 +544,9 @@ class Catalog:
 
     def snapshot(self, bucket: str) -> dict:
         """The bucket's metadata object as this catalog would save it now."""
-        entries = [json.loads(text) for text in self.index.entries_json(bucket)]
+        placeholders = {e.path for e in hashed_name_files(self.index, bucket) if e.foreign_object}
+        entries = [entry for entry in map(json.loads, self.index.entries_json(bucket))
+                   if entry["p"] not in placeholders]
         named = {e["p"] for e in entries}
         removed = removals_list(self.index.removals(bucket, time.time_ns()), named)
         return snapshot_object(entries, removed)

@@ -160,6 +160,12 @@ class CatalogIndex:
     def links_to(self, bucket: str, path: str) -> list[Entry]:
         return self._select("bucket=? AND kind='link' AND target=? ORDER BY seq", (bucket, path))
 
+    def with_hashed_names(self, bucket: str) -> list[Entry]:
+        """The files whose path has the form of a hashed chain name (names.is_hashed_name:
+        the caller checks the digits); a range scan, not the whole bucket."""
+        return self._select("bucket=? AND path >= '~k' AND path < '~l' AND length(path) = 50"
+                            " AND kind = 'file'", (bucket,))
+
     def with_fid(self, bucket: str, fid: str) -> list[Entry]:
         return self._select("bucket=? AND fid=?", (bucket, fid))
 

@@ -14,7 +14,10 @@ read each other's objects end with the same tree:
   another name (a rename);
 - a FID on the chain that no entry names is an object of another tool (or one whose
   metadata is not saved yet): it shows under its chain name with default attributes; an
-  entry whose FID left the chain was deleted elsewhere.
+  entry whose FID left the chain was deleted elsewhere;
+- such an object under a hashed chain name (`~k…`) is a placeholder: it goes as soon as
+  another entry names its FID, whether or not this side has unsaved changes, and it is
+  never published (names.is_hashed_name).
 
 Two rules keep a writer that listed an object before it saw the object's metadata from
 overwriting that metadata with defaults:
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import logging
 
+from ..names import is_hashed_name
 from .index import CatalogIndex, Entry, parent_of
 from .protocol import (
     FOREIGN_CTIME_NS,
@@ -88,7 +92,10 @@ def apply_object(index: CatalogIndex, bucket: str, meta: dict, *, allow_deletes:
     """Apply another writer's metadata object. Returns the FIDs whose local version lost
     (to delete from the chain when nothing names them any more) and whether a local entry
     is newer than the object's (the bucket must be saved again to publish it)."""
-    entries = meta["entries"]
+    # a placeholder published beside the real name (by an earlier version) is left out
+    really_named = {e.get("f") for e in meta["entries"]
+                    if e["k"] == "file" and e.get("f") and not is_hashed_name(e["p"])}
+    entries = [e for e in meta["entries"] if not (is_hashed_name(e["p"]) and e.get("f") in really_named)]
     named_fids = {e.get("f") for e in entries if e["k"] == "file" and e.get("f")}
     removed_here = index.removals(bucket, now_ns)
     seen: set[str] = set()
@@ -202,3 +209,12 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
             for link in index.links_to(bucket, path):
                 index.remove(bucket, link.path)
             index.remove(bucket, path)
+    for entry in hashed_name_files(index, bucket):
+        if entry.path not in written and len(index.with_fid(bucket, entry.fid)) > 1:  # type: ignore[arg-type]
+            index.remove(bucket, entry.path)  # a placeholder: the real name is known now
+
+
+def hashed_name_files(index: CatalogIndex, bucket: str) -> list[Entry]:
+    """Files under a hashed chain name: placeholders of objects listed before the
+    metadata that names them (foreign_object), or leaked into a metadata object."""
+    return [e for e in index.with_hashed_names(bucket) if e.fid and is_hashed_name(e.path)]

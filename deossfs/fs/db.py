@@ -246,6 +246,21 @@ class Database:
         )
         return [Row(*v) for v in cur.fetchall()]
 
+    def file_fids(self) -> dict[int, str]:
+        """inode -> FID of every file stored on the chain."""
+        return dict(self.conn.execute("SELECT id, fid FROM inodes WHERE fid IS NOT NULL"))
+
+    def files_with_hashed_names(self, parent: int) -> list[Row]:
+        """The files in `parent` whose name has the form of a hashed chain name
+        (names.is_hashed_name: the caller checks the digits); the range scan keeps a
+        bucket's refresh from reading every entry."""
+        cur = self.conn.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM inodes WHERE parent=? AND name >= ? AND name < ?"
+            " AND length(name) = 50 AND kind = 'file'",
+            (parent, b"~k", b"~l"),
+        )
+        return [Row(*v) for v in cur.fetchall()]
+
     def subdirectory_count(self, parent: int) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM inodes WHERE parent=? AND kind='dir' AND id != ?",
                                  (parent, ROOT_INODE)).fetchone()[0]

@@ -47,6 +47,7 @@ from ..catalog.protocol import (
     snapshot_object,
 )
 from ..errors import DeossError, cli_message
+from ..names import is_hashed_name
 from ..processing.pipeline import bytes_reader
 from .db import ROOT_INODE, Row, now_ns
 from .operations import REFRESH_SECONDS, Operations
@@ -159,6 +160,9 @@ class BucketSync:
             # way is in the listing but no longer in the queue afterwards, and would come
             # back as a foreign object
             deleting = set(self.db.chain_deletes())
+            # an upload that ends while the listing is under way sets a FID the listing
+            # cannot hold: judged by it, the file looked deleted elsewhere and went away
+            fids_before = self.db.file_fids()
             try:
                 objects = await self.store.files_in_bucket(bucket)
             except DeossError as exc:
@@ -190,6 +194,7 @@ class BucketSync:
                                    ctime_ns=FOREIGN_CTIME_NS)
                 elif existing.kind == "file" and existing.id not in pending \
                         and existing.id not in self.ops.open_states \
+                        and fids_before.get(existing.id) == existing.fid \
                         and ((existing.foreign_object and not existing.staged)
                              or (existing.fid and existing.fid not in chain_fids)):
                     # a new version replaced this one under its name (this one is gone
@@ -201,12 +206,25 @@ class BucketSync:
                     if existing.staged:  # a copy of the version that is gone
                         self.ops.staging_path(existing.id).unlink(missing_ok=True)
                     self.db.update(existing.id, fid=info.fid, size=info.file_size, staged=0)
+            self._drop_placeholders(bucket_row.id, pending)
             # stored files deleted elsewhere
             for row in self.db.descendants(bucket_row.id):
                 if (row.kind == "file" and row.fid and row.fid not in chain_fids
+                        and fids_before.get(row.id) == row.fid
                         and row.id not in pending and row.id not in self.ops.open_states
                         and not self.db.conn.execute("SELECT 1 FROM declares WHERE ino=?", (row.id,)).fetchone()):
                     self.ops._remove_inode(row.id)
+
+    def _drop_placeholders(self, bucket_ino: int, pending: set[int]) -> None:
+        """A file listed under its hashed chain name (another writer's upload, listed
+        before its metadata object) goes once another entry names its FID: the real name
+        arrived. Whether or not this mount has unsaved changes, as the entry is not one."""
+        for row in self.db.files_with_hashed_names(bucket_ino):
+            if row.fid and is_hashed_name(row.name.decode(errors="replace")) \
+                    and row.id not in pending and row.id not in self.ops.open_states \
+                    and len(self.db.files_with_fid(row.fid)) > 1:
+                log.debug("bucket entry %s: its real name is known now", row.name.decode(errors="replace"))
+                self.ops._remove_inode(row.id)
 
     async def _load_metadata(self, bucket: str, bucket_ino: int, metas: list[str],
                              meta_fid: str | None, dirty: int) -> None:
@@ -240,6 +258,9 @@ class BucketSync:
     def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
         pending = {u[0] for u in self.db.pending_uploads()}
         named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
+        # what a mount of an earlier version published: a placeholder beside the real name
+        really_named = {e.get("f") for e in meta["entries"]
+                        if e["k"] == "file" and e.get("f") and not is_hashed_name(e["p"])}
         superseded: set[str] = set()
         seen: set[int] = set()
         links = [e for e in meta["entries"] if e["k"] == "link"]
@@ -247,7 +268,7 @@ class BucketSync:
         bucket = self.db.get(bucket_ino).name.decode()  # type: ignore[union-attr]
         removed_here = self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS)
         for entry in meta["entries"]:
-            if entry["k"] == "link":
+            if entry["k"] == "link" or (is_hashed_name(entry["p"]) and entry.get("f") in really_named):
                 continue
             parts = entry["p"].split("/")
             if removed_at(removed_here, parts) > entry["c"] and self._find(bucket_ino, entry["p"]) is None:
@@ -394,6 +415,8 @@ class BucketSync:
             ino, prefix = stack.pop()
             for row in self.db.children(ino):
                 path = f"{prefix}{row.name.decode()}"
+                if row.foreign_object and is_hashed_name(path):
+                    continue  # a placeholder: the writer's metadata names it (is_hashed_name)
                 entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
                                "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
                 if row.kind == "file" and row.inline:

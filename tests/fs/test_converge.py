@@ -2,7 +2,8 @@
 saved and listed in turn, they show the same tree.
 
 Operations called directly (no kernel), real store, SQLite and nodes. A seeded random
-sequence; a failure prints the seed and the steps.
+sequence; a failure prints the seed and the steps. What it found is pinned by the tests
+after it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import trio
 
 from deossfs.catalog.protocol import META_KEY
+from deossfs.names import chain_file_name
 from deossfs.processing.pipeline import bytes_reader
 from deossfs.repair import find_orphans, verify, verify_forever
 
@@ -123,6 +125,63 @@ async def test_two_mounts_converge(devnet: Devnet, tmp_path: Path) -> None:
             seen_a, seen_b = await tree(a, bucket), await tree(b, bucket)
             assert seen_a == seen_b, f"seed {seed} diverged after:\n" + "\n".join(log) + \
                 f"\na: {seen_a}\nb: {seen_b}"
+            # nothing but the names the mounts made: a file's hashed chain name (`~k…`)
+            # is the metadata's to map back, never a file of its own
+            made = set(NAMES) | {name.rpartition("/")[0] for name in NAMES}
+            assert set(seen_a) <= made, f"seed {seed}: {sorted(set(seen_a) - made)} after:\n" + "\n".join(log)
+
+
+async def test_an_upload_ending_while_a_listing_is_read_keeps_its_file(devnet: Devnet, tmp_path: Path) -> None:
+    """The listing was read before the upload ended, so it lacks the new FID the file has
+    by the time the listing is applied. The file once went away as "deleted elsewhere"."""
+    data = os.urandom(100_000)
+    async with open_fs(config_for(devnet, tmp_path)) as fs:
+        bucket = await fs.bucket()
+        path = f"{bucket}/late.bin"
+        await fs.write_file(path, data)
+        real_listing = fs.store.files_in_bucket
+
+        async def listing_read_before_the_upload_ended(name: str) -> list:
+            listed = await real_listing(name)
+            assert all(key != "late.bin" for key, _ in listed), "the upload ended first"
+            assert await fs.wait_stored(path)
+            return listed
+
+        fs.store.files_in_bucket = listing_read_before_the_upload_ended  # type: ignore[method-assign]
+        try:
+            await fs.sync.refresh_bucket(bucket, force=True)
+        finally:
+            del fs.store.files_in_bucket
+        assert await fs.listdir(bucket) == ["late.bin"]
+        assert await fs.read_file(path) == data
+
+
+async def test_a_file_listed_before_its_metadata_takes_its_real_name(devnet: Devnet, tmp_path: Path) -> None:
+    """A key the chain declares under a hash (`x`: under 3 bytes), listed by another mount
+    before the writer's save, shows under its chain name until that save, which gives it
+    its real name - also while the mount has unsaved changes of its own - and the
+    placeholder is never published (it became a file of its own in every mount)."""
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
+        await b.sync.refresh_buckets(force=True)
+        await a.write_file(f"{bucket}/x", b"a short key")
+        await a.wait_stored(f"{bucket}/x")
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.listdir(bucket) == [chain_file_name("x")]
+        await b.write_file(f"{bucket}/own.txt", b"unsaved here")
+        await b.wait_idle()
+        await b.sync.save_all()  # b's save while it holds the placeholder
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await a.listdir(bucket)) == ["own.txt", "x"]
+        await b.write_file(f"{bucket}/own2.txt", b"unsaved here")  # b's bucket is dirty again
+        await a.wait_idle()
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await b.listdir(bucket)) == ["own.txt", "own2.txt", "x"]
+        assert await b.read_file(f"{bucket}/x") == b"a short key"
+        await b.wait_idle()
+        await b.sync.save_all()
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert sorted(await a.listdir(bucket)) == ["own.txt", "own2.txt", "x"]
 
 
 async def test_an_orphan_left_by_two_mounts_is_found_and_deleted(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from deossfs.catalog.index import CatalogIndex
 from deossfs.catalog.merge import apply_listing, apply_object
 from deossfs.catalog.protocol import FOREIGN_CTIME_NS, FORMAT, META_KEY, encode_xattrs
 from deossfs.catalog.records import ETAG_XATTR, FILE_MODE, ObjectRecord, record_of, s3_xattrs
+from deossfs.names import chain_file_name, is_hashed_name
 
 B = "bucket"
 #: "now" of the tests; entries' times are T + a little (removals are kept an hour)
@@ -89,6 +90,25 @@ def test_the_catalogs_own_discoveries_lose_every_merge(index: CatalogIndex) -> N
     assert paths(index) == ["docs", "docs/a.txt"]  # the metadata object is no object
     apply(index, meta(file("docs/a.txt", -T + 2, F1, 10, m=0o100600)))  # the mount's real attributes
     assert index.get(B, "docs/a.txt").entry["m"] == 0o100600
+
+
+def test_a_placeholder_goes_once_its_real_name_is_known_and_is_never_applied(index: CatalogIndex) -> None:
+    """An object under a hashed chain name, listed before the writer's metadata, shows
+    under that name; the metadata naming its FID takes it away even while this side has
+    unsaved changes (allow_deletes off), and a placeholder another writer published
+    beside the real name is not taken in."""
+    hashed = chain_file_name("x")
+    assert is_hashed_name(hashed) and not is_hashed_name("x") and not is_hashed_name(hashed[:-1] + "g")
+    apply_listing(index, B, {F1}, {F1: (hashed, 5)}, written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert paths(index) == [hashed] and index.get(B, hashed).foreign_object
+    apply(index, meta(file("x", 100, F1, 5), file(hashed, 90, F1, 5)), allow_deletes=False)
+    apply_listing(index, B, {F1}, {F1: (hashed, 5)}, written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert paths(index) == ["x"]
+    # a user's own file of that form, whose FID nothing else names, stays
+    index.put(B, file(hashed, 200, F2, 5))
+    apply_listing(index, B, {F1, F2}, {F1: (hashed, 5), F2: (chain_file_name(hashed), 5)},
+                  written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert paths(index) == ["x", hashed]
 
 
 def test_the_listing_removes_what_left_the_chain_unless_written_since(index: CatalogIndex) -> None:
