@@ -122,6 +122,8 @@ Declared = Callable[[FilePlan], None]
 REASSIGN_ROUNDS = 3
 #: seconds to wait for the 12 transfer reports once every fragment is sent
 REPORT_TIMEOUT = 60.0
+#: chain records kept for file_info's max_age (a 1 GiB file's is ~100 KB of objects)
+RECENT_INFOS = 64
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ class ObjectStore:
         self._layouts: dict[str, bool] = {}
         #: segments being fetched from peers or nodes now, (fid, index) -> set when done
         self._fetching: dict[tuple[str, int], trio.Event] = {}
+        #: fid -> (when read, its chain record), for file_info's max_age; shared by views
+        self._recent_infos: dict[str, tuple[float, FileInfo]] = {}
         # read order: this cache, then peers' caches, then storage nodes (see _fetch_decoded)
         self.counters = Counters(config.workspace_dir(account.address) / "counters")
         self.cache = SegmentCache.from_config(config, account.address, self.counters)
@@ -654,10 +658,23 @@ class ObjectStore:
         return [ObjectEntry(bucket, key, f.fid, f.file_size)
                 for key, f in await self.files_in_bucket(bucket) if key.startswith(prefix)]
 
-    async def file_info(self, fid: str) -> FileInfo:
+    async def file_info(self, fid: str, *, max_age: float = 0.0) -> FileInfo:
+        """The file's chain record. With `max_age`, a record read at most that many
+        seconds ago serves: a download in ranges (boto3's: one GET per 8 MiB) asked the
+        chain once per range, a round trip each on a real network."""
+        if max_age > 0:
+            recent = self._recent_infos.get(fid)
+            if recent is not None and trio.current_time() - recent[0] <= max_age:
+                return recent[1]
         info = await self._chain(self.chain.file, fid)
         if info is None:
+            self._recent_infos.pop(fid, None)
             raise NotFound(f"file {fid} is not stored on the chain")
+        if max_age > 0:
+            self._recent_infos.pop(fid, None)
+            self._recent_infos[fid] = (trio.current_time(), info)  # type: ignore[assignment]
+            while len(self._recent_infos) > RECENT_INFOS:
+                del self._recent_infos[next(iter(self._recent_infos))]  # the oldest read
         return info  # type: ignore[return-value]
 
     # ---- get ------------------------------------------------------------------
@@ -1115,8 +1132,11 @@ class ObjectStore:
 
     async def delete_fid(self, fid: str) -> None:
         """Remove the owner's claim on a file (all its names); missing files are fine."""
-        with contextlib.suppress(NotFound):
-            await self._chain(self.chain.delete_file, self.owner, fid)
+        try:
+            with contextlib.suppress(NotFound):
+                await self._chain(self.chain.delete_file, self.owner, fid)
+        finally:  # also a read of the record that raced with the delete
+            self._recent_infos.pop(fid, None)
 
 
 async def _plaintext_segment(store: ObjectStore, info: FileInfo, index: int, ws: SegmentWorkspace,

@@ -26,6 +26,7 @@ segments being swapped within a file.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import mmap
@@ -219,9 +220,14 @@ class SegmentCipher:
         held (a gateway's shared reader); on a failure the buffer holds neither."""
         view = memoryview(segment).cast("B")
         bounce = _bounce_buffer()
+        # copied with the GIL released: a gateway's event loop sends meanwhile
+        target = ctypes.addressof(ctypes.c_char.from_buffer(view))
+        source = ctypes.addressof(ctypes.c_char.from_buffer(bounce))
 
         def land(_chunk: int, p_off: int, c_len: int) -> None:
-            view[p_off : p_off + c_len] = bounce[:c_len]
+            if p_off + c_len > len(view) or c_len > len(bounce):
+                raise IntegrityError("a chunk does not fit its segment")
+            ctypes.memmove(target + p_off, source, c_len)
 
         return self._decrypt(view, index, lambda _chunk, _p_off, _len: bounce, land)
 

@@ -50,6 +50,9 @@ OVERRIDES = {"response-content-type": "content-type", "response-content-language
              "response-content-encoding": "content-encoding"}
 #: bytes of the body verified on the trio thread at once; larger pieces go to a thread
 _INLINE_VERIFY = 256 * 1024
+#: seconds a file's chain record read for one GET serves the next GETs of the object (a
+#: download in ranges is one GET per range); the catalog still decides what a key names
+FILE_INFO_MAX_AGE = 5.0
 #: seconds between the spaces a long CompleteMultipartUpload sends to keep its client waiting
 KEEPALIVE_SECONDS = 10.0
 #: a conditional write's condition, given the object its key names now (None: none)
@@ -311,7 +314,7 @@ class ObjectOperations:
         if not record.fid:
             return Response(b"", status_code=200, headers={**headers, "content-length": "0"})
         store = self.engine.store_for(call.owner)
-        info = await store.file_info(record.fid)
+        info = await store.file_info(record.fid, max_age=FILE_INFO_MAX_AGE)
         start, end, status = 0, record.size, 200
         if byte_range is not None:
             start, end = byte_range
