@@ -16,8 +16,8 @@ read each other's objects end with the same tree:
   metadata is not saved yet): it shows under its chain name with default attributes; an
   entry whose FID left the chain was deleted elsewhere;
 - such an object under a hashed chain name (`~k…`) is a placeholder: it goes as soon as
-  another entry names its FID, whether or not this side has unsaved changes, and it is
-  never published (names.is_hashed_name).
+  another entry names its FID, whether or not this side has unsaved changes (also one an
+  earlier version published), and it is never published (names.is_hashed_name).
 
 Two rules keep a writer that listed an object before it saw the object's metadata from
 overwriting that metadata with defaults:
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 
-from ..names import is_hashed_name
+from ..names import chain_file_name, is_hashed_name
 from .index import CatalogIndex, Entry, parent_of
 from .protocol import (
     FOREIGN_CTIME_NS,
@@ -92,10 +92,7 @@ def apply_object(index: CatalogIndex, bucket: str, meta: dict, *, allow_deletes:
     """Apply another writer's metadata object. Returns the FIDs whose local version lost
     (to delete from the chain when nothing names them any more) and whether a local entry
     is newer than the object's (the bucket must be saved again to publish it)."""
-    # a placeholder published beside the real name (by an earlier version) is left out
-    really_named = {e.get("f") for e in meta["entries"]
-                    if e["k"] == "file" and e.get("f") and not is_hashed_name(e["p"])}
-    entries = [e for e in meta["entries"] if not (is_hashed_name(e["p"]) and e.get("f") in really_named)]
+    entries = meta["entries"]
     named_fids = {e.get("f") for e in entries if e["k"] == "file" and e.get("f")}
     removed_here = index.removals(bucket, now_ns)
     seen: set[str] = set()
@@ -185,6 +182,11 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
     written here since the listing was read, which are newer than it."""
     named = index.fids(bucket)
     deleting = index.deleting(bucket)
+    # files whose version left the chain, by the hashed chain name a new version of
+    # theirs is listed under (`a` is listed as `~k…`): another writer replaced it
+    replaced = {chain: path for path, fid in index.stored_files(bucket)
+                if fid not in listed and path not in written
+                and is_hashed_name(chain := chain_file_name(path))}
     for fid in sorted(listed - named - deleting):
         name, size = chain_files.get(fid, ("", 0))
         if not name or name == META_KEY or name.startswith(META_DIR + "/"):
@@ -196,6 +198,8 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
         if not ensure_dirs(index, bucket, name, uid, gid, now_ns):
             continue
         local = index.get(bucket, name)
+        if local is None and name in replaced:
+            local = index.get(bucket, replaced.pop(name))
         entry = {"p": name, "k": "file", "m": FILE_MODE, "u": uid, "g": gid, "a": now_ns,
                  "t": now_ns, "c": FOREIGN_CTIME_NS, "s": size, "f": fid, "e": 1}
         if local is None:
@@ -210,8 +214,11 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
                 index.remove(bucket, link.path)
             index.remove(bucket, path)
     for entry in hashed_name_files(index, bucket):
-        if entry.path not in written and len(index.with_fid(bucket, entry.fid)) > 1:  # type: ignore[arg-type]
-            index.remove(bucket, entry.path)  # a placeholder: the real name is known now
+        # a placeholder is listed under its FID's chain name (a copy of an object under
+        # a key of that form is not), and goes once something else names the FID
+        if entry.path not in written and chain_files.get(entry.fid, ("", 0))[0] == entry.path \
+                and len(index.with_fid(bucket, entry.fid)) > 1:  # type: ignore[arg-type]
+            index.remove(bucket, entry.path)
 
 
 def hashed_name_files(index: CatalogIndex, bucket: str) -> list[Entry]:

@@ -47,7 +47,7 @@ from ..catalog.protocol import (
     snapshot_object,
 )
 from ..errors import DeossError, cli_message
-from ..names import is_hashed_name
+from ..names import chain_file_name, is_hashed_name
 from ..processing.pipeline import bytes_reader
 from .db import ROOT_INODE, Row, now_ns
 from .operations import REFRESH_SECONDS, Operations
@@ -174,7 +174,14 @@ class BucketSync:
             metas = [info.fid for key, info in objects if key == META_KEY]
             await self._load_metadata(bucket, bucket_row.id, metas, meta_fid, dirty)
             pending = {u[0] for u in self.db.pending_uploads()}
-            known = {r.fid for r in self.db.descendants(bucket_row.id) if r.fid}
+            rows = self.db.descendants(bucket_row.id)
+            known = {r.fid for r in rows if r.fid}
+            # files whose version left the chain, by the hashed chain name a new version of
+            # theirs is listed under (`a` is listed as `~k…`): another writer replaced it
+            replaced = {name: row for row in rows
+                        if row.kind == "file" and row.fid and row.fid not in chain_fids
+                        and fids_before.get(row.id) == row.fid
+                        and is_hashed_name(name := chain_file_name(self.ops.key_of(row.id)[1]))}
             # unlinked or replaced here, deleted from the chain soon: not a foreign object
             known.update(self.db.chain_deletes())
             known.update(deleting)
@@ -187,6 +194,8 @@ class BucketSync:
                 except ValueError:
                     continue
                 existing = self.db.child(parent, parts[-1].encode())
+                if existing is None and key in replaced:
+                    existing = self.db.get(replaced.pop(key).id)
                 if existing is None:
                     self.db.insert(parent, parts[-1].encode(), "file", stat.S_IFREG | 0o644,
                                    self.ops.uid, self.ops.gid, fid=info.fid, size=info.file_size,
@@ -206,7 +215,7 @@ class BucketSync:
                     if existing.staged:  # a copy of the version that is gone
                         self.ops.staging_path(existing.id).unlink(missing_ok=True)
                     self.db.update(existing.id, fid=info.fid, size=info.file_size, staged=0)
-            self._drop_placeholders(bucket_row.id, pending)
+            self._drop_placeholders(bucket_row.id, pending, {info.fid: key for key, info in objects})
             # stored files deleted elsewhere
             for row in self.db.descendants(bucket_row.id):
                 if (row.kind == "file" and row.fid and row.fid not in chain_fids
@@ -215,15 +224,18 @@ class BucketSync:
                         and not self.db.conn.execute("SELECT 1 FROM declares WHERE ino=?", (row.id,)).fetchone()):
                     self.ops._remove_inode(row.id)
 
-    def _drop_placeholders(self, bucket_ino: int, pending: set[int]) -> None:
+    def _drop_placeholders(self, bucket_ino: int, pending: set[int], chain_names: dict[str, str]) -> None:
         """A file listed under its hashed chain name (another writer's upload, listed
         before its metadata object) goes once another entry names its FID: the real name
-        arrived. Whether or not this mount has unsaved changes, as the entry is not one."""
+        arrived. Whether or not this mount has unsaved changes, as the entry is not one.
+        (An S3 copy of an object under a key of that form shares its FID, but not its
+        chain name: it stays.)"""
         for row in self.db.files_with_hashed_names(bucket_ino):
-            if row.fid and is_hashed_name(row.name.decode(errors="replace")) \
+            name = row.name.decode(errors="replace")
+            if row.fid and is_hashed_name(name) and chain_names.get(row.fid) == name \
                     and row.id not in pending and row.id not in self.ops.open_states \
                     and len(self.db.files_with_fid(row.fid)) > 1:
-                log.debug("bucket entry %s: its real name is known now", row.name.decode(errors="replace"))
+                log.debug("bucket entry %s: its real name is known now", name)
                 self.ops._remove_inode(row.id)
 
     async def _load_metadata(self, bucket: str, bucket_ino: int, metas: list[str],
@@ -258,9 +270,6 @@ class BucketSync:
     def _apply(self, bucket_ino: int, meta: dict, allow_deletes: bool) -> None:
         pending = {u[0] for u in self.db.pending_uploads()}
         named_fids = {e.get("f") for e in meta["entries"] if e["k"] == "file" and e.get("f")}
-        # what a mount of an earlier version published: a placeholder beside the real name
-        really_named = {e.get("f") for e in meta["entries"]
-                        if e["k"] == "file" and e.get("f") and not is_hashed_name(e["p"])}
         superseded: set[str] = set()
         seen: set[int] = set()
         links = [e for e in meta["entries"] if e["k"] == "link"]
@@ -268,7 +277,7 @@ class BucketSync:
         bucket = self.db.get(bucket_ino).name.decode()  # type: ignore[union-attr]
         removed_here = self.db.removals(bucket, now_ns() - REMOVALS_KEPT_NS)
         for entry in meta["entries"]:
-            if entry["k"] == "link" or (is_hashed_name(entry["p"]) and entry.get("f") in really_named):
+            if entry["k"] == "link":
                 continue
             parts = entry["p"].split("/")
             if removed_at(removed_here, parts) > entry["c"] and self._find(bucket_ino, entry["p"]) is None:
@@ -415,8 +424,11 @@ class BucketSync:
             ino, prefix = stack.pop()
             for row in self.db.children(ino):
                 path = f"{prefix}{row.name.decode()}"
-                if row.foreign_object and is_hashed_name(path):
-                    continue  # a placeholder: the writer's metadata names it (is_hashed_name)
+                if row.foreign_object and row.ctime_ns == FOREIGN_CTIME_NS and is_hashed_name(path):
+                    # a placeholder, untouched here: the writer's metadata names it
+                    # (is_hashed_name); one changed here (a chmod) is published, and goes
+                    # everywhere once the real name is known (_drop_placeholders)
+                    continue
                 entry: dict = {"p": path, "k": row.kind, "m": row.mode, "u": row.uid, "g": row.gid,
                                "a": row.atime_ns, "t": row.mtime_ns, "c": row.ctime_ns}
                 if row.kind == "file" and row.inline:

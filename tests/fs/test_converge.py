@@ -184,6 +184,31 @@ async def test_a_file_listed_before_its_metadata_takes_its_real_name(devnet: Dev
         assert sorted(await a.listdir(bucket)) == ["own.txt", "own2.txt", "x"]
 
 
+async def test_a_hashed_key_rewritten_elsewhere_and_changed_here_keeps_its_name(
+        devnet: Devnet, tmp_path: Path) -> None:
+    """b rewrites `x` (declared under a hash) and deletes the version a holds, while a
+    changed x's mode later than that: a keeps x, with b's bytes and its own mode. (a took
+    x for deleted elsewhere and showed b's version under `~k…` only.)"""
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
+        await b.sync.refresh_buckets(force=True)
+        await a.write_file(f"{bucket}/x", b"first")
+        await a.wait_idle()
+        await a.sync.save_all()
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(f"{bucket}/x") == b"first"
+        info = await b.ops.open(await b.ino(f"{bucket}/x"), os.O_WRONLY | os.O_TRUNC, CTX)
+        await b.ops.write(info.fh, 0, b"second")
+        await b.ops.release(info.fh)
+        await a.ops.setattr(await a.ino(f"{bucket}/x"), _attrs(st_mode=stat.S_IFREG | 0o600),
+                            Fields(update_mode=True), None, CTX)
+        await b.wait_idle()  # b's upload is done and the first version deleted
+        await b.sync.save_all()
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert await a.listdir(bucket) == ["x"]
+        assert await a.read_file(f"{bucket}/x") == b"second"
+        assert stat.S_IMODE((await a.attr(f"{bucket}/x")).st_mode) == 0o600
+
+
 async def test_an_orphan_left_by_two_mounts_is_found_and_deleted(tmp_path: Path) -> None:
     """Two mounts write one file without seeing each other's version; the one whose
     version lost goes away before it learns so (a laptop that died), and the other's save

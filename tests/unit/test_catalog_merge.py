@@ -92,11 +92,11 @@ def test_the_catalogs_own_discoveries_lose_every_merge(index: CatalogIndex) -> N
     assert index.get(B, "docs/a.txt").entry["m"] == 0o100600
 
 
-def test_a_placeholder_goes_once_its_real_name_is_known_and_is_never_applied(index: CatalogIndex) -> None:
+def test_a_placeholder_goes_once_its_real_name_is_known(index: CatalogIndex) -> None:
     """An object under a hashed chain name, listed before the writer's metadata, shows
     under that name; the metadata naming its FID takes it away even while this side has
-    unsaved changes (allow_deletes off), and a placeholder another writer published
-    beside the real name is not taken in."""
+    unsaved changes (allow_deletes off), and so does the placeholder an earlier version
+    published beside the real name."""
     hashed = chain_file_name("x")
     assert is_hashed_name(hashed) and not is_hashed_name("x") and not is_hashed_name(hashed[:-1] + "g")
     apply_listing(index, B, {F1}, {F1: (hashed, 5)}, written=set(), uid=0, gid=0, now_ns=T + 500)
@@ -104,11 +104,25 @@ def test_a_placeholder_goes_once_its_real_name_is_known_and_is_never_applied(ind
     apply(index, meta(file("x", 100, F1, 5), file(hashed, 90, F1, 5)), allow_deletes=False)
     apply_listing(index, B, {F1}, {F1: (hashed, 5)}, written=set(), uid=0, gid=0, now_ns=T + 500)
     assert paths(index) == ["x"]
-    # a user's own file of that form, whose FID nothing else names, stays
+    # a user's own file of that form, whose FID nothing else names, stays; so does a
+    # copy of `x` (same FID) under another key of that form
+    copy = chain_file_name("y")
     index.put(B, file(hashed, 200, F2, 5))
+    index.put(B, file(copy, 200, F1, 5))
     apply_listing(index, B, {F1, F2}, {F1: (hashed, 5), F2: (chain_file_name(hashed), 5)},
                   written=set(), uid=0, gid=0, now_ns=T + 500)
-    assert paths(index) == ["x", hashed]
+    assert paths(index) == ["x", hashed, copy]
+
+
+def test_a_hashed_key_replaced_elsewhere_takes_the_new_version_under_its_name(index: CatalogIndex) -> None:
+    """Another writer replaced `x` (listed under its hashed chain name) and deleted the
+    version this side holds, while this side's entry is newer (a change of attributes):
+    the entry takes the new version, keeps its attributes and its name; it neither goes
+    as deleted elsewhere nor leaves a placeholder."""
+    index.put(B, file("x", 500, F1, 5, m=0o100600))
+    apply_listing(index, B, {F2}, {F2: (chain_file_name("x"), 7)}, written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert paths(index) == ["x"]
+    assert index.get(B, "x").fid == F2 and index.get(B, "x").entry["m"] == 0o100600
 
 
 def test_the_listing_removes_what_left_the_chain_unless_written_since(index: CatalogIndex) -> None:
