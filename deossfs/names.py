@@ -34,8 +34,9 @@ def is_hashed_name(path: str) -> bool:
 
     Listed before the metadata object that maps it back (another writer's upload whose
     save is still to come), such an object shows under this name as a placeholder. Once
-    anything names its FID, the placeholder goes and is never published: published, it
-    became a file of its own in every mount, tracking the real file's versions."""
+    anything names its FID, the placeholder goes, and it is not published (only a mount
+    publishes one it changed, a chmod): published, it became a file of its own in every
+    mount, tracking the real file's versions."""
     return len(path) == 50 and path.startswith(HASHED_NAME_PREFIX) and _HEX.issuperset(path[2:])
 
 #: longest object key deossfs stores. The chain never sees it (a key longer than 63 bytes
