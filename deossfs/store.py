@@ -538,6 +538,8 @@ class ObjectStore:
             failed = await self._send_pass(codec, plan, read_into, workspaces,
                                            {c: assignment[c] for c in columns}, report, status)
             report = None  # progress counts the first pass only
+            if failed and await self._settled_on_chain(plan.fid, failed):
+                return
             if not failed:
                 status.state = "reporting"
                 failed = await self._await_reports(plan, assignment, columns)
@@ -561,6 +563,22 @@ class ObjectStore:
                 log.warning("giving column %d of %s to %s", column, plan.fid, node.endpoint)
                 assignment[column] = node
                 used.add(node.account)
+
+    async def _settled_on_chain(self, fid: str, failed: dict[int, ColumnFailure]) -> bool:
+        """Forget the failed columns the chain has as reported; True if the file is stored.
+
+        A node may store its column and report it while its answer is lost (a reset, a
+        timeout after the body was sent). Such a column is held: giving it to another
+        node would be refused once the order has completed (no pending deal), and the
+        upload would fail although the file is stored."""
+        deal = await self._chain(self.chain.deal, fid)
+        if deal is None:  # completed meanwhile, or gone
+            return await self._chain(self.chain.file, fid) is not None
+        for complete in deal.complete_list:  # type: ignore[attr-defined]
+            if failed.pop(complete.index - 1, None) is not None:
+                log.info("column %d of %s is reported on the chain although its sender saw "
+                         "an error: kept", complete.index - 1, fid)
+        return False
 
     async def _send_pass(
         self, codec: SegmentCodec, plan: FilePlan, read_into: ReadInto,

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from deossfs.chain.factory import open_chain
 from deossfs.config import load_config
+from deossfs.errors import NodeUnavailable
 from deossfs.keys import load_key_file
 from deossfs.processing.encryption import PLAINTEXT_CAPACITY
 from deossfs.store import ObjectStore
@@ -144,6 +145,37 @@ async def test_upload_completes_when_nodes_die_mid_upload(healthy: Devnet, plain
         assert not set(miners) & dead, "a killed node still holds a column"
     # read back while the two nodes are still dead
     assert get(plain_config, "dies-mid-upload.bin", tmp_path / "back.bin") == data
+
+
+async def test_a_column_stored_and_reported_whose_answer_is_lost_stays(
+        healthy: Devnet, plain_config: Path, tmp_path: Path) -> None:
+    """A node stores its last fragment and reports the column, but the answer never
+    reaches the uploader (a reset after the body went out). The column is held: the
+    upload must not give it to another node, which the completed order would refuse."""
+    data = os.urandom(2 * PLAINTEXT_CAPACITY)  # 2 segments, no zero fragments
+    src = tmp_path / "lost-answer.bin"
+    src.write_bytes(data)
+    puts: dict[str, int] = {}
+    victim: list[str] = []
+
+    async with open_store(plain_config) as store:
+        real_put = store.client.put_fragment
+
+        async def answer_lost(endpoint: str, *args: object) -> None:
+            await real_put(endpoint, *args)  # type: ignore[arg-type]
+            victim[:] = victim or [endpoint]
+            puts[endpoint] = puts.get(endpoint, 0) + 1
+            if endpoint == victim[0] and puts[endpoint] >= 2:  # its second segment, and retries
+                raise NodeUnavailable(f"connection to {endpoint} reset before its answer")
+
+        store.client.put_fragment = answer_lost  # type: ignore[method-assign]
+        plan = await store.put_file(src, "faults", "lost-answer.bin")
+        info = await store.file_info(plan.fid)
+        holder = {n.endpoint: n.account for n in store.chain.storage_nodes()}[victim[0]]
+    assert puts[victim[0]] >= 2, "no answer was lost: the test proves nothing"
+    for segment in info.segments:
+        assert holder in {f.miner for f in segment.fragments}, "the held column was given away"
+    assert get(plain_config, "lost-answer.bin", tmp_path / "back.bin") == data
 
 
 # ---- nodes that lie or hang ----------------------------------------------------------------
