@@ -663,11 +663,16 @@ class ObjectStore:
 
     async def lookup(self, bucket: str, key: str, *, missing_ok: bool = False,
                      files: list[tuple[str, FileInfo]] | None = None) -> ObjectEntry | None:
-        """The object the chain names `key` in `bucket` (`files`: its listing, if read already)."""
+        """The object the chain names `key` in `bucket` (`files`: its listing, if read
+        already). Of several under that name (DeOSS keeps every upload of a name) the one
+        stored last: the latest in the bucket's object list, as the mount and S3 show."""
         chain_name = chain_file_name(key)
+        found = None
         for name, file in files if files is not None else await self.files_in_bucket(bucket):
             if name == chain_name:
-                return ObjectEntry(bucket, key, file.fid, file.file_size)
+                found = ObjectEntry(bucket, key, file.fid, file.file_size)
+        if found is not None:
+            return found
         if missing_ok:
             return None
         raise NotFound(f"no object {bucket}/{key}", hint=f"list them with `deossfs ls {bucket}`")

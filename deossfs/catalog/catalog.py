@@ -476,7 +476,8 @@ class Catalog:
             metas = sorted(fid for fid in listed if files.get(fid, ("", 0))[0] == META_KEY)
             await self._load_metadata(bucket, metas)
             with self.index.transaction():
-                apply_listing(self.index, bucket, listed - set(metas), files, written=written,
+                in_order = [fid for fid in info.object_list if fid not in metas]  # type: ignore[attr-defined]
+                apply_listing(self.index, bucket, in_order, files, written=written,
                               uid=self.uid, gid=self.gid, now_ns=time.time_ns())
         finally:
             self._written.pop(bucket, None)

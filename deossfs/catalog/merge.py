@@ -14,7 +14,9 @@ read each other's objects end with the same tree:
   another name (a rename);
 - a FID on the chain that no entry names is an object of another tool (or one whose
   metadata is not saved yet): it shows under its chain name with default attributes; an
-  entry whose FID left the chain was deleted elsewhere;
+  entry whose FID left the chain was deleted elsewhere. Several such objects under one
+  name (DeOSS keeps every upload of a name): the one stored last shows, the one latest
+  in the bucket's object list (the chain appends a file when it is stored);
 - such an object under a hashed chain name (`~k…`) is a placeholder: it goes as soon as
   another entry names its FID, whether or not this side has unsaved changes (also one an
   earlier version published), and it is never published (names.is_hashed_name).
@@ -32,6 +34,7 @@ overwriting that metadata with defaults:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from ..names import chain_file_name, is_hashed_name
 from .index import CatalogIndex, Entry, parent_of
@@ -175,11 +178,14 @@ def apply_object(index: CatalogIndex, bucket: str, meta: dict, *, allow_deletes:
     return {fid for fid in superseded - named_fids if not index.named(fid)}, republish
 
 
-def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
+def apply_listing(index: CatalogIndex, bucket: str, listed: Iterable[str],
                   chain_files: dict[str, tuple[str, int]], *, written: set[str], uid: int,
                   gid: int, now_ns: int) -> None:
-    """Bring the index in line with the chain's listing of the bucket. `written`: the paths
-    written here since the listing was read, which are newer than it."""
+    """Bring the index in line with the chain's listing of the bucket: `listed`, its FIDs
+    in the bucket's order (stored earlier first). `written`: the paths written here since
+    the listing was read, which are newer than it."""
+    order = {fid: position for position, fid in enumerate(listed)}
+    listed = set(order)
     named = index.fids(bucket)
     deleting = index.deleting(bucket)
     # files whose version left the chain, by the hashed chain name a new version of
@@ -187,7 +193,8 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
     replaced = {chain: path for path, fid in index.stored_files(bucket)
                 if fid not in listed and path not in written
                 and is_hashed_name(chain := chain_file_name(path))}
-    for fid in sorted(listed - named - deleting):
+    # earlier first: of several objects under one name the last stored ends up there
+    for fid in sorted(listed - named - deleting, key=order.__getitem__):
         name, size = chain_files.get(fid, ("", 0))
         if not name or name == META_KEY or name.startswith(META_DIR + "/"):
             continue
@@ -205,8 +212,10 @@ def apply_listing(index: CatalogIndex, bucket: str, listed: set[str],
         if local is None:
             index.put(bucket, entry, foreign=True)
         elif local.kind == "file" and local.path not in written \
-                and (local.foreign_object or (local.fid and local.fid not in listed)):
-            # a new version replaced this one under its name: the entry's attributes stay
+                and ((local.foreign_object and order.get(local.fid or "", -1) < order[fid])
+                     or (local.fid and local.fid not in listed)):
+            # a new version replaced this one under its name: the entry's attributes stay.
+            # An object stored later than this one stays (no flip between listings)
             index.put(bucket, dict(local.entry, s=size, f=fid), foreign=local.foreign_object)
     for path, fid in index.stored_files(bucket):
         if fid not in listed and path not in written:  # deleted elsewhere: it goes, and its links

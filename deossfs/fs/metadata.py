@@ -185,9 +185,12 @@ class BucketSync:
             # unlinked or replaced here, deleted from the chain soon: not a foreign object
             known.update(self.db.chain_deletes())
             known.update(deleting)
-            for key, info in objects:
-                if key == META_KEY or key.startswith(META_DIR + "/") or info.fid in known:
-                    continue
+            # several unnamed objects under one name (DeOSS keeps every upload of a name):
+            # the one stored last, latest in the bucket's object list, is the file
+            order = {info.fid: position for position, (_, info) in enumerate(objects)}
+            latest = {key: info for key, info in objects
+                      if key != META_KEY and not key.startswith(META_DIR + "/") and info.fid not in known}
+            for key, info in latest.items():
                 parts = key.split("/")
                 try:
                     parent = self._ensure_path(bucket_row.id, parts[:-1])
@@ -204,13 +207,15 @@ class BucketSync:
                 elif existing.kind == "file" and existing.id not in pending \
                         and existing.id not in self.ops.open_states \
                         and fids_before.get(existing.id) == existing.fid \
-                        and ((existing.foreign_object and not existing.staged)
+                        and ((existing.foreign_object and not existing.staged
+                              and order.get(existing.fid or "", -1) < order[info.fid])
                              or (existing.fid and existing.fid not in chain_fids)):
                     # a new version replaced this one under its name (this one is gone
-                    # from the chain, or both are another tool's). While both are on the
-                    # chain (two mounts wrote the file) the listing does not choose: the
-                    # metadata objects do (_apply). The entry's own attributes stay: a
-                    # change made here later than that version (a chmod) still wins.
+                    # from the chain, or both are another tool's and it was stored later).
+                    # While both are on the chain and one is deossfs's (two mounts wrote
+                    # the file) the listing does not choose: the metadata objects do
+                    # (_apply). The entry's own attributes stay: a change made here later
+                    # than that version (a chmod) still wins.
                     self.ops.reader.forget(existing.fid or "")
                     if existing.staged:  # a copy of the version that is gone
                         self.ops.staging_path(existing.id).unlink(missing_ok=True)

@@ -370,3 +370,43 @@ def test_a_mount_and_the_gateway_read_each_others_files(gateway: GatewayProcess,
         mounted.wait_durable()
     finally:
         mounted.cleanup()
+
+
+def test_a_name_uploaded_twice_is_its_later_upload_everywhere(gateway: GatewayProcess, gateways: Gateways,
+                                                              s3, tmp_path: Path) -> None:  # noqa: ANN001
+    """DeOSS keeps every upload of a name (each its own FID). S3, the CLI and the mount
+    show one object under the name: the upload stored last, the same one at every
+    listing (they took turns before, one per listing, and the CLI took the first)."""
+    import os
+
+    net = gateways.devnet
+    net.cli("bucket", "create", "twice")
+    first, second = random_bytes(300_000), random_bytes(400_000)
+    with gateway.client(gateways.account) as client:
+        fids = []
+        for data in (first, second):
+            fids.append(client.upload(data, "report.bin", bucket="twice"))
+            wait_for(lambda f=fids[-1]: client.state(f)["state"] == "stored", 60, "the upload to be stored")
+        assert client.download(fids[0]) == first  # both are kept
+    for _ in range(3):  # a listing each (the catalog refreshes after 2 s)
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="twice")["Contents"]] == ["report.bin"]
+        assert s3.get_object(Bucket="twice", Key="report.bin")["Body"].read() == second
+        time.sleep(2.1)
+    net.cli("get", "twice/report.bin", str(tmp_path / "cli.bin"))
+    assert (tmp_path / "cli.bin").read_bytes() == second
+    if not Path("/dev/fuse").exists():
+        pytest.skip("/dev/fuse is absent")
+    mounted = Mounted(config_for(net, tmp_path / "machine"), tmp_path / "mnt")
+    try:
+        mounted.mount()
+        target = mounted.path("twice", "report.bin")
+        for _ in range(3):  # the mount lists a bucket again after 2 s
+            assert os.getxattr(target, "user.deossfs.fid").decode() == fids[1]
+            assert target.read_bytes() == second
+            time.sleep(2.1)
+            os.listdir(mounted.path("twice"))
+    finally:
+        mounted.cleanup()
+    with gateway.client(gateways.account) as client:
+        for fid in fids:
+            client.delete(fid)

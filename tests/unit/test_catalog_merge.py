@@ -143,3 +143,16 @@ def test_hard_links_follow_their_file(index: CatalogIndex) -> None:
     assert index.get(B, "f") is None and index.get(B, "l1").kind == "file"
     assert index.get(B, "l2").target == "l1" and index.get(B, "l1").entry.get("x") is None
     assert index.get(B, "l1").fid == F1 and ETAG_XATTR not in index.get(B, "l1").entry
+
+
+def test_of_objects_under_one_name_the_one_stored_last_shows_at_every_listing(index: CatalogIndex) -> None:
+    """DeOSS keeps every upload of a name: the listing shows the one latest in the
+    bucket's object list, and the next listings do not swap it for the other."""
+    names = {F1: ("abc", 5), F2: ("abc", 7), F3: ("abc", 9)}
+    for _ in range(3):
+        apply_listing(index, B, [F2, F1], names, written=set(), uid=0, gid=0, now_ns=T + 500)
+        assert [(e.path, e.fid) for e in index.all(B)] == [("abc", F1)]
+    apply_listing(index, B, [F2, F1, F3], names, written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert index.get(B, "abc").fid == F3
+    apply_listing(index, B, [F2, F1], names, written=set(), uid=0, gid=0, now_ns=T + 500)
+    assert index.get(B, "abc").fid == F1  # the latest deleted: the one before it
