@@ -27,7 +27,9 @@ of a path whose current version (named, and on the chain) is another file. Two m
 writing one file can leave the losing version so (docs/semantics.md). Only files older
 than a grace period count: a mount publishes a new version in its bucket's metadata
 object 5-30 s after the upload, or at its next start after a crash. Repair deletes them.
-Files of other tools (no path of a metadata object has their name) are never orphans.
+Files of other tools are never orphans: no path of a metadata object has their name, or
+the path is another tool's object too, published as listed (DeOSS keeps every upload of
+a name; the mount and S3 show the latest).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Protocol
 
 import trio
 
-from .catalog.protocol import META_KEY, file_versions
+from .catalog.protocol import META_KEY, file_versions, written_versions
 from .catalog.protocol import decode_object as decode
 from .chain.interface import BLOCK_SECONDS, FileInfo, StorageNode
 from .errors import (
@@ -427,8 +429,11 @@ async def find_orphans(store: ObjectStore, buckets: list[str], grace: float = OR
         on_chain = {info.fid for _, info in objects}
         try:
             for fid in metas:
-                for path, version in file_versions(decode(await store.read_object(fid))).items():
-                    named.add(version)
+                meta = decode(await store.read_object(fid))
+                named.update(file_versions(meta).values())
+                # another tool's object a writer only listed claims nothing: an earlier
+                # object of that name is that tool's too (DeOSS keeps every upload)
+                for path, version in written_versions(meta).items():
                     if version in on_chain:
                         current[chain_file_name(path)] = (path, version)
         except (DeossError, ValueError) as exc:

@@ -120,3 +120,10 @@ def decode_object(blob: bytes) -> dict:
 def file_versions(meta: dict) -> dict[str, str]:
     """path -> FID of every file a metadata object names with content."""
     return {e["p"]: e["f"] for e in meta.get("entries", []) if e.get("k") == "file" and e.get("f")}
+
+
+def written_versions(meta: dict) -> dict[str, str]:
+    """file_versions less another tool's objects a writer only listed (ctime
+    FOREIGN_CTIME_NS): the versions a deossfs writer stored or changed."""
+    return {e["p"]: e["f"] for e in meta.get("entries", [])
+            if e.get("k") == "file" and e.get("f") and e.get("c") != FOREIGN_CTIME_NS}

@@ -209,6 +209,31 @@ async def test_a_hashed_key_rewritten_elsewhere_and_changed_here_keeps_its_name(
         assert stat.S_IMODE((await a.attr(f"{bucket}/x")).st_mode) == 0o600
 
 
+async def test_another_tools_uploads_of_one_name_are_not_orphans(devnet: Devnet, tmp_path: Path) -> None:
+    """DeOSS keeps every upload of a name. A mount shows the latest, the same at every
+    listing, and publishes it as listed when it saves the bucket for a change of its own;
+    the earlier upload is not an orphan of it (`verify --repair` kept deleting it)."""
+    (tmp_path / "a").mkdir()
+    async with open_fs(config_for(devnet, tmp_path / "a")) as a:
+        bucket = await a.bucket()
+        earlier = await a.store.put(bytes_reader(b"the first upload"), 16, bucket, "dup.txt",
+                                    replace_existing=False)
+        later = await a.store.put(bytes_reader(b"the second upload"), 17, bucket, "dup.txt",
+                                  replace_existing=False)
+        for _ in range(3):
+            await a.sync.refresh_bucket(bucket, force=True)
+            assert await a.listdir(bucket) == ["dup.txt"]
+            assert await a.read_file(f"{bucket}/dup.txt") == b"the second upload"
+        await a.write_file(f"{bucket}/own.txt", b"a change of the mount's own")
+        await a.wait_stored(f"{bucket}/own.txt")
+        await a.sync.save_all()
+        assert META_KEY in {name for name, _ in await a.store.files_in_bucket(bucket)}
+        assert await find_orphans(a.store, [bucket], grace=0) == []
+        report = await verify(a.store, bucket, grace=0, repair=True)
+        assert report.orphans == []
+        assert await a.fid_on_chain(earlier.fid) and await a.fid_on_chain(later.fid)
+
+
 async def test_an_orphan_left_by_two_mounts_is_found_and_deleted(tmp_path: Path) -> None:
     """Two mounts write one file without seeing each other's version; the one whose
     version lost goes away before it learns so (a laptop that died), and the other's save
