@@ -6,7 +6,10 @@ the metadata object's merge rules from protocol.py, so that a mount and a gatewa
 read each other's objects end with the same tree:
 
 - an entry of the other object replaces the local one when it is newer (ctime, then FID);
-  a local one that is newer stays and is published again;
+  a local one that is newer stays and is published again. The version replaced is
+  deleted from the chain once nothing names it, unless the entry is another tool's
+  object the other writer only listed (ctime FOREIGN_CTIME_NS): that replaces nothing
+  anyone wrote (DeOSS keeps every upload of a name);
 - a removal in the other object removes a local entry changed before it (a directory only
   once empty); a name removed here after the other's last change to it stays removed;
 - when the object is the only one and nothing here is unsaved, a local entry it does not
@@ -129,7 +132,8 @@ def apply_object(index: CatalogIndex, bucket: str, meta: dict, *, allow_deletes:
                 republish = True
         else:
             if local.fid and local.fid != entry.get("f"):
-                superseded.add(local.fid)
+                if entry["c"] != FOREIGN_CTIME_NS:  # an entry only listed replaces nothing written
+                    superseded.add(local.fid)
             elif local.kind == "file" and local.fid and has_s3_attributes(local.entry) \
                     and not has_s3_attributes(entry):
                 # listed by the other writer before it saw this object's S3 attributes

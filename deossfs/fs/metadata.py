@@ -326,7 +326,10 @@ class BucketSync:
                         # another machine stored a newer version: a local copy is stale
                         if row.fid:
                             self.ops.reader.forget(row.fid)
-                            if entry_is_newer(entry, row.ctime_ns, row.fid):
+                            if entry_is_newer(entry, row.ctime_ns, row.fid) \
+                                    and entry["c"] != FOREIGN_CTIME_NS:
+                                # (an entry only listed, another tool's object, replaces
+                                # nothing anyone wrote: DeOSS keeps every upload)
                                 superseded.add(row.fid)
                         if row.staged:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)

@@ -234,6 +234,36 @@ async def test_another_tools_uploads_of_one_name_are_not_orphans(devnet: Devnet,
         assert await a.fid_on_chain(earlier.fid) and await a.fid_on_chain(later.fid)
 
 
+async def test_a_listed_object_in_anothers_metadata_supersedes_nothing(devnet: Devnet, tmp_path: Path) -> None:
+    """Mount a lists another tool's object; a later upload of its name is what mount b
+    lists and publishes (as listed) when it saves the bucket. a takes the later one from
+    b's metadata object and deletes neither: DeOSS keeps every upload of a name. (The
+    merge breaks the tie of two listed entries' ctimes by FID, so the later upload's FID
+    is made to sort after the first's: the order in which the old rule deleted.)"""
+    async with two_machines(devnet, tmp_path) as (a, b, bucket):
+        first = await a.store.put(bytes_reader(b"the first upload"), 16, bucket, "dup.txt",
+                                  replace_existing=False)
+        await a.sync.refresh_bucket(bucket, force=True)
+        assert await a.read_file(f"{bucket}/dup.txt") == b"the first upload"
+        while True:
+            data = os.urandom(20)
+            second = await b.store.put(bytes_reader(data), len(data), bucket, "dup.txt",
+                                       replace_existing=False)
+            if second.fid > first.fid:
+                break
+            await b.store.delete_fid(second.fid)
+        await b.sync.refresh_buckets(force=True)
+        await b.sync.refresh_bucket(bucket, force=True)
+        assert await b.read_file(f"{bucket}/dup.txt") == data
+        await b.write_file(f"{bucket}/own.txt", b"b's own change")
+        await b.wait_stored(f"{bucket}/own.txt")
+        await b.sync.save_all()
+        await a.sync.refresh_bucket(bucket, force=True)  # takes in b's metadata object
+        assert await a.read_file(f"{bucket}/dup.txt") == data
+        await a.wait_idle()
+        assert await a.fid_on_chain(first.fid) and await a.fid_on_chain(second.fid)
+
+
 async def test_an_orphan_left_by_two_mounts_is_found_and_deleted(tmp_path: Path) -> None:
     """Two mounts write one file without seeing each other's version; the one whose
     version lost goes away before it learns so (a laptop that died), and the other's save

@@ -156,3 +156,16 @@ def test_of_objects_under_one_name_the_one_stored_last_shows_at_every_listing(in
     assert index.get(B, "abc").fid == F3
     apply_listing(index, B, [F2, F1], names, written=set(), uid=0, gid=0, now_ns=T + 500)
     assert index.get(B, "abc").fid == F1  # the latest deleted: the one before it
+
+
+def test_an_object_only_listed_elsewhere_replaces_nothing_written(index: CatalogIndex) -> None:
+    """Another writer published the object it shows under `abc` as listed (ctime
+    FOREIGN_CTIME_NS), a later upload of that name than the one this side listed: this
+    side takes it, and deletes nothing (DeOSS keeps every upload of a name). A version
+    a writer stored is still superseded as before."""
+    apply_listing(index, B, [F1], {F1: ("abc", 5)}, written=set(), uid=0, gid=0, now_ns=T + 500)
+    listed_there = dict(file("abc", 0, F2, 7), c=FOREIGN_CTIME_NS)
+    deletes, _ = apply(index, meta(listed_there), allow_deletes=False)
+    assert index.get(B, "abc").fid == F2 and deletes == set()
+    deletes, _ = apply(index, meta(file("abc", 100, F3, 9)), allow_deletes=False)
+    assert index.get(B, "abc").fid == F3 and deletes == {F2}
