@@ -503,7 +503,7 @@ class ObjectStore:
         A resumed order's reported columns stay with their nodes, and those nodes (one
         column each per deal) get no other column."""
         nodes = await self._nodes()
-        reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}  # type: ignore[attr-defined]
+        reported = deal.reported() if deal else {}  # type: ignore[attr-defined]
         columns = sorted(set(range(TOTAL_SHARDS)) - set(reported))
         chosen = self.selector.choose(nodes, len(columns), exclude=reported.values(),
                                       placement=placement, columns=columns)
@@ -518,8 +518,8 @@ class ObjectStore:
         status.state = "uploading"
         deal = await self._chain(self.chain.deal, plan.fid)
         reported, nodes, chosen = chosen_before
-        reported_now = {c.index - 1 for c in deal.complete_list} if deal else set()  # type: ignore[union-attr]
-        if reported_now != set(reported):
+        reported_now = deal.reported() if deal else {}
+        if reported_now.keys() != reported.keys():
             # columns were reported meanwhile (another uploader of the same bytes)
             reported, nodes, chosen = await self._choose_nodes(deal, placement)
         columns = set(range(TOTAL_SHARDS)) - set(reported)
@@ -574,10 +574,10 @@ class ObjectStore:
         deal = await self._chain(self.chain.deal, fid)
         if deal is None:  # completed meanwhile, or gone
             return await self._chain(self.chain.file, fid) is not None
-        for complete in deal.complete_list:  # type: ignore[attr-defined]
-            if failed.pop(complete.index - 1, None) is not None:
-                log.info("column %d of %s is reported on the chain although its sender saw "
-                         "an error: kept", complete.index - 1, fid)
+        for column in deal.reported().keys() & failed.keys():
+            del failed[column]
+            log.info("column %d of %s is reported on the chain although its sender saw "
+                     "an error: kept", column, fid)
         return False
 
     async def _send_pass(
@@ -635,7 +635,7 @@ class ObjectStore:
             await trio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
         deal = await self._chain(self.chain.deal, plan.fid)
-        reported = {c.index - 1 for c in deal.complete_list} if deal else set()  # type: ignore[union-attr]
+        reported = deal.reported() if deal else {}
         missing = [c for c in columns if c not in reported]
         error = TemporaryError("the node stored its column but did not report it to the chain")
         return {c: ColumnFailure(c, assignment[c], error) for c in missing}

@@ -116,6 +116,10 @@ class DealInfo:
     user: UserBrief
     complete_list: tuple[CompleteInfo, ...]
 
+    def reported(self) -> dict[int, str]:
+        """column (0-11) -> the node that reported holding it."""
+        return {c.index - 1: c.miner for c in self.complete_list}
+
 
 @dataclass(frozen=True)
 class UserFileSlice:

@@ -382,7 +382,7 @@ class UploadService:
                                    "sent_segments": len(info.segments), "reported": True}
                                   for j in range(TOTAL_SHARDS)] if info.segments else []}
         deal = await trio.to_thread.run_sync(self.engine.chain.deal, fid)
-        reported = {c.index - 1: c.miner for c in deal.complete_list} if deal else {}
+        reported = deal.reported() if deal else {}
         if flight is not None:
             status, record = flight.status, flight.record
             # a failed attempt of an upload that will be tried again is not the end of it
