@@ -48,6 +48,7 @@ from .protocol import (
     decode_xattrs,
     entry_is_newer,
     local_is_newer,
+    only_listed,
     removed_at,
 )
 from .records import DIR_MODE, FILE_MODE, S3_XATTR, has_s3_attributes, with_s3_xattrs
@@ -132,7 +133,7 @@ def apply_object(index: CatalogIndex, bucket: str, meta: dict, *, allow_deletes:
                 republish = True
         else:
             if local.fid and local.fid != entry.get("f"):
-                if entry["c"] != FOREIGN_CTIME_NS:  # an entry only listed replaces nothing written
+                if not only_listed(entry):
                     superseded.add(local.fid)
             elif local.kind == "file" and local.fid and has_s3_attributes(local.entry) \
                     and not has_s3_attributes(entry):

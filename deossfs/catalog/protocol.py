@@ -122,8 +122,14 @@ def file_versions(meta: dict) -> dict[str, str]:
     return {e["p"]: e["f"] for e in meta.get("entries", []) if e.get("k") == "file" and e.get("f")}
 
 
+def only_listed(entry: dict) -> bool:
+    """Is `entry` another tool's object its writer only listed (ctime FOREIGN_CTIME_NS)?
+    Such an entry replaces no version anyone wrote: DeOSS keeps every upload of a name."""
+    return entry.get("c") == FOREIGN_CTIME_NS
+
+
 def written_versions(meta: dict) -> dict[str, str]:
-    """file_versions less another tool's objects a writer only listed (ctime
-    FOREIGN_CTIME_NS): the versions a deossfs writer stored or changed."""
+    """file_versions less the entries only listed: the versions a deossfs writer stored
+    or changed."""
     return {e["p"]: e["f"] for e in meta.get("entries", [])
-            if e.get("k") == "file" and e.get("f") and e.get("c") != FOREIGN_CTIME_NS}
+            if e.get("k") == "file" and e.get("f") and not only_listed(e)}

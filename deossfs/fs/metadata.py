@@ -41,6 +41,7 @@ from ..catalog.protocol import (
     entries_digest,
     entry_is_newer,
     local_is_newer,
+    only_listed,
     removals_list,
     removed_at,
     save_due,
@@ -326,10 +327,7 @@ class BucketSync:
                         # another machine stored a newer version: a local copy is stale
                         if row.fid:
                             self.ops.reader.forget(row.fid)
-                            if entry_is_newer(entry, row.ctime_ns, row.fid) \
-                                    and entry["c"] != FOREIGN_CTIME_NS:
-                                # (an entry only listed, another tool's object, replaces
-                                # nothing anyone wrote: DeOSS keeps every upload)
+                            if entry_is_newer(entry, row.ctime_ns, row.fid) and not only_listed(entry):
                                 superseded.add(row.fid)
                         if row.staged:
                             self.ops.staging_path(row.id).unlink(missing_ok=True)
