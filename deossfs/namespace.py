@@ -190,11 +190,15 @@ async def list_objects(store: ObjectStore, bucket: str, prefix: str = "") -> lis
     """The objects of `bucket` whose keys start with `prefix`, in key order. In a bucket
     with a metadata object, as the mount and S3 see them: the files it names (under the
     keys it gives them, FID "" for zero bytes) and the chain's objects it does not name;
-    else the chain's objects under their names. deossfs' own (`.deossfs/...`) are not
-    shown."""
+    else the chain's objects under their names, and of several under one name (DeOSS
+    keeps every upload of a name) the one stored last, as `resolve` takes. deossfs' own
+    (`.deossfs/...`) are not shown."""
     chained = await store.list(bucket)
     if not any(e.key == META_KEY for e in chained):
-        found = chained
+        latest: dict[str, ObjectEntry] = {}
+        for entry in chained:  # in the bucket's object list's order within a name
+            latest[entry.key] = entry
+        found = list(latest.values())
     else:
         async with own_catalog(store, publish=False) as catalog:
             await catalog.refresh(bucket, force=True)

@@ -376,7 +376,8 @@ def test_a_name_uploaded_twice_is_its_later_upload_everywhere(gateway: GatewayPr
                                                               s3, tmp_path: Path) -> None:  # noqa: ANN001
     """DeOSS keeps every upload of a name (each its own FID). S3, the CLI and the mount
     show one object under the name: the upload stored last, the same one at every
-    listing (they took turns before, one per listing, and the CLI took the first)."""
+    listing (they took turns before, one per listing, the CLI's get took the first and
+    its ls showed both)."""
     import os
 
     net = gateways.devnet
@@ -394,6 +395,8 @@ def test_a_name_uploaded_twice_is_its_later_upload_everywhere(gateway: GatewayPr
         time.sleep(2.1)
     net.cli("get", "twice/report.bin", str(tmp_path / "cli.bin"))
     assert (tmp_path / "cli.bin").read_bytes() == second
+    listed = net.cli("ls", "twice").stdout.splitlines()  # once, the later upload
+    assert [line.split() for line in listed] == [["400000", f"{fids[1][:16]}…", "report.bin"]]
     if not Path("/dev/fuse").exists():
         pytest.skip("/dev/fuse is absent")
     mounted = Mounted(config_for(net, tmp_path / "machine"), tmp_path / "mnt")
