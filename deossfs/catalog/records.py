@@ -8,7 +8,10 @@ and keeps them when it renames or rewrites the file:
   applies and the file gets the ETag of unknown content (`etag_for`).
 - `user.s3.content-type`, and `user.s3.<header>` for the other headers S3 keeps
   (HEADERS);
-- `user.s3.meta.<name>`: user metadata (`x-amz-meta-<name>`).
+- `user.s3.meta.<name>`: user metadata (`x-amz-meta-<name>`);
+- `user.s3.checksum`: `<algorithm> <type> <value> <FID>`, the checksum S3 keeps with the
+  object (gateway/s3/checksums.py), bound to its content as the ETag is: a file the
+  mount rewrote has none.
 
 A directory with any `user.s3.*` xattr is an S3 folder object (`key/`, zero bytes).
 """
@@ -27,6 +30,7 @@ ETAG_XATTR = b"user.s3.etag"
 CONTENT_TYPE_XATTR = b"user.s3.content-type"
 #: the parts of a multipart object (GetObject's partNumber): runs "first-last:size", or "n:size"
 PARTS_XATTR = b"user.s3.parts"
+CHECKSUM_XATTR = b"user.s3.checksum"
 META_XATTR = b"user.s3.meta."
 #: the response headers S3 stores with an object besides Content-Type (lowercase)
 HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
@@ -57,6 +61,9 @@ class ObjectRecord:
     encrypted: bool = True
     #: (part number, size) of each part of a multipart upload, in order; () for one PUT
     parts: tuple[tuple[int, int], ...] = ()
+    #: (algorithm, type, base64 value) of the checksum S3 keeps with the object, e.g.
+    #: ("crc32", "COMPOSITE", "WgDhBQ==-3"); None when its upload carried none
+    checksum: tuple[str, str, str] | None = None
 
     @property
     def is_folder(self) -> bool:
@@ -107,6 +114,8 @@ def s3_xattrs(record: ObjectRecord) -> dict[bytes, bytes]:
         xattrs[CONTENT_TYPE_XATTR] = record.content_type.encode()
     if record.parts:
         xattrs[PARTS_XATTR] = encode_parts(record.parts).encode()
+    if record.checksum is not None:
+        xattrs[CHECKSUM_XATTR] = " ".join((*record.checksum, record.fid or "-")).encode()
     for name, value in record.headers.items():
         if name.lower() not in HEADERS:
             raise InvalidInput(f"{name} is not a header S3 stores with an object")
@@ -156,7 +165,17 @@ def record_of(key: str, entry: dict, file: dict | None = None) -> ObjectRecord:
                  for h in HEADERS if S3_XATTR + h.encode() in xattrs},
         encrypted=bool(source.get("e", 1)),
         parts=decode_parts(xattrs.get(PARTS_XATTR, b"").decode("ascii", "replace")),
+        checksum=checksum_for(fid, xattrs),
     )
+
+
+def checksum_for(fid: str | None, xattrs: Mapping[bytes, bytes]) -> tuple[str, str, str] | None:
+    """The checksum recorded for this very content, or None (another content's, or one
+    not written by `s3_xattrs`)."""
+    words = xattrs.get(CHECKSUM_XATTR, b"").decode("ascii", "replace").split(" ")
+    if len(words) != 4 or words[3] != (fid or "-"):
+        return None
+    return words[0], words[1], words[2]
 
 
 def encode_parts(parts: tuple[tuple[int, int], ...]) -> str:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +243,17 @@ def s3_access(gateways: Gateways) -> S3Access:
 @pytest.fixture
 def s3(s3_access: S3Access, gateway: GatewayProcess):  # noqa: ANN201 - a boto3 client
     return s3_access.client()
+
+
+@pytest.fixture
+def bucket(s3) -> Iterator[str]:  # noqa: ANN001
+    """A new bucket for one test, emptied and removed after it (uploads aborted too)."""
+    name = f"s3t-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=name, Key=item["Key"])
+    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    s3.delete_bucket(Bucket=name)

@@ -20,19 +20,6 @@ MIB = 1024 * 1024
 
 
 
-@pytest.fixture
-def bucket(s3) -> str:  # noqa: ANN001
-    name = f"conf-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        for item in page.get("Contents", []):
-            s3.delete_object(Bucket=name, Key=item["Key"])
-    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-    s3.delete_bucket(Bucket=name)
-
-
 def test_list_buckets_in_pages(s3) -> None:  # noqa: ANN001
     prefix = f"pages-{uuid.uuid4().hex[:8]}-"
     names = [prefix + label for label in ("a", "b", "c")]

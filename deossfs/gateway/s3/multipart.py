@@ -37,13 +37,15 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE INDEX IF NOT EXISTS uploads_by_bucket ON uploads (owner, bucket, key, created);
 CREATE TABLE IF NOT EXISTS parts (
     upload TEXT NOT NULL, number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
-    file TEXT NOT NULL, modified REAL NOT NULL, PRIMARY KEY (upload, number));
+    file TEXT NOT NULL, modified REAL NOT NULL, checksum TEXT, PRIMARY KEY (upload, number));
 -- completed uploads, kept a while: a client that retries its Complete (a timeout, a
 -- dropped connection) gets the same answer, not NoSuchUpload
 CREATE TABLE IF NOT EXISTS completed (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, bucket TEXT NOT NULL, key BLOB NOT NULL,
-    etag TEXT NOT NULL, at REAL NOT NULL);
+    etag TEXT NOT NULL, at REAL NOT NULL, checksum TEXT);
 """
+#: columns added since the first schema: (table, column, type)
+_ADDED_COLUMNS = (("parts", "checksum", "TEXT"), ("completed", "checksum", "TEXT"))
 #: how long a completed upload answers a repeated Complete
 COMPLETED_KEPT = 24 * 3600.0
 
@@ -66,6 +68,8 @@ class Part:
     etag: str  # hex MD5, unquoted
     file: str
     modified: float
+    #: base64, of the algorithm the upload was created with (None: created without one)
+    checksum: str | None = None
 
 
 class MultipartStore(DurableJournal):
@@ -76,6 +80,9 @@ class MultipartStore(DurableJournal):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         super().__init__(directory / "multipart.sqlite3", _SCHEMA)
+        for table, column, kind in _ADDED_COLUMNS:  # a journal written by an earlier version
+            if column not in {row[1] for row in self._run(f"PRAGMA table_info({table})")}:
+                self._run(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # ---- uploads --------------------------------------------------------------------
 
@@ -121,16 +128,23 @@ class MultipartStore(DurableJournal):
                 break
         return out
 
-    def completed(self, upload_id: str, owner: str) -> tuple[str, str, str] | None:
-        """(bucket, key, etag) of an upload completed lately, for a repeated Complete."""
-        rows = self._run("SELECT bucket, key, etag FROM completed WHERE id=? AND owner=?",
+    def completed(self, upload_id: str, owner: str
+                  ) -> tuple[str, str, str, tuple[str, str, str] | None] | None:
+        """(bucket, key, etag, checksum) of an upload completed lately, for a repeated
+        Complete."""
+        rows = self._run("SELECT bucket, key, etag, checksum FROM completed WHERE id=? AND owner=?",
                          (upload_id, owner))
-        return (rows[0][0], rows[0][1].decode(), rows[0][2]) if rows else None
+        if not rows:
+            return None
+        words = (rows[0][3] or "").split(" ")
+        checksum = (words[0], words[1], words[2]) if len(words) == 3 else None
+        return rows[0][0], rows[0][1].decode(), rows[0][2], checksum
 
-    def finish(self, upload: Upload, etag: str) -> None:
+    def finish(self, upload: Upload, etag: str, checksum: tuple[str, str, str] | None = None) -> None:
         """The upload is stored: remember its answer, drop its parts."""
-        self._run("INSERT OR REPLACE INTO completed VALUES (?, ?, ?, ?, ?, ?)",
-                  (upload.id, upload.owner, upload.bucket, upload.key.encode(), etag, time.time()))
+        self._run("INSERT OR REPLACE INTO completed VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (upload.id, upload.owner, upload.bucket, upload.key.encode(), etag, time.time(),
+                   " ".join(checksum) if checksum else None))
         self._run("DELETE FROM completed WHERE at < ?", (time.time() - COMPLETED_KEPT,))
         self.remove(upload)
 
@@ -150,7 +164,8 @@ class MultipartStore(DurableJournal):
         """A fresh file for a part being received (renamed into place when recorded)."""
         return self.directory / upload.id / f"incoming-{uuid.uuid4().hex}"
 
-    def record_part(self, upload: Upload, number: int, received: Path, size: int, etag: str) -> Part:
+    def record_part(self, upload: Upload, number: int, received: Path, size: int, etag: str,
+                    checksum: str | None = None) -> Part:
         """A part whose body is whole and verified; replaces an earlier part `number`."""
         if self._run("SELECT 1 FROM uploads WHERE id=?", (upload.id,)) == []:
             received.unlink(missing_ok=True)
@@ -158,15 +173,15 @@ class MultipartStore(DurableJournal):
         final = self.directory / upload.id / f"part-{number:05d}-{uuid.uuid4().hex[:8]}"
         os.replace(received, final)
         old = self._run("SELECT file FROM parts WHERE upload=? AND number=?", (upload.id, number))
-        part = Part(number, size, etag, final.name, time.time())
-        self._run("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?)",
-                  (upload.id, number, size, etag, final.name, part.modified))
+        part = Part(number, size, etag, final.name, time.time(), checksum)
+        self._run("INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (upload.id, number, size, etag, final.name, part.modified, checksum))
         if old and old[0][0] != final.name:
             (self.directory / upload.id / old[0][0]).unlink(missing_ok=True)
         return part
 
     def parts(self, upload: Upload, after: int = 0, limit: int = MAX_PART_NUMBER) -> list[Part]:
-        rows = self._run("SELECT number, size, etag, file, modified FROM parts WHERE upload=? AND "
+        rows = self._run("SELECT number, size, etag, file, modified, checksum FROM parts WHERE upload=? AND "
                          "number > ? ORDER BY number LIMIT ?", (upload.id, after, limit))
         return [Part(*row) for row in rows]
 

@@ -33,10 +33,11 @@ from .. import memory
 from ..http import StagingFile, StoredFileResponse, body_chunks, parse_range
 from ..uploads import ReceivePlanner, UploadRecord
 from . import xml
+from .checksums import FULL_OBJECT, element_name, object_checksum, upload_checksum
 from .context import S3Call, S3Error, code_and_status
 from .multipart import MAX_PART_NUMBER, MAX_PART_SIZE, multipart_etag
-from .payload import PayloadResult, PayloadVerifier, stored_content_encoding
-from .sigv4 import header_text
+from .payload import CHECKSUMS, PayloadResult, PayloadVerifier, stored_content_encoding
+from .sigv4 import HeaderMap, header_text
 
 #: S3's largest single PUT
 MAX_PUT_SIZE = 5 * 1024**3
@@ -87,6 +88,14 @@ def object_headers(record: ObjectRecord) -> dict[str, str]:
     for name, value in record.metadata.items():
         headers[f"x-amz-meta-{name}"] = ascii_header(value)
     return headers
+
+
+def checksum_headers(checksum: tuple[str, str, str] | None) -> dict[str, str]:
+    """x-amz-checksum-<algorithm> and x-amz-checksum-type of a kept checksum."""
+    if checksum is None:
+        return {}
+    algorithm, kind, value = checksum
+    return {f"x-amz-checksum-{algorithm}": value, "x-amz-checksum-type": kind}
 
 
 def ascii_header(value: str) -> str:
@@ -158,10 +167,11 @@ class ObjectOperations:
             raise InvalidInput("Content-Length is not a number")
         return int(text)
 
-    async def _receive(self, call: S3Call, staged: StagingFile,
-                       planner: ReceivePlanner | None) -> PayloadResult:
-        """Verify and stage the body; the digests once it is whole and checks out."""
-        verifier = PayloadVerifier(call.headers, call.verified)
+    async def _receive(self, call: S3Call, staged: StagingFile, planner: ReceivePlanner | None,
+                       required_checksum: str | None = None) -> PayloadResult:
+        """Verify and stage the body; the digests once it is whole and checks out (with
+        `required_checksum`, that algorithm's checksum among them)."""
+        verifier = PayloadVerifier(call.headers, call.verified, required_checksum)
         timeout = self.engine.config.gateway.body_timeout
         try:
             async for chunk in body_chunks(call.request, timeout):
@@ -237,14 +247,15 @@ class ObjectOperations:
         encrypt = self.engine.config.storage.encryption
         result, plan = await self._stage_and_store(call, call.bucket, target.path, size, encrypt)
         attributes = attributes_of(call)
+        # the request carries at most one checksum (PayloadVerifier), kept with the object
+        checksum = next(((name, FULL_OBJECT, value) for name, value in result.checksums.items()), None)
         record = ObjectRecord(key=call.key, size=size, etag=result.etag,
                               fid=plan.fid if plan else None, modified_ns=time.time_ns(),
                               content_type=attributes["content_type"], metadata=attributes["metadata"],
-                              headers=attributes["headers"], encrypted=encrypt)
+                              headers=attributes["headers"], encrypted=encrypt, checksum=checksum)
         await self._record_checked(call, call.bucket, record, check)
-        headers = {"etag": quoted(result.etag)}
-        headers.update({f"x-amz-checksum-{name}": value for name, value in result.checksums.items()})
-        return Response(status_code=200, headers=headers)
+        return Response(status_code=200, headers={"etag": quoted(result.etag),
+                                                  **checksum_headers(checksum)})
 
     async def _check_write_conditions(self, call: S3Call) -> WriteCheck | None:
         """A conditional write (If-Match / If-None-Match on PutObject and
@@ -311,6 +322,8 @@ class ObjectOperations:
                     byte_range = parse_range(call.header("range"), record.size)
                 except DeossError:
                     raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
+        if byte_range is None and (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
+            headers.update(checksum_headers(record.checksum))  # of the whole object only
         if not record.fid:
             return Response(b"", status_code=200, headers={**headers, "content-length": "0"})
         store = self.engine.store_for(call.owner)
@@ -373,9 +386,16 @@ class ObjectOperations:
                 results.append(("Error", [("Key", key), ("Code", code), ("Message", cli_message(exc))]))
         return Response(xml.document("DeleteResult", results), media_type="application/xml")
 
-    async def _small_body(self, call: S3Call) -> bytes:
-        """A request document (XML), verified like any body, at most MAX_REQUEST_XML bytes."""
-        verifier = PayloadVerifier(call.headers, call.verified)
+    async def _small_body(self, call: S3Call, object_checksums: bool = False) -> bytes:
+        """A request document (XML), verified like any body, at most MAX_REQUEST_XML bytes.
+        With `object_checksums` (CompleteMultipartUpload) x-amz-checksum-* headers are the
+        object's, not the document's: they are not checked against it."""
+        headers = call.headers
+        if object_checksums:
+            headers = HeaderMap((name, value) for name in call.headers.names()
+                                if not name.startswith("x-amz-checksum-")
+                                for value in call.headers.get_all(name))
+        verifier = PayloadVerifier(headers, call.verified)
         parts: list[bytes] = []
         size = 0
         async for chunk in body_chunks(call.request, self.engine.config.gateway.body_timeout):
@@ -436,7 +456,8 @@ class ObjectOperations:
         record = ObjectRecord(key=key, size=source.size, etag=source.etag, fid=plan.fid,
                               modified_ns=time.time_ns(), content_type=attributes["content_type"],
                               metadata=attributes["metadata"], headers=attributes["headers"],
-                              encrypted=source.encrypted, parts=source.parts)
+                              encrypted=source.encrypted, parts=source.parts,
+                              checksum=source.checksum)  # the same bytes
         await catalog.record_put(bucket, record)
         return record
 
@@ -484,11 +505,19 @@ class ObjectOperations:
     async def create_multipart(self, call: S3Call) -> Response:
         catalog = self.api.catalog(call)
         await catalog.prepare_put(call.bucket, call.key)
+        checksum = upload_checksum(call.header("x-amz-checksum-algorithm"),
+                                   call.header("x-amz-checksum-type"))
+        attributes = attributes_of(call)
+        headers = {}
+        if checksum is not None:
+            attributes["checksum"] = list(checksum)
+            headers = {"x-amz-checksum-algorithm": checksum[0].upper(),
+                       "x-amz-checksum-type": checksum[1]}
         upload = await trio.to_thread.run_sync(self.api.multipart.create, call.owner, call.bucket,
-                                               call.key, attributes_of(call))
+                                               call.key, attributes)
         return Response(xml.document("InitiateMultipartUploadResult", [
             ("Bucket", call.bucket), ("Key", call.key), ("UploadId", upload.id)]),
-            media_type="application/xml")
+            media_type="application/xml", headers=headers)
 
     def _part_number(self, call: S3Call) -> int:
         text = call.query.get("partNumber", "")
@@ -507,16 +536,18 @@ class ObjectOperations:
         size = self._declared_size(call)
         if size > MAX_PART_SIZE:
             raise S3Error("EntityTooLarge", "A part is at most 5 GiB.", 400)
+        algorithm = _checksum_algorithm(upload)
         reservation = self.engine.reserve(call.owner, size)
         try:
             incoming = self.api.multipart.part_path(upload)
-            result = await self._receive(call, StagingFile(incoming), None)
+            result = await self._receive(call, StagingFile(incoming), None, algorithm)
             if result.size != size:
                 incoming.unlink(missing_ok=True)
                 raise S3Error("IncompleteBody", "You did not provide the number of bytes "
                               "specified by the Content-Length HTTP header.", 400)
-            part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number,
-                                                 incoming, result.size, result.etag)
+            part = await trio.to_thread.run_sync(
+                self.api.multipart.record_part, upload, number, incoming, result.size, result.etag,
+                result.checksums.get(algorithm) if algorithm else None)
             self.api.planning.part_recorded(upload, part, self.engine.config.storage.encryption)
         finally:
             reservation.release()
@@ -537,13 +568,16 @@ class ObjectOperations:
             start, end = copy_source_range(wanted, source.size)
         incoming = self.api.multipart.part_path(upload)
         staged = await self._stage_from(call.owner, source, start, end, incoming)
-        md5 = await trio.to_thread.run_sync(_md5_of_file, incoming)
+        algorithm = _checksum_algorithm(upload)
+        md5, checksum = await trio.to_thread.run_sync(_digests_of_file, incoming, algorithm)
         part = await trio.to_thread.run_sync(self.api.multipart.record_part, upload, number, incoming,
-                                             staged.size, md5)
+                                             staged.size, md5, checksum)
         self.api.planning.part_recorded(upload, part, self.engine.config.storage.encryption)
-        return Response(xml.document("CopyPartResult", [
-            ("LastModified", xml.timestamp(int(part.modified * 1e9))), ("ETag", quoted(part.etag))]),
-            media_type="application/xml")
+        children: list[tuple[str, Any]] = [("LastModified", xml.timestamp(int(part.modified * 1e9))),
+                                           ("ETag", quoted(part.etag))]
+        if algorithm and checksum:
+            children.append((element_name(algorithm), checksum))
+        return Response(xml.document("CopyPartResult", children), media_type="application/xml")
 
     async def list_parts(self, call: S3Call) -> Response:
         upload = await self._upload(call)
@@ -562,8 +596,16 @@ class ObjectOperations:
             ("PartNumberMarker", int(marker_text)),
             ("NextPartNumberMarker", parts[-1].number if parts else 0),
             ("MaxParts", limit), ("IsTruncated", truncated)]
-        children += [("Part", [("PartNumber", p.number), ("LastModified", xml.timestamp(int(p.modified * 1e9))),
-                               ("ETag", quoted(p.etag)), ("Size", p.size)]) for p in parts]
+        checksum = upload.attributes.get("checksum")
+        if checksum:
+            children += [("ChecksumAlgorithm", checksum[0].upper()), ("ChecksumType", checksum[1])]
+        for p in parts:
+            part: list[tuple[str, Any]] = [
+                ("PartNumber", p.number), ("LastModified", xml.timestamp(int(p.modified * 1e9))),
+                ("ETag", quoted(p.etag)), ("Size", p.size)]
+            if checksum and p.checksum:
+                part.append((element_name(checksum[0]), p.checksum))
+            children.append(("Part", part))
         return Response(xml.document("ListPartsResult", children), media_type="application/xml")
 
     async def abort_multipart(self, call: S3Call) -> Response:
@@ -575,42 +617,78 @@ class ObjectOperations:
     async def complete_multipart(self, call: S3Call) -> Response | CompletionResponse:
         upload_id = call.query.get("uploadId", "")
         lock = self.api.completion_lock(upload_id)
-        body = await self._small_body(call)
+        body = await self._small_body(call, object_checksums=True)
         async with lock:
             done = await trio.to_thread.run_sync(self.api.multipart.completed, upload_id, call.owner)
             if done is not None:  # a repeated Complete (the client timed out): same answer
-                return Response(self._completed_document(call, done[2]), media_type="application/xml")
+                return Response(self._completed_document(call, done[2], done[3]),
+                                media_type="application/xml")
             upload = await self._upload(call)
             document = xml.parse(body, "CompleteMultipartUpload")
+            algorithm = _checksum_algorithm(upload)
             listed = []
+            listed_checksums: dict[int, str | None] = {}
             for part in xml.children(document, "Part"):
                 number, etag = xml.text(part, "PartNumber"), xml.text(part, "ETag")
                 if number is None or etag is None or not number.strip().isdigit():
                     raise xml.MalformedXML("each Part needs a PartNumber and an ETag")
                 listed.append((int(number), etag))
+                if algorithm:
+                    listed_checksums[int(number)] = xml.text(part, element_name(algorithm))
             parts = await trio.to_thread.run_sync(self.api.multipart.check_complete, upload, listed)
+            checksum = self._completed_checksum(call, upload, parts, listed_checksums)
             # a conditional Complete (If-None-Match: *, If-Match), checked before the 200
             # goes out; the upload stays, so the client may complete it otherwise
             check = await self._check_write_conditions(call)
         # the parts are right: storing them takes as long as any put, while the answer's
         # status is sent at once and spaces keep the client waiting (as S3 does)
-        return CompletionResponse(self._finish_upload(call, upload, parts, lock, check),
+        return CompletionResponse(self._finish_upload(call, upload, parts, lock, check, checksum),
                                   call.request_id)
 
-    def _completed_document(self, call: S3Call, etag: str, leading: bool = True) -> bytes:
-        document = xml.document("CompleteMultipartUploadResult", [
+    @staticmethod
+    def _completed_checksum(call: S3Call, upload: Any, parts: list,
+                            listed: Mapping[int, str | None]) -> tuple[str, str, str] | None:
+        """The object's checksum from its parts' (upload created with an algorithm), checked
+        against the one the Complete carries (BadDigest) and the parts' it lists."""
+        kept = upload.attributes.get("checksum")
+        if not kept or any(p.checksum is None for p in parts):
+            return None  # no algorithm (or parts journaled before checksums were kept)
+        algorithm, kind = kept
+        value = object_checksum(algorithm, kind, [(p.checksum, p.size) for p in parts])
+        given = call.header(f"x-amz-checksum-{algorithm}")
+        if given is not None and given.strip() != value:
+            raise S3Error("BadDigest", f"The {algorithm.upper()} you specified for the object "
+                          f"did not match what was computed from its parts ({value}).", 400)
+        for part in parts:
+            stated = listed.get(part.number)
+            if stated is None:
+                raise S3Error("InvalidRequest", f"The upload was created using a {algorithm} "
+                              "checksum. The complete request must include the checksum for each "
+                              f"part. It was missing for part {part.number} in the request.", 400)
+            if stated.strip() != part.checksum:
+                raise S3Error("InvalidPart", f"The {algorithm} checksum given for part "
+                              f"{part.number} does not match the part uploaded.", 400)
+        return algorithm, kind, value
+
+    def _completed_document(self, call: S3Call, etag: str, checksum: tuple[str, str, str] | None,
+                            leading: bool = True) -> bytes:
+        children: list[tuple[str, Any]] = [
             ("Location", f"{call.request.base_url}{call.bucket}/{call.key}"),
-            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(etag))])
+            ("Bucket", call.bucket), ("Key", call.key), ("ETag", quoted(etag))]
+        if checksum is not None:
+            children += [(element_name(checksum[0]), checksum[2]), ("ChecksumType", checksum[1])]
+        document = xml.document("CompleteMultipartUploadResult", children)
         return document if leading else document.split(b"\n", 1)[1]
 
     async def _finish_upload(self, call: S3Call, upload: Any, parts: list, lock: trio.Lock,
-                             check: WriteCheck | None = None) -> bytes:
+                             check: WriteCheck | None = None,
+                             checksum: tuple[str, str, str] | None = None) -> bytes:
         """Store the parts as one object and name it; the answer's XML (without the XML
         declaration: spaces may have gone before it)."""
         async with lock:
             done = await trio.to_thread.run_sync(self.api.multipart.completed, upload.id, call.owner)
             if done is not None:
-                return self._completed_document(call, done[2], leading=False)
+                return self._completed_document(call, done[2], done[3], leading=False)
             catalog = self.api.catalog(call)
             target = await catalog.prepare_put(call.bucket, call.key)
             etag = multipart_etag(parts)
@@ -641,10 +719,10 @@ class ObjectOperations:
                                   modified_ns=time.time_ns(), content_type=attributes.get("content_type"),
                                   metadata=attributes.get("metadata", {}),
                                   headers=attributes.get("headers", {}), encrypted=encrypt,
-                                  parts=tuple((p.number, p.size) for p in parts))
+                                  parts=tuple((p.number, p.size) for p in parts), checksum=checksum)
             await self._record_checked(call, call.bucket, record, check)
-            await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag)
-            return self._completed_document(call, etag, leading=False)
+            await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag, checksum)
+            return self._completed_document(call, etag, checksum, leading=False)
 
 
 class CompletionResponse:
@@ -708,10 +786,20 @@ def copy_source_range(header: str, size: int) -> tuple[int, int]:
     return int(first), int(last) + 1
 
 
-def _md5_of_file(path: Any) -> str:
-    digest = hashlib.md5()
+def _checksum_algorithm(upload: Any) -> str | None:
+    """The checksum algorithm a multipart upload was created with, or None."""
+    kept = upload.attributes.get("checksum")
+    return kept[0] if kept else None
+
+
+def _digests_of_file(path: Any, algorithm: str | None) -> tuple[str, str | None]:
+    """Hex MD5 of a staged file and, with an algorithm, its base64 checksum."""
+    md5 = hashlib.md5()
+    checksum = CHECKSUMS[algorithm][0]() if algorithm else None
     with open(path, "rb") as handle:
         while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+            md5.update(chunk)
+            if checksum is not None:
+                checksum.update(memoryview(chunk))
+    return md5.hexdigest(), (base64.b64encode(checksum.digest()).decode() if checksum else None)
 

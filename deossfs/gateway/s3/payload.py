@@ -208,10 +208,13 @@ class PayloadVerifier:
     `headers` are the request's (a HeaderMap or (name, value) pairs); `verified` is
     its `verify_request` result (None for an anonymous
     request: its body may be a plain one, hex-digested or not, or unsigned aws-chunked).
-    Raises S3AuthError at once for bad headers (Content-MD5, x-amz-checksum-*...)."""
+    `required` is the checksum algorithm the result must have (a part of a multipart
+    upload created with one): computed when the request carries no checksum, refused
+    when it carries another. Raises S3AuthError at once for bad headers (Content-MD5,
+    x-amz-checksum-*...)."""
 
     def __init__(self, headers: HeaderMap | Iterable[tuple[str, str]],
-                 verified: VerifiedRequest | None = None) -> None:
+                 verified: VerifiedRequest | None = None, required: str | None = None) -> None:
         headers = HeaderMap.of(headers)
         self._verified = verified
         if verified is not None:
@@ -232,6 +235,13 @@ class PayloadVerifier:
         self._expected_checksums: dict[str, bytes] = {}  # from headers, then trailers
         self._checksums: dict[str, _Checksum] = {}
         self._setup_checksums(headers, announced)
+        if required is not None and required not in self._checksums:
+            if self._checksums:
+                raise S3AuthError(
+                    "InvalidRequest", "Checksum Type mismatch occurred, expected checksum Type: "
+                    f"{required}, actual checksum Type: {next(iter(self._checksums))}", 400,
+                )
+            self._checksums[required] = CHECKSUMS[required][0]()
         self._wire = 0  # bytes fed
         self._size = 0  # payload bytes
         if self.mode.chunked:
