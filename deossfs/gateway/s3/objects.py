@@ -12,7 +12,6 @@ nothing is named.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,6 @@ from urllib.parse import unquote
 
 import trio
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from ...catalog.records import ObjectRecord
 from ...errors import DeossError, InvalidInput, NoSuchKey, cli_message
@@ -34,6 +32,7 @@ from ..http import StagingFile, StoredFileResponse, body_chunks, parse_range
 from ..uploads import ReceivePlanner, UploadRecord
 from . import xml
 from .checksums import FULL_OBJECT, element_name, object_checksum, upload_checksum
+from .completion import CompletionResponse
 from .context import S3Call, S3Error, code_and_status
 from .multipart import MAX_PART_NUMBER, MAX_PART_SIZE, multipart_etag
 from .payload import CHECKSUMS, PayloadResult, PayloadVerifier, stored_content_encoding
@@ -54,8 +53,6 @@ _INLINE_VERIFY = 256 * 1024
 #: seconds a file's chain record read for one GET serves the next GETs of the object (a
 #: download in ranges is one GET per range); the catalog still decides what a key names
 FILE_INFO_MAX_AGE = 5.0
-#: seconds between the spaces a long CompleteMultipartUpload sends to keep its client waiting
-KEEPALIVE_SECONDS = 10.0
 #: a conditional write's condition, given the object its key names now (None: none)
 WriteCheck = Callable[[ObjectRecord | None], None]
 
@@ -723,52 +720,6 @@ class ObjectOperations:
             await self._record_checked(call, call.bucket, record, check)
             await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag, checksum)
             return self._completed_document(call, etag, checksum, leading=False)
-
-
-class CompletionResponse:
-    """CompleteMultipartUpload's answer: 200 at once, a space every KEEPALIVE_SECONDS while
-    the object is stored, then the result - or S3's Error document, which clients look for
-    in a 200 answer to a Complete."""
-
-    def __init__(self, work: Any, request_id: str) -> None:
-        self.work = work
-        self.request_id = request_id
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/xml"),
-                                (b"x-amz-request-id", self.request_id.encode())]})
-        await send({"type": "http.response.body", "body": b'<?xml version="1.0" encoding="UTF-8"?>\n',
-                    "more_body": True})
-        outcome: list[bytes] = []
-
-        async def run() -> None:
-            try:
-                outcome.append(await self.work)
-            except Exception as exc:  # the error goes in the body: the status is sent
-                code, _ = code_and_status(exc)
-                message = str(exc) if isinstance(exc, S3Error) else cli_message(exc)
-                outcome.append(xml.document("Error", [("Code", code), ("Message", message),
-                                                      ("RequestId", self.request_id)],
-                                            namespace=False).split(b"\n", 1)[1])
-
-        # the store runs to its end even if the client goes (a retried Complete finds it)
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-
-            async def store() -> None:
-                with trio.CancelScope(shield=True):
-                    await run()
-                done.set()
-
-            nursery.start_soon(store)
-            while not done.is_set():
-                with trio.move_on_after(KEEPALIVE_SECONDS):
-                    await done.wait()
-                if not done.is_set():
-                    with contextlib.suppress(Exception):
-                        await send({"type": "http.response.body", "body": b" ", "more_body": True})
-        await send({"type": "http.response.body", "body": outcome[0]})
 
 
 def copy_source_range(header: str, size: int) -> tuple[int, int]:
