@@ -155,3 +155,41 @@ def test_the_transfer_managers_uploads_keep_a_checksum(s3, bucket: str, tmp_path
     assert head["ChecksumType"] == "COMPOSITE"
     s3.download_file(bucket, "big", str(tmp_path / "back.bin"), Config=config)
     assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_object_attributes(s3, bucket: str) -> None:  # noqa: ANN001
+    """GetObjectAttributes: ETag (unquoted), the kept checksum, a multipart object's parts
+    in pages, storage class and size; an object of one PUT has no ObjectParts."""
+    every = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    data = random_bytes(1024)
+    sha256 = b64(hashlib.sha256(data).digest())
+    put = s3.put_object(Bucket=bucket, Key="one", Body=data, ChecksumSHA256=sha256)
+    single = s3.get_object_attributes(Bucket=bucket, Key="one", ObjectAttributes=every)
+    assert (single["ETag"], single["ObjectSize"], single["StorageClass"]) == (
+        put["ETag"].strip('"'), 1024, "STANDARD")
+    assert single["Checksum"] == {"ChecksumSHA256": sha256, "ChecksumType": "FULL_OBJECT"}
+    assert "ObjectParts" not in single
+    only_size = s3.get_object_attributes(Bucket=bucket, Key="one", ObjectAttributes=["ObjectSize"])
+    assert only_size["ObjectSize"] == 1024 and "ETag" not in only_size
+
+    upload_id, parts = _upload_parts(s3, bucket, "mp", "CRC32")
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload_id,
+                                        MultipartUpload={"Parts": parts})
+    whole = s3.get_object_attributes(Bucket=bucket, Key="mp", ObjectAttributes=every)
+    assert whole["ETag"] == done["ETag"].strip('"') and whole["ObjectSize"] == 15 * MIB
+    assert whole["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"], "ChecksumType": "COMPOSITE"}
+    listed = whole["ObjectParts"]
+    assert (listed["TotalPartsCount"], listed["IsTruncated"]) == (3, False)
+    assert [(p["PartNumber"], p["Size"]) for p in listed["Parts"]] == [(1, 5 * MIB), (2, 5 * MIB), (3, 5 * MIB)]
+    page = s3.get_object_attributes(Bucket=bucket, Key="mp", ObjectAttributes=["ObjectParts"],
+                                    MaxParts=1, PartNumberMarker=1)["ObjectParts"]
+    assert (page["MaxParts"], page["PartNumberMarker"], page["NextPartNumberMarker"],
+            page["IsTruncated"]) == (1, 1, 2, True)
+    assert [p["PartNumber"] for p in page["Parts"]] == [2]
+
+    with pytest.raises(ClientError) as caught:  # not an attribute S3 has
+        s3.get_object_attributes(Bucket=bucket, Key="one", ObjectAttributes=["Colour"])
+    assert (status(caught.value), code(caught.value)) == (400, "InvalidArgument")
+    with pytest.raises(ClientError) as caught:
+        s3.get_object_attributes(Bucket=bucket, Key="none", ObjectAttributes=every)
+    assert (status(caught.value), code(caught.value)) == (404, "NoSuchKey")

@@ -41,7 +41,7 @@ _NOT_IMPLEMENTED = ("policy", "cors", "lifecycle", "website", "replication", "en
                     "notification", "logging", "object-lock", "accelerate", "requestPayment",
                     "ownershipControls", "publicAccessBlock", "intelligent-tiering", "inventory",
                     "metrics", "analytics", "retention", "legal-hold", "restore", "select",
-                    "torrent", "attributes")
+                    "torrent")
 
 
 class S3Api:
@@ -142,6 +142,8 @@ class S3Api:
         if method == "GET":
             if call.has("uploadId"):
                 return await objects.list_parts(call)
+            if call.has("attributes"):
+                return await objects.get_object_attributes(call)
             if call.has("acl"):
                 await self.catalog(call).get(call.bucket, call.key)
                 return self.get_acl_document(call)

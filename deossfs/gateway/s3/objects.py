@@ -53,6 +53,9 @@ _INLINE_VERIFY = 256 * 1024
 #: seconds a file's chain record read for one GET serves the next GETs of the object (a
 #: download in ranges is one GET per range); the catalog still decides what a key names
 FILE_INFO_MAX_AGE = 5.0
+#: GetObjectAttributes' attributes, by their lowercase names
+_OBJECT_ATTRIBUTES = {"etag": "ETag", "checksum": "Checksum", "objectparts": "ObjectParts",
+                      "storageclass": "StorageClass", "objectsize": "ObjectSize"}
 #: a conditional write's condition, given the object its key names now (None: none)
 WriteCheck = Callable[[ObjectRecord | None], None]
 
@@ -331,6 +334,55 @@ class ObjectOperations:
             status = 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{record.size}"
         return StoredFileResponse(store, info, start, end, status, headers, head_only=head)
+
+    async def get_object_attributes(self, call: S3Call) -> Response:
+        """GetObjectAttributes: of `x-amz-object-attributes`, the ETag, the kept checksum,
+        the parts of a multipart object (sizes; their checksums are not kept), the
+        storage class and the size; conditions as on a GET."""
+        record = await self.api.catalog(call).get(call.bucket, call.key)
+        wanted = {name.strip().lower() for name in
+                  (call.header("x-amz-object-attributes") or "").split(",") if name.strip()}
+        unknown = wanted - set(_OBJECT_ATTRIBUTES)
+        if not wanted or unknown:
+            raise InvalidInput("x-amz-object-attributes lists one or more of "
+                               f"{', '.join(_OBJECT_ATTRIBUTES.values())}"
+                               + (f"; not {', '.join(sorted(unknown))}" if unknown else ""))
+        status = check_conditions(call, record)
+        if status == 304:
+            return Response(status_code=304, headers={"etag": quoted(record.etag)})
+        if status == 412:
+            raise precondition_failed()
+        children: list[tuple[str, Any]] = []
+        if "etag" in wanted:
+            children.append(("ETag", record.etag))
+        if "checksum" in wanted and record.checksum is not None:
+            algorithm, kind, value = record.checksum
+            children.append(("Checksum", [(element_name(algorithm), value), ("ChecksumType", kind)]))
+        if "objectparts" in wanted and record.parts:
+            children.append(("ObjectParts", self._parts_page(call, record.parts)))
+        if "storageclass" in wanted:
+            children.append(("StorageClass", "STANDARD"))
+        if "objectsize" in wanted:
+            children.append(("ObjectSize", record.size))
+        return Response(xml.document("GetObjectAttributesResponse", children),
+                        media_type="application/xml",
+                        headers={"last-modified": xml.http_date(record.modified_ns)})
+
+    @staticmethod
+    def _parts_page(call: S3Call, parts: tuple[tuple[int, int], ...]) -> list[tuple[str, Any]]:
+        """GetObjectAttributes' ObjectParts: the parts after x-amz-part-number-marker, at
+        most x-amz-max-parts (1,000) of them."""
+        marker_text = call.header("x-amz-part-number-marker") or "0"
+        limit_text = call.header("x-amz-max-parts") or "1000"
+        if not marker_text.strip().isdigit() or not limit_text.strip().isdigit():
+            raise InvalidInput("x-amz-part-number-marker and x-amz-max-parts are whole numbers")
+        marker, limit = int(marker_text), min(int(limit_text), 1000)
+        after = [(number, size) for number, size in parts if number > marker]
+        page = after[:limit]
+        return [("PartsCount", len(parts)), ("PartNumberMarker", marker),
+                ("NextPartNumberMarker", page[-1][0] if page else marker), ("MaxParts", limit),
+                ("IsTruncated", len(after) > limit),
+                *[("Part", [("PartNumber", number), ("Size", size)]) for number, size in page]]
 
     def _part_range(self, call: S3Call, record: ObjectRecord,
                     headers: dict[str, str]) -> tuple[int, int] | None:
