@@ -115,6 +115,8 @@ def test_a_composite_checksum_is_made_of_the_parts_and_checked_at_complete(s3, b
 def test_a_full_object_crc_is_combined_from_the_parts(s3, bucket: str, algorithm: str,  # noqa: ANN001
                                                       expected: str) -> None:
     upload_id, parts = _upload_parts(s3, bucket, "full", algorithm, "FULL_OBJECT")
+    if algorithm == "CRC32C":  # a full-object checksum needs no part's listed (S3 asks none)
+        parts = [{k: v for k, v in p.items() if not k.startswith("Checksum")} for p in parts]
     done = s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=upload_id,
                                         MultipartUpload={"Parts": parts},
                                         **{f"Checksum{algorithm}": expected})
