@@ -11,7 +11,10 @@ and keeps them when it renames or rewrites the file:
 - `user.s3.meta.<name>`: user metadata (`x-amz-meta-<name>`);
 - `user.s3.checksum`: `<algorithm> <type> <value> <FID>`, the checksum S3 keeps with the
   object (gateway/s3/checksums.py), bound to its content as the ETag is: a file the
-  mount rewrote has none.
+  mount rewrote has none;
+- `user.s3.part-checksums`: `<value> ... <FID>`, a multipart object's parts' checksums
+  (of the object checksum's algorithm), in order; kept while they fit in
+  PART_CHECKSUMS_MAX bytes, so a bucket's metadata object stays small.
 
 A directory with any `user.s3.*` xattr is an S3 folder object (`key/`, zero bytes).
 """
@@ -31,6 +34,9 @@ CONTENT_TYPE_XATTR = b"user.s3.content-type"
 #: the parts of a multipart object (GetObject's partNumber): runs "first-last:size", or "n:size"
 PARTS_XATTR = b"user.s3.parts"
 CHECKSUM_XATTR = b"user.s3.checksum"
+PART_CHECKSUMS_XATTR = b"user.s3.part-checksums"
+#: the longest part-checksums value kept: ~900 parts' CRC32s, ~180 parts' SHA-256s
+PART_CHECKSUMS_MAX = 8192
 META_XATTR = b"user.s3.meta."
 #: the response headers S3 stores with an object besides Content-Type (lowercase)
 HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language",
@@ -64,6 +70,8 @@ class ObjectRecord:
     #: (algorithm, type, base64 value) of the checksum S3 keeps with the object, e.g.
     #: ("crc32", "COMPOSITE", "WgDhBQ==-3"); None when its upload carried none
     checksum: tuple[str, str, str] | None = None
+    #: each part's checksum, in `parts`' order, of `checksum`'s algorithm; () when not kept
+    part_checksums: tuple[str, ...] = ()
 
     @property
     def is_folder(self) -> bool:
@@ -116,6 +124,9 @@ def s3_xattrs(record: ObjectRecord) -> dict[bytes, bytes]:
         xattrs[PARTS_XATTR] = encode_parts(record.parts).encode()
     if record.checksum is not None:
         xattrs[CHECKSUM_XATTR] = " ".join((*record.checksum, record.fid or "-")).encode()
+        listed = " ".join((*record.part_checksums, record.fid or "-")).encode()
+        if record.part_checksums and len(listed) <= PART_CHECKSUMS_MAX:
+            xattrs[PART_CHECKSUMS_XATTR] = listed
     for name, value in record.headers.items():
         if name.lower() not in HEADERS:
             raise InvalidInput(f"{name} is not a header S3 stores with an object")
@@ -164,9 +175,18 @@ def record_of(key: str, entry: dict, file: dict | None = None) -> ObjectRecord:
         headers={h: xattrs[S3_XATTR + h.encode()].decode("utf-8", "replace")
                  for h in HEADERS if S3_XATTR + h.encode() in xattrs},
         encrypted=bool(source.get("e", 1)),
-        parts=decode_parts(xattrs.get(PARTS_XATTR, b"").decode("ascii", "replace")),
-        checksum=checksum_for(fid, xattrs),
+        parts=(parts := decode_parts(xattrs.get(PARTS_XATTR, b"").decode("ascii", "replace"))),
+        checksum=(checksum := checksum_for(fid, xattrs)),
+        part_checksums=part_checksums_for(fid, xattrs, len(parts)) if checksum else (),
     )
+
+
+def part_checksums_for(fid: str | None, xattrs: Mapping[bytes, bytes], count: int) -> tuple[str, ...]:
+    """The parts' checksums recorded for this very content, if there is one per part."""
+    words = xattrs.get(PART_CHECKSUMS_XATTR, b"").decode("ascii", "replace").split(" ")
+    if len(words) != count + 1 or words[-1] != (fid or "-"):
+        return ()
+    return tuple(words[:-1])
 
 
 def checksum_for(fid: str | None, xattrs: Mapping[bytes, bytes]) -> tuple[str, str, str] | None:

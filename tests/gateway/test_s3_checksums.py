@@ -108,6 +108,10 @@ def test_a_composite_checksum_is_made_of_the_parts_and_checked_at_complete(s3, b
     # botocore does not check a composite value (it is no checksum of the bytes) but reads on
     got = s3.get_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
     assert got["ChecksumSHA256"] == expected and got["Body"].read() == b"".join(BODIES)
+    # a part: its own checksum, which botocore checks against the part's bytes
+    second = s3.get_object(Bucket=bucket, Key="mp", PartNumber=2, ChecksumMode="ENABLED")
+    assert (second["ChecksumSHA256"], second["ChecksumType"]) == (parts[1]["ChecksumSHA256"], "COMPOSITE")
+    assert second["Body"].read() == BODIES[1]
 
 
 @pytest.mark.parametrize(("algorithm", "expected"), [
@@ -115,15 +119,21 @@ def test_a_composite_checksum_is_made_of_the_parts_and_checked_at_complete(s3, b
 def test_a_full_object_crc_is_combined_from_the_parts(s3, bucket: str, algorithm: str,  # noqa: ANN001
                                                       expected: str) -> None:
     upload_id, parts = _upload_parts(s3, bucket, "full", algorithm, "FULL_OBJECT")
+    listed = parts
     if algorithm == "CRC32C":  # a full-object checksum needs no part's listed (S3 asks none)
-        parts = [{k: v for k, v in p.items() if not k.startswith("Checksum")} for p in parts]
+        listed = [{k: v for k, v in p.items() if not k.startswith("Checksum")} for p in parts]
     done = s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=upload_id,
-                                        MultipartUpload={"Parts": parts},
+                                        MultipartUpload={"Parts": listed},
                                         **{f"Checksum{algorithm}": expected})
     assert (done[f"Checksum{algorithm}"], done["ChecksumType"]) == (expected, "FULL_OBJECT")
     # a full-object CRC is checked by botocore against the bytes it reads
     got = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
     assert got[f"Checksum{algorithm}"] == expected and got["Body"].read() == b"".join(BODIES)
+    third = s3.get_object(Bucket=bucket, Key="full", PartNumber=3, ChecksumMode="ENABLED")
+    assert third[f"Checksum{algorithm}"] == parts[2][f"Checksum{algorithm}"]
+    assert third["Body"].read() == BODIES[2]
+    ranged = s3.get_object(Bucket=bucket, Key="full", Range="bytes=1-2", ChecksumMode="ENABLED")
+    assert f"Checksum{algorithm}" not in ranged and ranged["Body"].read() == b"AA"
     if algorithm == "CRC32":
         assert expected == b64(zlib.crc32(b"".join(BODIES)).to_bytes(4, "big"))
 
@@ -182,7 +192,8 @@ def test_object_attributes(s3, bucket: str) -> None:  # noqa: ANN001
     assert whole["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"], "ChecksumType": "COMPOSITE"}
     listed = whole["ObjectParts"]
     assert (listed["TotalPartsCount"], listed["IsTruncated"]) == (3, False)
-    assert [(p["PartNumber"], p["Size"]) for p in listed["Parts"]] == [(1, 5 * MIB), (2, 5 * MIB), (3, 5 * MIB)]
+    assert [(p["PartNumber"], p["Size"], p["ChecksumCRC32"]) for p in listed["Parts"]] == [
+        (n, 5 * MIB, part["ChecksumCRC32"]) for n, part in enumerate(parts, 1)]
     page = s3.get_object_attributes(Bucket=bucket, Key="mp", ObjectAttributes=["ObjectParts"],
                                     MaxParts=1, PartNumberMarker=1)["ObjectParts"]
     assert (page["MaxParts"], page["PartNumberMarker"], page["NextPartNumberMarker"],

@@ -56,6 +56,22 @@ def test_a_kept_checksum_holds_only_for_the_content_it_was_computed_for() -> Non
     assert record_of("k", rewritten).checksum is None
 
 
+def test_parts_checksums_are_kept_while_they_are_few() -> None:
+    def stored(count: int) -> ObjectRecord:
+        record = ObjectRecord(key="k", size=count, etag="e" * 32 + f"-{count}", fid="a" * 64,
+                              parts=tuple((n, 1) for n in range(1, count + 1)),
+                              checksum=("crc32", "COMPOSITE", "AAAAAA==-1"),
+                              part_checksums=tuple(f"{n:06d}AA" for n in range(count)))
+        entry = {"k": "file", "f": "a" * 64, "s": count, "t": 1,
+                 "x": encode_xattrs(s3_xattrs(record))}
+        return record_of("k", entry)
+
+    assert stored(3).part_checksums == ("000000AA", "000001AA", "000002AA")
+    assert len(stored(900).part_checksums) == 900
+    assert stored(1000).part_checksums == ()  # past PART_CHECKSUMS_MAX: the object's only
+    assert stored(1000).checksum == ("crc32", "COMPOSITE", "AAAAAA==-1")
+
+
 def test_a_journal_of_an_earlier_version_keeps_its_parts_and_takes_checksums(tmp_path: Path) -> None:
     directory = tmp_path / "multipart"
     directory.mkdir()

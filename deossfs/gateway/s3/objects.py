@@ -322,8 +322,8 @@ class ObjectOperations:
                     byte_range = parse_range(call.header("range"), record.size)
                 except DeossError:
                     raise S3Error("InvalidRange", "The requested range is not satisfiable", 416) from None
-        if byte_range is None and (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
-            headers.update(checksum_headers(record.checksum))  # of the whole object only
+        if (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
+            headers.update(_checksum_of_read(call, record, byte_range))
         if not record.fid:
             return Response(b"", status_code=200, headers={**headers, "content-length": "0"})
         store = self.engine.store_for(call.owner)
@@ -359,7 +359,7 @@ class ObjectOperations:
             algorithm, kind, value = record.checksum
             children.append(("Checksum", [(element_name(algorithm), value), ("ChecksumType", kind)]))
         if "objectparts" in wanted and record.parts:
-            children.append(("ObjectParts", self._parts_page(call, record.parts)))
+            children.append(("ObjectParts", self._parts_page(call, record)))
         if "storageclass" in wanted:
             children.append(("StorageClass", "STANDARD"))
         if "objectsize" in wanted:
@@ -369,20 +369,24 @@ class ObjectOperations:
                         headers={"last-modified": xml.http_date(record.modified_ns)})
 
     @staticmethod
-    def _parts_page(call: S3Call, parts: tuple[tuple[int, int], ...]) -> list[tuple[str, Any]]:
+    def _parts_page(call: S3Call, record: ObjectRecord) -> list[tuple[str, Any]]:
         """GetObjectAttributes' ObjectParts: the parts after x-amz-part-number-marker, at
-        most x-amz-max-parts (1,000) of them."""
+        most x-amz-max-parts (1,000) of them, with their checksums where kept."""
         marker_text = call.header("x-amz-part-number-marker") or "0"
         limit_text = call.header("x-amz-max-parts") or "1000"
         if not marker_text.strip().isdigit() or not limit_text.strip().isdigit():
             raise InvalidInput("x-amz-part-number-marker and x-amz-max-parts are whole numbers")
         marker, limit = int(marker_text), min(int(limit_text), 1000)
-        after = [(number, size) for number, size in parts if number > marker]
+        sums = record.part_checksums or (None,) * len(record.parts)
+        after = [(number, size, value) for (number, size), value in zip(record.parts, sums, strict=True)
+                 if number > marker]
         page = after[:limit]
-        return [("PartsCount", len(parts)), ("PartNumberMarker", marker),
+        name = element_name(record.checksum[0]) if record.checksum else ""
+        return [("PartsCount", len(record.parts)), ("PartNumberMarker", marker),
                 ("NextPartNumberMarker", page[-1][0] if page else marker), ("MaxParts", limit),
                 ("IsTruncated", len(after) > limit),
-                *[("Part", [("PartNumber", number), ("Size", size)]) for number, size in page]]
+                *[("Part", [("PartNumber", number), ("Size", size), (name, value)])
+                  for number, size, value in page]]
 
     def _part_range(self, call: S3Call, record: ObjectRecord,
                     headers: dict[str, str]) -> tuple[int, int] | None:
@@ -506,7 +510,8 @@ class ObjectOperations:
                               modified_ns=time.time_ns(), content_type=attributes["content_type"],
                               metadata=attributes["metadata"], headers=attributes["headers"],
                               encrypted=source.encrypted, parts=source.parts,
-                              checksum=source.checksum)  # the same bytes
+                              checksum=source.checksum,  # the same bytes
+                              part_checksums=source.part_checksums)
         await catalog.record_put(bucket, record)
         return record
 
@@ -771,7 +776,8 @@ class ObjectOperations:
                                   modified_ns=time.time_ns(), content_type=attributes.get("content_type"),
                                   metadata=attributes.get("metadata", {}),
                                   headers=attributes.get("headers", {}), encrypted=encrypt,
-                                  parts=tuple((p.number, p.size) for p in parts), checksum=checksum)
+                                  parts=tuple((p.number, p.size) for p in parts), checksum=checksum,
+                                  part_checksums=tuple(p.checksum for p in parts) if checksum else ())
             await self._record_checked(call, call.bucket, record, check)
             await trio.to_thread.run_sync(self.api.multipart.finish, upload, etag, checksum)
             return self._completed_document(call, etag, checksum, leading=False)
@@ -790,6 +796,21 @@ def copy_source_range(header: str, size: int) -> tuple[int, int]:
         raise S3Error("InvalidRange", f"The requested range bytes={first}-{last} is not "
                       f"satisfiable: the source object has {size} bytes", 416)
     return int(first), int(last) + 1
+
+
+def _checksum_of_read(call: S3Call, record: ObjectRecord,
+                      byte_range: tuple[int, int] | None) -> dict[str, str]:
+    """The checksum headers of what a GET or HEAD with x-amz-checksum-mode returns: the
+    object's for the whole object, a part's for `partNumber` (where kept), none for a
+    range, which no kept checksum covers."""
+    if "partNumber" in call.query and record.parts and record.checksum:
+        number = int(call.query["partNumber"])  # checked by _part_range
+        index = next((i for i, (n, _) in enumerate(record.parts) if n == number), None)
+        if index is None or not record.part_checksums:
+            return {}
+        algorithm, kind, _ = record.checksum
+        return checksum_headers((algorithm, kind, record.part_checksums[index]))
+    return checksum_headers(record.checksum) if byte_range is None else {}
 
 
 def _checksum_algorithm(upload: Any) -> str | None:
