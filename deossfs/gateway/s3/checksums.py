@@ -18,11 +18,10 @@ crc32_combine method, written here for any width).
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Sequence
 
 from .context import S3Error
-from .payload import CHECKSUMS
+from .payload import CHECKSUMS, decode_checksum
 
 COMPOSITE = "COMPOSITE"
 FULL_OBJECT = "FULL_OBJECT"
@@ -88,27 +87,17 @@ def crc_combine(algorithm: str, first: int, second: int, second_length: int) -> 
                      width) ^ second
 
 
-def _raw(algorithm: str, value: str) -> bytes:
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != CHECKSUMS[algorithm][1]:
-        raise ValueError(f"{value!r} is not a {algorithm} checksum")
-    return raw
-
-
 def object_checksum(algorithm: str, checksum_type: str, parts: Sequence[tuple[str, int]]) -> str:
     """The checksum of an object made of `parts` ((base64 checksum, size) each, in order)."""
     if checksum_type == COMPOSITE:
         digest = CHECKSUMS[algorithm][0]()
         for value, _ in parts:
-            digest.update(memoryview(_raw(algorithm, value)))
+            digest.update(memoryview(decode_checksum(algorithm, value, "kept for a part")))
         return f"{base64.b64encode(digest.digest()).decode()}-{len(parts)}"
-    crc = 0
-    for index, (value, size) in enumerate(parts):
-        part = int.from_bytes(_raw(algorithm, value), "big")
-        crc = part if index == 0 else crc_combine(algorithm, crc, part, size)
+    crc = 0  # the CRC of no bytes; combining it with a part's gives the part's
+    for value, size in parts:
+        part = int.from_bytes(decode_checksum(algorithm, value, "kept for a part"), "big")
+        crc = crc_combine(algorithm, crc, part, size)
     return base64.b64encode(crc.to_bytes(CHECKSUMS[algorithm][1], "big")).decode()
 
 

@@ -105,7 +105,7 @@ def _algorithm_of(header_name: str) -> str | None:
     return None
 
 
-def _decode_checksum(algorithm: str, value: str, where: str) -> bytes:
+def decode_checksum(algorithm: str, value: str, where: str) -> bytes:
     """A base64 checksum value, or S3's InvalidRequest when it is not one."""
     try:
         digest = base64.b64decode(value.strip(), validate=True)
@@ -288,7 +288,7 @@ class PayloadVerifier:
             algorithm = _algorithm_of(name)
             if algorithm is not None:
                 value = headers.get(name) or ""
-                self._expected_checksums[algorithm] = _decode_checksum(algorithm, value, "header")
+                self._expected_checksums[algorithm] = decode_checksum(algorithm, value, "header")
                 algorithms.add(algorithm)
         if announced and not self.mode.has_trailer:
             raise S3AuthError(
@@ -489,7 +489,7 @@ class PayloadVerifier:
         for name, value in self._trailers:
             algorithm = _algorithm_of(name)
             assert algorithm is not None  # announced names were checked in __init__
-            self._expected_checksums[algorithm] = _decode_checksum(
+            self._expected_checksums[algorithm] = decode_checksum(
                 algorithm, value, "trailing header"
             )
         self._state = _State.DONE
