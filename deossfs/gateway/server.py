@@ -29,6 +29,7 @@ from .credentials import KeyStore
 from .engine import GatewayEngine
 from .s3.api import S3Api
 from .s3.multipart import MultipartStore
+from .tls import read_tls_in_large_pieces
 from .uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ async def serve_gateway(config: Config, account: Account, chain: ChainClient,
     # hypercorn reads 64 KiB at a time; uploads are GiBs, and larger reads cut the
     # per-request Python work several-fold (the gateway process runs only this server)
     _hypercorn_tcp.MAX_RECV = 1024 * 1024
+    read_tls_in_large_pieces()  # and HTTPS ones likewise (tls.py: a record each, otherwise)
     settings = config.gateway
     hyper = _hypercorn_config(config, listen or settings.listen)
     if settings.accept_unfresh_messages:

@@ -3,6 +3,7 @@ and accounts that authorized them on its ledger."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ from deossfs.gateway_client import GatewayClient
 from deossfs.keys import Account, account_from_secret
 
 from ..conftest import ROOT, Devnet, deossfs
-from ..harness import account, config_for, ledger, wait_for
+from ..harness import account, config_for, ledger, self_signed, wait_for
 
 GIB = 1024**3
 
@@ -104,6 +105,21 @@ class Gateways:
         directory = self.root / name
         config = config_for(self.devnet, directory, storage=storage, cache=True)
         return GatewayProcess(config, directory, *overrides)
+
+    @contextlib.contextmanager
+    def https(self, name: str, *overrides: str) -> Iterator[GatewayProcess]:
+        """Another gateway serving HTTPS with a self-signed certificate (its `cert`),
+        started, and stopped afterwards."""
+        directory = self.root / f"{name}-tls"
+        directory.mkdir(parents=True)
+        cert, key = self_signed(directory)
+        process = self.extra(name, f"gateway.tls_cert={cert}", f"gateway.tls_key={key}", *overrides)
+        process.cert = cert  # type: ignore[attr-defined]
+        process.start()
+        try:
+            yield process
+        finally:
+            process.stop()
 
 
 def new_user(devnet: Devnet, authorize: str | None, territory_gib: int = 4) -> Account:

@@ -9,7 +9,6 @@ plain HTTP where a browser adds nothing.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import re
@@ -394,44 +393,10 @@ def test_listing_pages_sorting_and_filter(gateway: GatewayProcess, access: S3Acc
 # ---- HTTPS, session expiry, sign-in limits -------------------------------------------------------
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                  critical=False)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                   .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
-def tls_gateway(gateways: Gateways, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    process = gateways.extra("tls", f"gateway.tls_cert={cert}", f"gateway.tls_key={key}",
-                             "gateway.console_session=4")
-    process.cert = cert  # type: ignore[attr-defined]
-    process.start()
-    try:
+def tls_gateway(gateways: Gateways) -> Iterator[GatewayProcess]:
+    with gateways.https("tls", "gateway.console_session=4") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_https_with_boto3_and_a_secure_cookie(tls_gateway: GatewayProcess) -> None:
