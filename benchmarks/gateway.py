@@ -41,11 +41,14 @@ class Gateway:
     """A `deossfs gateway` process for a benchmark (its cache and peers off unless `cold`
     is False), on a free port."""
 
-    def __init__(self, config: Path, directory: Path, cold: bool = True) -> None:
+    def __init__(self, config: Path, directory: Path, cold: bool = True,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: a certificate and its key; the gateway serves HTTPS."""
         url_file = directory / "url"
         url_file.unlink(missing_ok=True)
+        https = ["-o", f"gateway.tls_cert={tls[0]}", "-o", f"gateway.tls_key={tls[1]}"] if tls else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deossfs", "--config", str(config), *(COLD if cold else []),
+            [sys.executable, "-m", "deossfs", "--config", str(config), *(COLD if cold else []), *https,
              "-o", "gateway.max_uploads_per_account=16", "gateway", "--listen", "127.0.0.1:0",
              "--url-file", str(url_file)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(directory / "gateway.log", "ab"))  # noqa: SIM115

@@ -1,6 +1,6 @@
 """The gateway's S3 API against the CLI on the same devnet, with boto3's transfer manager.
 
-    .venv/bin/python benchmarks/s3.py [--size-mib 1024] [--objects 10000]
+    .venv/bin/python benchmarks/s3.py [--size-mib 1024] [--objects 10000] [--https]
 
 - boto3 `upload_file` (multipart, 8 MiB parts, 10 threads) against `deossfs put` of the
   same random file, both with the segment cache on, the default (goal >= 0.8x);
@@ -15,7 +15,9 @@
   reader's (downloads).
 
 Each transfer runs twice, interleaved with the CLI's, on objects of its own; the best of
-each is compared.
+each is compared. With --https the gateways serve HTTPS (a self-signed certificate made
+by `openssl`), where boto3 sends its bodies aws-chunked with a CRC32 trailer instead of
+signing a SHA-256 of each.
 """
 
 from __future__ import annotations
@@ -73,10 +75,20 @@ def config_of_its_own(config: Path, work: Path, name: str) -> Path:
     return path
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by openssl, in `directory`."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--objects", type=int, default=10_000)
+    parser.add_argument("--https", action="store_true", help="the gateways serve HTTPS")
     args = parser.parse_args()
 
     import boto3
@@ -101,18 +113,20 @@ def main() -> None:
         size = args.size_mib * MIB
         subprocess.run([sys.executable, "-m", "deossfs", "--config", str(config), "bucket", "create",
                         "bench"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        writer = Gateway(config, work, cold=False)
+        tls = self_signed(work) if args.https else None
+        writer = Gateway(config, work, cold=False, tls=tls)
         gateways.append(writer)
         # cold, as the CLI's get it is compared with (an empty cache on would add writing
         # every segment read into the cache: the third gateway's rows)
-        reading = Gateway(reader_config, work / "reader", cold=True)
+        reading = Gateway(reader_config, work / "reader", cold=True, tls=tls)
         gateways.append(reading)
-        caching = Gateway(cacher_config, work / "cacher", cold=False)
+        caching = Gateway(cacher_config, work / "cacher", cold=False, tls=tls)
         gateways.append(caching)
 
         def client(url: str, keys: dict[str, str]):  # noqa: ANN202
             return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
                                 aws_access_key_id=keys["id"], aws_secret_access_key=keys["secret"],
+                                verify=str(tls[0]) if tls else None,
                                 config=Config(s3={"addressing_style": "path"}, max_pool_connections=20))
 
         keys = writer.create_key(config)
@@ -206,7 +220,8 @@ def main() -> None:
 
         mb = size / 1e6
         load = os.getloadavg()
-        print(f"\nS3 through the gateway vs the CLI, {args.size_mib} MiB; load {load[0]:.2f} {load[1]:.2f}")
+        print(f"\nS3 through the gateway ({'HTTPS' if tls else 'HTTP'}) vs the CLI, {args.size_mib} MiB; "
+              f"load {load[0]:.2f} {load[1]:.2f}")
         print(f"{'figure':<52} {'measured':>10} {'against':>10} {'ratio':>7} {'goal':>8}")
         print(f"{'boto3 upload_file (MB/s) vs deossfs put':<52} {mb / upload_seconds:>10.1f} "
               f"{mb / put_seconds:>10.1f} {put_seconds / upload_seconds:>7.2f} {'>= 0.8':>8}")

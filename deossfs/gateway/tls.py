@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: ciphertext read from the socket at once, and the most plaintext a receive returns
 READ_SIZE = 1024 * 1024
+#: plaintext encrypted and sent at once (a response's body comes in pieces of 4 MiB)
+SEND_PIECE = 256 * 1024
 
 
 class _LargeReads:
@@ -84,6 +86,17 @@ class CoalescingSSLStream:
             pieces.append(more)
             have += len(more)
         return data if len(pieces) == 1 else b"".join(pieces)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        # trio encrypts all of `data` into its memory BIO, grown as it goes, before the
+        # first byte is sent: in pieces the BIO stays small and each piece is sent while
+        # the next is encrypted
+        view = memoryview(data)
+        if len(view) <= SEND_PIECE:
+            await self._stream.send_all(view)
+            return
+        for start in range(0, len(view), SEND_PIECE):
+            await self._stream.send_all(view[start : start + SEND_PIECE])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -88,6 +88,18 @@ async def test_small_messages_and_the_end_of_the_stream(contexts) -> None:  # no
         while len(got) < len(message):
             got += await reader.receive_some(READ_SIZE)
         assert got == message
+    # and the other way: a response body larger than a send piece, sent in pieces
+    body = os.urandom(4 * MIB + 1)
+    received = bytearray()
+
+    async def receive_body() -> None:
+        while len(received) < len(body):
+            received.extend(await client.receive_some(READ_SIZE))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive_body)
+        await reader.send_all(body)
+    assert received == body
     await client.aclose()
     assert await reader.receive_some(READ_SIZE) == b""
     await server.aclose()
