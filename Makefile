@@ -11,7 +11,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install system-packages venv devchain run test lint bench screenshots clean devnet-down
 
+# byte-compiled up front: the CLI starts ~0.05 s sooner, and an environment with
+# PYTHONDONTWRITEBYTECODE (CI's) would otherwise compile every module in every command
 install: system-packages venv
+	@$(PY) -m compileall -q deossfs
 
 # apt only when something is missing, so a second run is quick and offline
 system-packages:
