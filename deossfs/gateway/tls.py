@@ -10,9 +10,11 @@ interpreter 45% of the latter's profile, and took 18-21 s instead of 12.
 So each TLS connection's stream is wrapped: its ciphertext is read up to `READ_SIZE`
 at a time, and a receive returns, besides the record trio decrypted, every whole record
 already read (each `SSLObject.read` is one C call, and it never awaits: no other task
-touches the stream meanwhile). Nothing else changes: trio still does the handshake,
-the sends, close_notify and every error; a record split across reads waits for the next
-receive, as before.
+touches the stream meanwhile). A response goes to trio in pieces of `SEND_PIECE`:
+trio encrypts whatever it is given into a memory buffer before sending any of it, and
+a 4 MiB piece of a body grew that buffer past the gateway's memory goal. Nothing else
+changes: trio still does the handshake, the encryption, close_notify and every error;
+a record split across reads waits for the next receive, as before.
 
 This reaches into trio's SSLStream for its SSLObject (`_ssl_object`, stable since
 trio's first TLS release). Where it is missing, connections are served as trio reads
@@ -53,8 +55,8 @@ class _LargeReads:
 
 class CoalescingSSLStream:
     """`trio.SSLStream` whose receives return every whole record already received, up to
-    the size asked for, not one record each. Everything but `receive_some` is the
-    stream's own."""
+    the size asked for, not one record each, and whose sends go in SEND_PIECE pieces.
+    Everything else is the stream's own."""
 
     def __init__(self, stream: trio.SSLStream[Any]) -> None:
         self._stream = stream
