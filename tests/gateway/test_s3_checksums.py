@@ -72,6 +72,29 @@ def _upload_parts(s3, bucket: str, key: str, algorithm: str, checksum_type: str 
     return created["UploadId"], parts
 
 
+def test_an_object_sent_without_a_checksum_gets_a_crc64nvme(s3_access, bucket: str) -> None:  # noqa: ANN001
+    from awscrt.checksums import crc64nvme
+
+    # what curl, s3fs and SDKs before 2025 send: no x-amz-checksum-* at all
+    bare = s3_access.client(request_checksum_calculation="when_required")
+    sent: list[list[str]] = []
+    bare.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(
+        [name for name in request.headers if name.lower().startswith("x-amz-checksum")]))
+    data = random_bytes(1_000_003)
+    expected = b64(crc64nvme(data).to_bytes(8, "big"))
+    put = bare.put_object(Bucket=bucket, Key="bare", Body=data)
+    assert sent == [[]]  # the request carried none
+    assert put["ChecksumCRC64NVME"] == expected
+    head = bare.head_object(Bucket=bucket, Key="bare", ChecksumMode="ENABLED")
+    assert (head["ChecksumCRC64NVME"], head["ChecksumType"]) == (expected, "FULL_OBJECT")
+    got = bare.get_object(Bucket=bucket, Key="bare", ChecksumMode="ENABLED")
+    assert got["Body"].read() == data  # botocore checked the CRC64NVME on the way
+    # an empty object too: the CRC of nothing
+    bare.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert bare.head_object(Bucket=bucket, Key="empty", ChecksumMode="ENABLED")["ChecksumCRC64NVME"] == \
+        b64(bytes(8))
+
+
 def test_a_composite_checksum_is_made_of_the_parts_and_checked_at_complete(s3, bucket: str) -> None:  # noqa: ANN001
     upload_id, parts = _upload_parts(s3, bucket, "mp", "SHA256")
     part_sums = [hashlib.sha256(body).digest() for body in BODIES]

@@ -111,6 +111,25 @@ def test_boto3_upload_over_http_checks_the_signed_sha256_and_checksum_header() -
     assert "x-amz-content-sha256" in str(error)
 
 
+def test_a_default_checksum_only_where_the_request_carries_none() -> None:
+    from awscrt.checksums import crc64nvme
+
+    def digests(request: Captured) -> dict[str, str]:
+        # unsigned: the payload's own headers are what is read (removing a header would
+        # break the signature)
+        verifier = PayloadVerifier(HeaderMap(request.headers), None, default="crc64nvme")
+        for _ in verifier.feed(request.body):
+            pass
+        return verifier.finish().checksums
+
+    carried = capture(lambda: HTTP.put_object(Bucket="b", Key="k", Body=BODY))
+    assert set(digests(carried)) == {"crc32"}  # the request's own, no other
+    bare_request = carried.with_header("x-amz-checksum-crc32", None).with_header(
+        "x-amz-sdk-checksum-algorithm", None)
+    expected = base64.b64encode(crc64nvme(BODY).to_bytes(8, "big")).decode()
+    assert digests(bare_request) == {"crc64nvme": expected}
+
+
 def test_content_md5() -> None:
     md5 = base64.b64encode(hashlib.md5(SMALL).digest()).decode()
     request = capture(lambda: HTTPS.put_object(Bucket="b", Key="k", Body=SMALL, ContentMD5=md5))

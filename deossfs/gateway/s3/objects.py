@@ -168,10 +168,12 @@ class ObjectOperations:
         return int(text)
 
     async def _receive(self, call: S3Call, staged: StagingFile, planner: ReceivePlanner | None,
-                       required_checksum: str | None = None) -> PayloadResult:
+                       required_checksum: str | None = None,
+                       default_checksum: str | None = None) -> PayloadResult:
         """Verify and stage the body; the digests once it is whole and checks out (with
-        `required_checksum`, that algorithm's checksum among them)."""
-        verifier = PayloadVerifier(call.headers, call.verified, required_checksum)
+        `required_checksum`, that algorithm's checksum among them; with
+        `default_checksum`, that one's if the request carries none)."""
+        verifier = PayloadVerifier(call.headers, call.verified, required_checksum, default_checksum)
         timeout = self.engine.config.gateway.body_timeout
         try:
             async for chunk in body_chunks(call.request, timeout):
@@ -212,7 +214,8 @@ class ObjectOperations:
                     planner = ReceivePlanner(store, bucket, path, encrypt, staged,
                                              self.engine.planning_slots)
                     nursery.start_soon(planner.run)
-                result = await self._receive(call, staged, planner)
+                # as S3 does, an object sent without a checksum gets a CRC64NVME
+                result = await self._receive(call, staged, planner, default_checksum="crc64nvme")
             if result.size != size:
                 raise S3Error("IncompleteBody", "You did not provide the number of bytes "
                               "specified by the Content-Length HTTP header.", 400)
@@ -247,7 +250,8 @@ class ObjectOperations:
         encrypt = self.engine.config.storage.encryption
         result, plan = await self._stage_and_store(call, call.bucket, target.path, size, encrypt)
         attributes = attributes_of(call)
-        # the request carries at most one checksum (PayloadVerifier), kept with the object
+        # the request's one checksum (PayloadVerifier), or the CRC64NVME computed in its
+        # absence, kept with the object
         checksum = next(((name, FULL_OBJECT, value) for name, value in result.checksums.items()), None)
         record = ObjectRecord(key=call.key, size=size, etag=result.etag,
                               fid=plan.fid if plan else None, modified_ns=time.time_ns(),

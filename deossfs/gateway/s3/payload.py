@@ -214,7 +214,11 @@ class PayloadVerifier:
     x-amz-checksum-*...)."""
 
     def __init__(self, headers: HeaderMap | Iterable[tuple[str, str]],
-                 verified: VerifiedRequest | None = None, required: str | None = None) -> None:
+                 verified: VerifiedRequest | None = None, required: str | None = None,
+                 default: str | None = None) -> None:
+        """`required`: that algorithm's checksum is computed if the request carries none,
+        and another algorithm's is refused. `default`: that algorithm's is computed if
+        the request carries none (S3's CRC64NVME for an object sent without one)."""
         headers = HeaderMap.of(headers)
         self._verified = verified
         if verified is not None:
@@ -242,6 +246,8 @@ class PayloadVerifier:
                     f"{required}, actual checksum Type: {next(iter(self._checksums))}", 400,
                 )
             self._checksums[required] = CHECKSUMS[required][0]()
+        if default is not None and not self._checksums:
+            self._checksums[default] = CHECKSUMS[default][0]()
         self._wire = 0  # bytes fed
         self._size = 0  # payload bytes
         if self.mode.chunked:
