@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEVNET ?= .devnet
-APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin curl openssl rclone restic s3fs chromium chromium-driver
+APT_PACKAGES := fuse3 libfuse3-dev libisal2 pkg-config gcc python3-dev python3-venv rsync attr libglib2.0-bin curl rclone restic s3fs chromium chromium-driver
 # installed without their recommendations: gvfs (the trash:// backend the trash tests drive
 # through `gio`) would bring disk tools and file system drivers
 APT_PACKAGES_LEAN := gvfs dbus

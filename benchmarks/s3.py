@@ -15,8 +15,8 @@
   reader's (downloads).
 
 Each transfer runs twice, interleaved with the CLI's, on objects of its own; the best of
-each is compared. With --https the gateways serve HTTPS (a self-signed certificate made
-by `openssl`), where boto3 sends its bodies aws-chunked with a CRC32 trailer instead of
+each is compared. With --https the gateways serve HTTPS (a self-signed certificate, as
+the tests make one), where boto3 sends its bodies aws-chunked with a CRC32 trailer instead of
 signing a SHA-256 of each.
 """
 
@@ -75,15 +75,6 @@ def config_of_its_own(config: Path, work: Path, name: str) -> Path:
     return path
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made by openssl, in `directory`."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -113,7 +104,11 @@ def main() -> None:
         size = args.size_mib * MIB
         subprocess.run([sys.executable, "-m", "deossfs", "--config", str(config), "bucket", "create",
                         "bench"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        tls = self_signed(work) if args.https else None
+        tls = None
+        if args.https:
+            from tests.harness import self_signed  # the tests' certificate for 127.0.0.1
+
+            tls = self_signed(work)
         writer = Gateway(config, work, cold=False, tls=tls)
         gateways.append(writer)
         # cold, as the CLI's get it is compared with (an empty cache on would add writing

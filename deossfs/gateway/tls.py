@@ -116,8 +116,6 @@ class _CoalescingTCPServer(TCPServer):
 def read_tls_in_large_pieces() -> None:
     """Make hypercorn's trio worker, in this process, serve TLS connections through
     CoalescingSSLStream (a no-op for plain HTTP)."""
-    if not hasattr(trio.SSLStream, "receive_some"):  # pragma: no cover - trio's API
-        return
     if getattr(_hypercorn_run, "TCPServer", None) is TCPServer:
         _hypercorn_run.TCPServer = _CoalescingTCPServer  # type: ignore[misc]
     elif getattr(_hypercorn_run, "TCPServer", None) is not _CoalescingTCPServer:
